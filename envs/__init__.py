@@ -1,0 +1,89 @@
+"""Nonstationary envs: the world changes at shifts, and the agent has to keep learning.
+
+An agent's Args inherits `ShiftFlags`, so these become flat CLI flags:
+
+    --shift friction obs-permute --shift-every 1000000 --friction.low 0.1
+
+and builds its envs with `make_vector_env(env_id, num_envs, args, seed, total_timesteps)`.
+The returned `ShiftingVectorEnv` applies each task to all sub-envs at the same global step,
+puts `infos["shift"]` on the step where a task starts, and keeps every event in `shift_events`.
+
+A new kind of shift is one `ShiftWrapper` subclass (physics.py, observation.py, reward.py),
+one line in `SHIFTS`, its name in `ShiftName`, and its config field in `ShiftFlags`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from envs.observation import ObsNoiseShift, ObsPermuteShift
+from envs.physics import FrictionShift, GearShift, GravityShift, MassShift
+from envs.reward import RewardScaleShift, RewardSignShift
+from envs.schedule import ConfigError, ScaleRange, ShiftSchedule, ShiftWrapper
+from envs.vector import ShiftingVectorEnv, check_env_id, make_env, make_vector_env
+
+ShiftName = Literal[
+    "friction", "mass", "gravity", "gear", "obs-permute", "obs-noise", "reward-sign", "reward-scale"
+]
+
+SHIFTS: dict[str, tuple[type[ShiftWrapper], str | None]] = {
+    # --shift name: (wrapper, the ShiftFlags field holding its config, None if it has none)
+    "friction": (FrictionShift, "friction"),
+    "mass": (MassShift, "mass"),
+    "gravity": (GravityShift, "gravity"),
+    "gear": (GearShift, "gear"),
+    "obs-permute": (ObsPermuteShift, None),
+    "obs-noise": (ObsNoiseShift, "obs_noise"),
+    "reward-sign": (RewardSignShift, None),
+    "reward-scale": (RewardScaleShift, "reward_scale"),
+}
+
+
+@dataclass
+class ShiftFlags:
+    """What changes at each shift and when; a mixin for the agents' Args dataclasses."""
+
+    shift: tuple[ShiftName, ...] = ()
+    """What changes at each shift; several kinds compose and shift together (none: stationary)."""
+    shift_every: int = 0
+    """Global env steps (summed over sub-envs) between shifts; 0 = no periodic shift."""
+    shift_at: tuple[int, ...] = ()
+    """Explicit global env steps at which a shift happens (in addition to --shift-every)."""
+    friction: ScaleRange = field(default_factory=lambda: ScaleRange(0.02, 2.0, log_uniform=True))
+    """friction shift: scale of every geom's sliding friction (Slippery Ant: log-uniform [0.02, 2])."""
+    mass: ScaleRange = field(default_factory=lambda: ScaleRange(0.5, 2.0, log_uniform=True))
+    """mass shift: scale of every body's mass and inertia."""
+    gravity: ScaleRange = field(default_factory=lambda: ScaleRange(0.5, 1.5, log_uniform=False))
+    """gravity shift: scale of the gravity vector."""
+    gear: ScaleRange = field(default_factory=lambda: ScaleRange(0.5, 1.5, log_uniform=False))
+    """gear shift: scale of every actuator's gear (torque per unit of action)."""
+    obs_noise: ScaleRange = field(default_factory=lambda: ScaleRange(0.0, 0.5, log_uniform=False))
+    """obs-noise shift: std of the Gaussian noise added to every observation."""
+    reward_scale: ScaleRange = field(
+        default_factory=lambda: ScaleRange(0.1, 10.0, log_uniform=True)
+    )
+    """reward-scale shift: factor that multiplies the reward."""
+
+
+SLIPPERY_ANT: dict = {
+    # The named `slippery-ant` preset: Ant whose friction is redrawn log-uniform in [0.02, 2]
+    # every 2M steps, as in the loss-of-plasticity paper's Slippery Ant.
+    "env_id": "Ant-v5",
+    "shift": ("friction",),
+    "shift_every": 2_000_000,
+    "friction": ScaleRange(0.02, 2.0, log_uniform=True),
+}
+
+__all__ = [
+    "SHIFTS",
+    "SLIPPERY_ANT",
+    "ConfigError",
+    "ScaleRange",
+    "ShiftFlags",
+    "ShiftName",
+    "ShiftSchedule",
+    "ShiftWrapper",
+    "ShiftingVectorEnv",
+    "check_env_id",
+    "make_env",
+    "make_vector_env",
+]

@@ -1,0 +1,97 @@
+"""Observation shifts: the agent sees the same world through a different lens at each task.
+
+- obs-permute: each task shuffles the observation dimensions with a fixed permutation, so what
+  the network learnt about input i now arrives at input perm^-1(i).
+- obs-noise: each task draws a noise level; every observation gets fresh Gaussian noise.
+
+Both need a flat Box observation space (every MuJoCo locomotion env has one).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.schedule import ConfigError, ScaleRange, ShiftWrapper
+
+
+def _require_flat_box(env: gym.Env, shift_name: str) -> gym.spaces.Box:
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+        raise ConfigError(
+            f"the {shift_name} shift needs a flat Box observation space; {env_id} has {space}"
+        )
+    return space
+
+
+class ObsPermuteShift(ShiftWrapper):
+    """Permutes the observation dimensions: observation = base_observation[permutation].
+
+    The permutation comes from the task's random stream, so every sub-env of a run (they share
+    the seed) sees the same permutation within a task.
+    """
+
+    name = "obs-permute"
+
+    def __init__(self, env: gym.Env, config: None, seed: int, *, env_index: int = 0):
+        super().__init__(env, config, seed, env_index=env_index)
+        self.base_space = _require_flat_box(env, self.name)
+        self.permutation = np.arange(self.base_space.shape[0])
+
+    def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
+        return {"obs_permutation": rng.permutation(self.base_space.shape[0]).tolist()}
+
+    def apply(self, params: dict[str, Any]) -> None:
+        self.permutation = np.asarray(params["obs_permutation"])
+        self.observation_space = gym.spaces.Box(
+            low=self.base_space.low[self.permutation],
+            high=self.base_space.high[self.permutation],
+            dtype=self.base_space.dtype,
+        )
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return obs[self.permutation], info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs[self.permutation], reward, terminated, truncated, info
+
+
+class ObsNoiseShift(ShiftWrapper):
+    """Adds Gaussian noise to every observation; each task draws the noise's std.
+
+    The per-step noise comes from this wrapper's own generator, seeded by (seed, env_index), so
+    sub-envs get independent noise and the global RNG of the run is never touched.
+    """
+
+    name = "obs-noise"
+
+    def __init__(self, env: gym.Env, config: ScaleRange, seed: int, *, env_index: int = 0):
+        super().__init__(env, config, seed, env_index=env_index)
+        _require_flat_box(env, self.name)
+        self.noise_std = 0.0
+        # The name in the seed keeps this stream apart from the task streams of task_rng.
+        self.noise_rng = np.random.default_rng([seed, env_index, zlib.crc32(b"obs-noise steps")])
+
+    def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
+        return {"obs_noise_std": self.config.draw(rng)}
+
+    def apply(self, params: dict[str, Any]) -> None:
+        self.noise_std = params["obs_noise_std"]
+
+    def add_noise(self, obs: np.ndarray) -> np.ndarray:
+        noise = self.noise_std * self.noise_rng.standard_normal(obs.shape)
+        return (obs + noise).astype(obs.dtype, copy=False)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return self.add_noise(obs), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.add_noise(obs), reward, terminated, truncated, info

@@ -1,0 +1,119 @@
+"""Physics shifts: each task scales one group of constants of the live MuJoCo model.
+
+The wrappers edit `env.unwrapped.model` in place and never rebuild the env, because rebuilding
+would also reset state held outside it (observation-normalisation statistics, episode
+counters). Each wrapper stores the base values at construction and sets value = base * scale,
+so task k always gives the same model, whatever tasks came before: shifts do not compound.
+
+Every kind draws one scalar scale per task from its `ScaleRange`; the default ranges live in
+`envs.ShiftFlags`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs.schedule import ConfigError, ScaleRange, ShiftWrapper
+
+
+class PhysicsShift(ShiftWrapper):
+    """Draws one scale per task; subclasses say which model constants it multiplies."""
+
+    param_key: ClassVar[str]
+    """Name of the scale in the task's params, e.g. "friction_scale"."""
+
+    def __init__(self, env: gym.Env, config: ScaleRange, seed: int, *, env_index: int = 0):
+        super().__init__(env, config, seed, env_index=env_index)
+        model = getattr(env.unwrapped, "model", None)
+        if not isinstance(model, mujoco.MjModel):
+            env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+            raise ConfigError(
+                f"the {self.name} shift needs a MuJoCo env; {env_id} has no MuJoCo model"
+            )
+        self.model: mujoco.MjModel = model
+        self.data: mujoco.MjData = env.unwrapped.data
+        self.store_base_values()
+
+    def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
+        return {self.param_key: self.config.draw(rng)}
+
+    def apply(self, params: dict[str, Any]) -> None:
+        self.scale_model(params[self.param_key])
+
+    def store_base_values(self) -> None:
+        raise NotImplementedError
+
+    def scale_model(self, scale: float) -> None:
+        raise NotImplementedError
+
+
+class FrictionShift(PhysicsShift):
+    """Scales the sliding friction of every geom (the paper's Slippery Ant).
+
+    All geoms, not just the floor: MuJoCo's default contact mixing takes the max of the two
+    geoms' friction, so scaling only the floor would change nothing while the robot's geoms
+    keep friction 1.
+    """
+
+    name = "friction"
+    param_key = "friction_scale"
+
+    def store_base_values(self) -> None:
+        self.base_friction = self.model.geom_friction[:, 0].copy()
+
+    def scale_model(self, scale: float) -> None:
+        self.model.geom_friction[:, 0] = self.base_friction * scale
+
+
+class MassShift(PhysicsShift):
+    """Scales every body's mass and inertia together, as a change of density would."""
+
+    name = "mass"
+    param_key = "mass_scale"
+
+    def store_base_values(self) -> None:
+        self.base_mass = self.model.body_mass.copy()
+        self.base_inertia = self.model.body_inertia.copy()
+
+    def scale_model(self, scale: float) -> None:
+        self.model.body_mass[:] = self.base_mass * scale
+        self.model.body_inertia[:] = self.base_inertia * scale
+        # mj_setConst recomputes the constants derived from mass (subtree masses, invweights,
+        # actuator_acc0), but it does so by moving the data to qpos0. Save and restore the
+        # simulation state so that a shift in mid-episode does not teleport the robot.
+        state_kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        state = np.empty(mujoco.mj_stateSize(self.model, state_kind))
+        mujoco.mj_getState(self.model, self.data, state, state_kind)
+        mujoco.mj_setConst(self.model, self.data)
+        mujoco.mj_setState(self.model, self.data, state, state_kind)
+        mujoco.mj_forward(self.model, self.data)
+
+
+class GravityShift(PhysicsShift):
+    """Scales the gravity vector."""
+
+    name = "gravity"
+    param_key = "gravity_scale"
+
+    def store_base_values(self) -> None:
+        self.base_gravity = self.model.opt.gravity.copy()
+
+    def scale_model(self, scale: float) -> None:
+        self.model.opt.gravity[:] = self.base_gravity * scale
+
+
+class GearShift(PhysicsShift):
+    """Scales every actuator's gear: the same action now produces a stronger or weaker torque."""
+
+    name = "gear"
+    param_key = "gear_scale"
+
+    def store_base_values(self) -> None:
+        self.base_gear = self.model.actuator_gear[:, 0].copy()
+
+    def scale_model(self, scale: float) -> None:
+        self.model.actuator_gear[:, 0] = self.base_gear * scale

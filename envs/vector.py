@@ -1,0 +1,165 @@
+"""Building shifting envs from the flags, and the vector env that shifts them all at once.
+
+`make_vector_env` checks the flags, builds one env per sub-env with `make_env` (gym.make plus
+the requested shift wrappers, nothing else) and wraps the lot in `ShiftingVectorEnv`, which
+counts global env steps and applies each task to every sub-env at the same global step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+# The registry of shift kinds (envs.SHIFTS) and ShiftFlags live in envs/__init__.py, which
+# imports this module; they are read at call time, when the package is fully imported.
+import envs
+from envs.schedule import ConfigError, ShiftSchedule
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigError naming the closest registered ids if `env_id` is not registered."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+    hint = f"did you mean: {', '.join(close)}?" if close else "see gymnasium.pprint_registry()"
+    raise ConfigError(f"unknown --env-id {env_id!r}; {hint}")
+
+
+def check_shift_flags(flags: envs.ShiftFlags, total_timesteps: int, num_envs: int) -> ShiftSchedule:
+    """Raise ConfigError on a bad shift configuration; return the run's schedule."""
+    schedule = ShiftSchedule(every=flags.shift_every, at=tuple(flags.shift_at))
+    if not flags.shift:
+        if schedule.has_shifts:
+            raise ConfigError(
+                "--shift-every/--shift-at are set but --shift names nothing to change; "
+                "add e.g. --shift friction"
+            )
+        return schedule
+    for name in flags.shift:
+        if name not in envs.SHIFTS:
+            raise ConfigError(
+                f"--shift {name!r} is not a shift kind; choose from {list(envs.SHIFTS)}"
+            )
+    repeated = sorted({name for name in flags.shift if flags.shift.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--shift lists {', '.join(repeated)} more than once")
+    for name in flags.shift:
+        config_field = envs.SHIFTS[name][1]
+        if config_field is not None:
+            getattr(flags, config_field).validate("--" + config_field.replace("_", "-"))
+    schedule.validate(total_timesteps, num_envs)
+    return schedule
+
+
+def make_env(
+    env_id: str, flags: envs.ShiftFlags, seed: int, env_index: int
+) -> Callable[[], gym.Env]:
+    """A thunk building one sub-env: gym.make, then the shift wrappers in the order of --shift.
+
+    Episode statistics, action clipping and normalisation are the agent's business. Every
+    sub-env gets the same `seed`, so all draw the same task parameters; `env_index` only seeds
+    per-step randomness such as observation noise.
+    """
+
+    def thunk() -> gym.Env:
+        env = gym.make(env_id)
+        for name in flags.shift:
+            wrapper_class, config_field = envs.SHIFTS[name]
+            config = getattr(flags, config_field) if config_field is not None else None
+            env = wrapper_class(env, config, seed, env_index=env_index)
+        return env
+
+    return thunk
+
+
+class ShiftingVectorEnv(gym.vector.VectorWrapper):
+    """Counts global env steps and shifts every sub-env at the same step.
+
+    The transition with global index S (0-based, summed over sub-envs) belongs to task
+    `schedule.task_at(S)`. A call to step() covers global indices S .. S + num_envs - 1, and
+    the schedule only shifts at multiples of num_envs, so the new task is applied before the
+    call whose first index is S: that whole call is the first of the new task. Its infos carry
+    `infos["shift"] = {"step": S, "task": k, "params": {...}}`.
+
+    Sub-envs are expected to carry ShiftWrappers whenever the schedule has shifts; with an
+    empty schedule the env never shifts and nothing is applied.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, schedule: ShiftSchedule):
+        super().__init__(env)
+        self.schedule = schedule
+        self.global_step = 0
+        """Global env steps taken so far, summed over sub-envs."""
+        self.task = 0
+        """Index of the task in effect."""
+        self.shift_events: list[dict[str, Any]] = []
+        """Every task change: {"event": "task_start" | "shift" | "resume", "step", "task",
+        "params"}."""
+        self._task_applied = False
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        # The first reset puts the sub-envs into the task in effect; a later reset (a new
+        # evaluation, say) keeps the task already applied and logs nothing.
+        if not self._task_applied:
+            self._apply_task(self.schedule.task_at(self.global_step), event="task_start")
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        step = self.global_step
+        task = self.schedule.task_at(step)
+        shift = self._apply_task(task, event="shift") if task != self.task else None
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        self.global_step += self.num_envs
+        if shift is not None:
+            infos["shift"] = shift
+        return obs, rewards, terminations, truncations, infos
+
+    def set_global_step(self, step: int) -> None:
+        """Resume a run at global step `step`: apply the task in effect there (not a shift)."""
+        if step < 0 or step % self.num_envs != 0:
+            raise ValueError(
+                f"a resumed global step must be a non-negative multiple of num_envs "
+                f"{self.num_envs}, got {step}"
+            )
+        self.global_step = step
+        self._apply_task(self.schedule.task_at(step), event="resume")
+
+    def _apply_task(self, task: int, event: str) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.schedule.has_shifts:
+            # Every sub-env draws from the same (seed, task) stream, so all must return the
+            # same params; differing ones would mean the sub-envs were built with other seeds.
+            params_by_env = self.env.call("set_task", task)
+            params = params_by_env[0]
+            if any(other != params for other in params_by_env[1:]):
+                raise RuntimeError(f"sub-envs drew different params for task {task}")
+        self.task = task
+        self._task_applied = True
+        record = {"step": self.global_step, "task": task, "params": params}
+        self.shift_events.append({"event": event, **record})
+        return record
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, flags: envs.ShiftFlags, seed: int, total_timesteps: int
+) -> ShiftingVectorEnv:
+    """Check the flags, then build `num_envs` shifting sub-envs behind one ShiftingVectorEnv.
+
+    Same-step autoreset: after a terminated or truncated step the returned obs is the new
+    episode's first obs, and infos["final_obs"][i] (with mask infos["_final_obs"]) holds the
+    last obs of the finished episode, which the agent needs to bootstrap truncated episodes.
+    `reset(seed=s)` seeds sub-env i with s + i (SyncVectorEnv does this itself).
+    """
+    check_env_id(env_id)
+    schedule = check_shift_flags(flags, total_timesteps, num_envs)
+    vector_env = gym.vector.SyncVectorEnv(
+        [make_env(env_id, flags, seed, env_index) for env_index in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    return ShiftingVectorEnv(vector_env, schedule)
