@@ -1,0 +1,115 @@
+"""Networks that expose their hidden features in the same forward pass.
+
+Every network here returns `(output, hidden_features)`: `hidden_features` is the list of
+post-activation outputs of the hidden layers, each (batch, width). That is all a rank
+regularizer or a rank diagnostic needs; nothing reaches into layers by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Activation = Literal["tanh", "relu", "leaky-relu", "gelu", "silu"]
+Init = Literal["orthogonal", "kaiming-uniform"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky-relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Module):
+    """Linear layers with an activation after each hidden one; forward -> (output, features)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_sizes: tuple[int, ...],
+        out_dim: int,
+        activation: Activation = "tanh",
+        init: Init = "orthogonal",
+        out_gain: float = 1.0,
+    ):
+        super().__init__()
+        sizes = (in_dim, *hidden_sizes)
+        self.hidden = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.out = nn.Linear(sizes[-1], out_dim)
+        self.activation = ACTIVATIONS[activation]()
+        self.init = init
+        self.out_gain = out_gain
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Redraw the initialisation in place (used at construction, by reset and shrink-perturb)."""
+        if self.init == "orthogonal":
+            # CleanRL's scheme: orthogonal weights, gain sqrt(2) in hidden layers, zero biases.
+            for layer in self.hidden:
+                nn.init.orthogonal_(layer.weight, math.sqrt(2))
+                nn.init.zeros_(layer.bias)
+            nn.init.orthogonal_(self.out.weight, self.out_gain)
+            nn.init.zeros_(self.out.bias)
+        else:
+            # The paper's supervised setup: PyTorch's default Kaiming-uniform.
+            for layer in (*self.hidden, self.out):
+                layer.reset_parameters()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features = []
+        for layer in self.hidden:
+            x = self.activation(layer(x))
+            features.append(x)
+        return self.out(x), features
+
+
+class GaussianActor(nn.Module):
+    """A diagonal Gaussian policy: an MLP gives the mean, a state-independent log-std (CleanRL)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        init: Init = "orthogonal",
+    ):
+        super().__init__()
+        self.mean = MLP(obs_dim, hidden_sizes, act_dim, activation, init, out_gain=0.01)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def reset_parameters(self) -> None:
+        self.mean.reset_parameters()
+        nn.init.zeros_(self.log_std)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Returns the action mean and the hidden features; the std is `self.log_std.exp()`."""
+        return self.mean(obs)
+
+
+class Critic(nn.Module):
+    """A state-value network V(s): forward -> (values of shape (batch,), features)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        init: Init = "orthogonal",
+    ):
+        super().__init__()
+        self.value = MLP(obs_dim, hidden_sizes, 1, activation, init, out_gain=1.0)
+
+    def reset_parameters(self) -> None:
+        self.value.reset_parameters()
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        value, features = self.value(obs)
+        return value.squeeze(-1), features

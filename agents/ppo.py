@@ -1,0 +1,485 @@
+"""PPO for continuous actions on a nonstationary world, in the CleanRL spirit.
+
+Read top to bottom: Args (every flag, with its docstring), presets, then `train`: set-up,
+rollout, GAE, minibatch updates with the regularizer's penalty and moments, logging and
+checkpoints. Differences from CleanRL's `ppo_continuous_action.py`, each on purpose:
+- separate actor and critic networks that return their hidden features (the paper's RL setup);
+- the gymnasium 1.x vector API with same-step autoreset, and truncated episodes bootstrapped
+  from the value of their final observation (termination is not bootstrapped);
+- observation/reward normalisation statistics kept here and saved in checkpoints;
+- the world changes at shifts (envs.ShiftingVectorEnv), and the regularizer is one object
+  whose moments are called at fixed points (regularizers.base);
+- learning-rate annealing is off by default: annealing to zero would confound loss of
+  plasticity with a vanishing step size (turn it on with --anneal-lr for CleanRL's setting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.networks import Activation, Critic, GaussianActor, Init
+from agents.run import (
+    RunLogger,
+    TrackingFlags,
+    load_checkpoint,
+    progress_bar,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from envs import SLIPPERY_ANT, ConfigError, ShiftFlags, make_vector_env
+from envs.normalize import ObservationNormalizer, RewardNormalizer
+from regularizers import RegularizerFlags, build_regularizer
+
+PresetName = Literal["none", "demo", "slippery-ant"]
+
+
+@dataclass
+class Args(TrackingFlags, RegularizerFlags, ShiftFlags):
+    preset: PresetName = "none"
+    """a named set of defaults applied before the other flags: demo (make run: HalfCheetah-v5, friction
+    shifts every 50k steps, L2-ER, 200k steps), slippery-ant (the paper's PPO run on Ant-v5)"""
+    exp_name: str = "ppo"
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the run: networks, sampling, env resets and the tasks' parameters"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """use CUDA when it is available"""
+    torch_threads: int = 1
+    """CPU threads for torch (0 = torch's default); small networks run fastest on one"""
+
+    # Environment
+    env_id: str = "HalfCheetah-v5"
+    """the gymnasium environment id"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the run (summed over the vector envs)"""
+    num_envs: int = 1
+    """the number of parallel envs (all shift at the same global step)"""
+    norm_obs: bool = True
+    """normalise observations by running statistics (saved in checkpoints)"""
+    norm_reward: bool = True
+    """scale rewards by the running std of the discounted return (saved in checkpoints)"""
+
+    # Networks
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the actor and of the critic (each its own network)"""
+    activation: Activation = "tanh"
+    """hidden activation of both networks"""
+    init: Init = "orthogonal"
+    """weight initialisation: CleanRL's orthogonal, or PyTorch's default kaiming-uniform"""
+
+    # PPO
+    learning_rate: float = 3e-4
+    """Adam's learning rate"""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's betas (the paper's Slippery Ant run uses 0.99 0.99)"""
+    adam_eps: float = 1e-5
+    """Adam's epsilon"""
+    anneal_lr: bool = False
+    """anneal the learning rate linearly to zero over the run (CleanRL's default; off here, see above)"""
+    num_steps: int = 2048
+    """env steps per env in each rollout"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalised advantage estimation"""
+    num_minibatches: int = 32
+    """minibatches per epoch"""
+    update_epochs: int = 10
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages within each minibatch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in the PPO paper"""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clipping"""
+    target_kl: float | None = None
+    """stop an update early when the approximate KL exceeds this"""
+
+
+PRESETS: dict[str, dict] = {
+    "none": {},
+    "demo": dict(
+        env_id="HalfCheetah-v5",
+        total_timesteps=200_000,
+        shift=("friction",),
+        shift_every=50_000,
+        regularizer="l2-er",
+        checkpoint_every=50_000,
+    ),
+    # The paper's Slippery Ant (PAPER.md): separate 1x256 ReLU actor and critic, Adam (0.99, 0.99)
+    # at 1e-4, rollout 2048, 10 epochs, 128 minibatches, entropy 0.01, value coefficient 1.0, 1 env.
+    "slippery-ant": dict(
+        **SLIPPERY_ANT,
+        total_timesteps=10_000_000,
+        num_envs=1,
+        hidden_sizes=(256,),
+        activation="relu",
+        learning_rate=1e-4,
+        adam_betas=(0.99, 0.99),
+        num_steps=2048,
+        update_epochs=10,
+        num_minibatches=128,
+        ent_coef=0.01,
+        vf_coef=1.0,
+        regularizer="l2-er",
+    ),
+}
+
+
+def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(action; mean, exp(log_std)^2), summed over action dimensions (no Distribution
+    object: it costs more than the arithmetic on the per-step hot path)."""
+    return (
+        -0.5 * ((action - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    ).sum(-1)
+
+
+def hidden_features(actor: GaussianActor, critic: Critic, obs: Tensor) -> dict[str, list[Tensor]]:
+    """Both networks' hidden features on `obs`, with gradients (for the regularizer's moments)."""
+    return {"actor": actor(obs)[1], "critic": critic(obs)[1]}
+
+
+def check_args(args: Args) -> None:
+    """One clear line for a configuration that cannot run."""
+    batch_size = args.num_envs * args.num_steps
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ConfigError(f"--learning-rate must be a positive number, got {args.learning_rate}")
+    if args.num_envs < 1 or args.num_steps < 1:
+        raise ConfigError("--num-envs and --num-steps must be at least 1")
+    if args.num_minibatches < 1 or batch_size % args.num_minibatches:
+        raise ConfigError(
+            f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps = {batch_size}"
+        )
+    if args.total_timesteps < batch_size:
+        raise ConfigError(
+            f"--total-timesteps {args.total_timesteps} is shorter than one rollout (num_envs * num_steps = {batch_size})"
+        )
+
+
+def train(args: Args) -> Path:
+    """Run PPO as configured; return the run directory."""
+    check_args(args)
+    batch_size = args.num_envs * args.num_steps
+    minibatch_size = batch_size // args.num_minibatches
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    if checkpoint is None:
+        run_name = (
+            f"{args.env_id}__{args.exp_name}__{args.regularizer}__{args.seed}__{int(time.time())}"
+        )
+        run_dir = Path(args.runs_dir) / run_name
+    else:
+        run_dir = Path(args.resume)
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    try:
+        regularizer = build_regularizer(args)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    envs = make_vector_env(args.env_id, args.num_envs, args, args.seed, args.total_timesteps)
+    obs_dim = envs.single_observation_space.shape[0]
+    act_dim = envs.single_action_space.shape[0]
+    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
+
+    actor = GaussianActor(obs_dim, act_dim, args.hidden_sizes, args.activation, args.init).to(
+        device
+    )
+    critic = Critic(obs_dim, args.hidden_sizes, args.activation, args.init).to(device)
+    parameters = [*actor.parameters(), *critic.parameters()]
+    optimizer = torch.optim.Adam(
+        parameters, lr=args.learning_rate, betas=args.adam_betas, eps=args.adam_eps
+    )
+    regularizer.attach({"actor": actor, "critic": critic}, optimizer, args.seed)
+    obs_normalizer = ObservationNormalizer(obs_dim, enabled=args.norm_obs)
+    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
+
+    global_step = 0
+    if checkpoint is not None:
+        actor.load_state_dict(checkpoint["actor"])
+        critic.load_state_dict(checkpoint["critic"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        regularizer.load_state_dict(checkpoint["regularizer"])
+        obs_normalizer.rms.load_state_dict(checkpoint["obs_normalizer"])
+        reward_normalizer.load_state_dict(checkpoint["reward_normalizer"])
+        set_rng_state(checkpoint["rng"])
+        global_step = checkpoint["global_step"]
+        envs.set_global_step(global_step)
+
+    shifts = "+".join(args.shift) or "stationary"
+    logger = RunLogger(
+        run_dir, args, args, group=f"{args.env_id}__{shifts}", tags=[args.regularizer, shifts]
+    )
+
+    def save_checkpoint() -> Path:
+        return logger.checkpoint(
+            global_step,
+            {
+                "args": args,
+                "global_step": global_step,
+                "task": envs.task,
+                "actor": actor.state_dict(),
+                "critic": critic.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "regularizer": regularizer.state_dict(),
+                "obs_normalizer": obs_normalizer.rms.state_dict(),
+                "reward_normalizer": reward_normalizer.state_dict(),
+                "rng": rng_state(),
+            },
+        )
+
+    # Rollout storage, on the device where the update runs.
+    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs, act_dim), device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+    episode_over = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+    # Episodes in flight at a checkpoint restart on resume; the task and statistics carry on.
+    raw_obs, _ = envs.reset(seed=args.seed + global_step)
+    for event in envs.shift_events:
+        logger.event(event["step"], event["event"], task=event["task"], params=event["params"])
+    next_obs = torch.as_tensor(obs_normalizer(raw_obs), device=device)
+    episode_return = np.zeros(args.num_envs)
+    episode_length = np.zeros(args.num_envs, dtype=np.int64)
+    recent_returns: list[float] = []
+    nonfinite_updates = 0
+    next_checkpoint = (
+        (global_step // args.checkpoint_every + 1) * args.checkpoint_every
+        if args.checkpoint_every
+        else None
+    )
+    bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
+    start_time, start_step = time.time(), global_step
+
+    try:
+        while global_step + batch_size <= args.total_timesteps:
+            if args.anneal_lr:
+                optimizer.param_groups[0]["lr"] = (
+                    1.0 - global_step / args.total_timesteps
+                ) * args.learning_rate
+
+            # --- Rollout: act, step the (shifting) world, store transitions.
+            for step in range(args.num_steps):
+                obs_buffer[step] = next_obs
+                with torch.no_grad():
+                    mean, _ = actor(next_obs)
+                    action = mean + actor.log_std.exp() * torch.randn_like(mean)
+                    logprobs[step] = gaussian_log_prob(action, mean, actor.log_std)
+                    values[step] = critic(next_obs)[0]
+                actions[step] = action
+                raw_obs, reward, terminated, truncated, infos = envs.step(
+                    np.clip(action.cpu().numpy(), action_low, action_high)
+                )
+                global_step += args.num_envs
+                done = terminated | truncated
+
+                episode_return += reward
+                episode_length += 1
+                for i in np.flatnonzero(done):
+                    recent_returns = [*recent_returns[-9:], float(episode_return[i])]
+                    logger.scalars(
+                        global_step,
+                        {
+                            "charts/episodic_return": episode_return[i],
+                            "charts/episodic_length": episode_length[i],
+                        },
+                    )
+                    episode_return[i], episode_length[i] = 0.0, 0
+
+                scaled_reward = reward_normalizer(reward, done)
+                # A truncated episode did not end in the MDP: bootstrap from its final observation's
+                # value (same-step autoreset puts it in infos["final_obs"]; raw_obs is already the reset).
+                cut_short = np.flatnonzero(truncated & ~terminated)
+                if cut_short.size:
+                    final_obs = obs_normalizer(
+                        np.stack(infos["final_obs"][cut_short]), update=False
+                    )
+                    with torch.no_grad():
+                        final_value = (
+                            critic(torch.as_tensor(final_obs, device=device))[0].cpu().numpy()
+                        )
+                    scaled_reward[cut_short] += args.gamma * final_value
+                rewards[step] = torch.as_tensor(scaled_reward, device=device)
+                episode_over[step] = torch.as_tensor(done, device=device, dtype=torch.float32)
+                next_obs = torch.as_tensor(obs_normalizer(raw_obs), device=device)
+
+                if "shift" in infos:
+                    shift = infos["shift"]
+                    logger.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
+                    logger.scalars(
+                        shift["step"], {"charts/task": shift["task"], **regularizer.on_shift()}
+                    )
+
+            # --- Generalised advantage estimation; an episode's end cuts the recursion.
+            with torch.no_grad():
+                next_value = critic(next_obs)[0]
+                advantages = torch.zeros_like(rewards)
+                last_advantage = torch.zeros(args.num_envs, device=device)
+                for t in reversed(range(args.num_steps)):
+                    following_value = next_value if t == args.num_steps - 1 else values[t + 1]
+                    not_over = 1.0 - episode_over[t]
+                    delta = rewards[t] + args.gamma * following_value * not_over - values[t]
+                    last_advantage = (
+                        delta + args.gamma * args.gae_lambda * not_over * last_advantage
+                    )
+                    advantages[t] = last_advantage
+                returns = advantages + values
+
+            # --- Minibatch updates: PPO loss + the regularizer's penalty, then its moments.
+            b_obs = obs_buffer.reshape(-1, obs_dim)
+            b_actions = actions.reshape(-1, act_dim)
+            b_logprobs, b_advantages = logprobs.reshape(-1), advantages.reshape(-1)
+            b_returns, b_values = returns.reshape(-1), values.reshape(-1)
+
+            # The ER step (and any method acting "once per pass") sees the whole rollout.
+            features_on_rollout = functools.partial(hidden_features, actor, critic, b_obs)
+            clipfracs, regularizer_metrics = [], {}
+            for _epoch in range(args.update_epochs):
+                order = torch.randperm(batch_size, device=device)
+                for start in range(0, batch_size, minibatch_size):
+                    idx = order[start : start + minibatch_size]
+                    mean, actor_features = actor(b_obs[idx])
+                    new_value, critic_features = critic(b_obs[idx])
+                    log_std = actor.log_std.expand_as(mean)
+                    new_logprob = gaussian_log_prob(b_actions[idx], mean, log_std)
+                    entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+                    logratio = new_logprob - b_logprobs[idx]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+
+                    mb_advantages = b_advantages[idx]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                            mb_advantages.std() + 1e-8
+                        )
+                    pg_loss = torch.max(
+                        -mb_advantages * ratio,
+                        -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef),
+                    ).mean()
+                    if args.clip_vloss:
+                        v_clipped = b_values[idx] + torch.clamp(
+                            new_value - b_values[idx], -args.clip_coef, args.clip_coef
+                        )
+                        v_loss = (
+                            0.5
+                            * torch.max(
+                                (new_value - b_returns[idx]) ** 2, (v_clipped - b_returns[idx]) ** 2
+                            ).mean()
+                        )
+                    else:
+                        v_loss = 0.5 * ((new_value - b_returns[idx]) ** 2).mean()
+                    entropy_loss = entropy.mean()
+                    penalty = regularizer.penalty(
+                        {"actor": actor_features, "critic": critic_features}
+                    )
+                    loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss + penalty
+
+                    if not torch.isfinite(loss):
+                        # Skip the step rather than write NaN into the weights; logged below.
+                        nonfinite_updates += 1
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
+                    optimizer.step()
+                    pass_end = start + minibatch_size >= batch_size
+                    regularizer_metrics.update(
+                        regularizer.after_update(features_on_rollout, pass_end)
+                    )
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            # --- Logging, divergence check, checkpoints.
+            if nonfinite_updates:
+                logger.event(
+                    global_step,
+                    "warning",
+                    message=f"{nonfinite_updates} minibatch losses were not finite; skipped",
+                )
+                if not all(torch.isfinite(p).all() for p in parameters):
+                    raise FloatingPointError("parameters became non-finite")
+                if nonfinite_updates >= args.update_epochs * args.num_minibatches:
+                    raise FloatingPointError(
+                        f"every minibatch loss of the update at step {global_step} was not finite"
+                    )
+                nonfinite_updates = 0
+            explained_var = float("nan")
+            with torch.no_grad():
+                var_returns = b_returns.var()
+                if var_returns > 0:
+                    explained_var = float(1 - (b_returns - b_values).var() / var_returns)
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            logger.scalars(
+                global_step,
+                {
+                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                    "charts/SPS": sps,
+                    "charts/task": envs.task,
+                    "losses/value_loss": v_loss.item(),
+                    "losses/policy_loss": pg_loss.item(),
+                    "losses/entropy": entropy_loss.item(),
+                    "losses/old_approx_kl": old_approx_kl.item(),
+                    "losses/approx_kl": approx_kl.item(),
+                    "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                    "losses/explained_variance": explained_var,
+                    "regularizer/penalty": penalty.item(),
+                    **{f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
+                },
+            )
+            bar.update(batch_size)
+            bar.set_postfix(
+                sps=sps,
+                task=envs.task,
+                ret=f"{np.mean(recent_returns):.0f}" if recent_returns else "-",
+            )
+            if next_checkpoint is not None and global_step >= next_checkpoint:
+                save_checkpoint()
+                next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every
+        save_checkpoint()
+    except KeyboardInterrupt:
+        # A killed run (Ctrl-C, SIGTERM) keeps its logs and leaves a checkpoint to --resume from;
+        # the interrupted rollout is discarded and restarts on resume.
+        logger.event(global_step, "interrupted", checkpoint=str(save_checkpoint()))
+        raise
+    except FloatingPointError as error:
+        logger.event(global_step, "diverged", message=str(error))
+        raise ConfigError(
+            f"training diverged at step {global_step}: {error}; logs are in {run_dir} "
+            "(resume from its last good checkpoint with a smaller learning rate or regularizer strength)"
+        ) from None
+    finally:
+        bar.close()
+        envs.close()
+        logger.close()
+    return run_dir
+
+
+def preset_args(name: str) -> Args:
+    """The defaults of a named preset (the other flags are applied on top of these)."""
+    return dataclasses.replace(Args(), preset=name, **PRESETS[name])

@@ -1,0 +1,100 @@
+"""Plasticity methods, one file each, all implementing `Regularizer` (see base.py).
+
+A learner's Args inherits `RegularizerFlags`, so every method's flags appear flat on its
+command line, e.g. `--regularizer l2-er --l2.weight-decay 1e-3 --erank.lr 1e-2`, and builds its
+method with `build_regularizer(args)`. Adding a method is one file, one config field here and
+one line in `REGULARIZERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from regularizers.base import Combined, Regularizer
+from regularizers.erank import ERank, ERankConfig, effective_rank
+from regularizers.l2 import L2, L2Config
+from regularizers.l2_init import L2Init, L2InitConfig
+from regularizers.shrink_perturb import ShrinkPerturb, ShrinkPerturbConfig
+
+RegularizerName = Literal["none", "l2", "l2-init", "erank", "l2-er", "shrink-perturb"]
+
+
+@dataclass
+class RegularizerFlags:
+    """The plasticity method and every method's flags (a mixin of each learner's Args)."""
+
+    regularizer: RegularizerName = "none"
+    """which plasticity method; each method's own flags are below (l2-er uses --l2.* and
+    --erank.*)"""
+    l2: L2Config = field(default_factory=L2Config)
+    """L2: coupled weight decay toward zero on all parameters"""
+    l2_init: L2InitConfig = field(default_factory=L2InitConfig)
+    """L2 Init: squared distance to the initial parameters (Kumar et al. 2023)"""
+    erank: ERankConfig = field(default_factory=ERankConfig)
+    """ER: gradient-ascent steps on the effective rank of the hidden features"""
+    shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
+    """Shrink & Perturb: theta <- shrink * theta + noise * fresh init (Ash & Adams 2020)"""
+
+
+REGULARIZERS: dict[str, Callable[[RegularizerFlags], Regularizer]] = {
+    "none": lambda flags: Regularizer(),
+    "l2": lambda flags: L2(flags.l2),
+    "l2-init": lambda flags: L2Init(flags.l2_init),
+    "erank": lambda flags: ERank(flags.erank),
+    "l2-er": lambda flags: Combined([L2(flags.l2), ERank(flags.erank)], name="l2-er"),
+    "shrink-perturb": lambda flags: ShrinkPerturb(flags.shrink_perturb),
+}
+
+
+RULES: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda value: value >= 0,
+    "in (0, 1]": lambda value: 0 < value <= 1,
+}
+
+
+def check_flags(flags: RegularizerFlags) -> None:
+    """Raise ValueError naming the first flag no method can run with (NaN breaks every rule)."""
+    checks = [
+        ("--l2.weight-decay", flags.l2.weight_decay, ">= 0"),
+        ("--l2-init.strength", flags.l2_init.strength, ">= 0"),
+        ("--erank.lr", flags.erank.lr, ">= 0"),
+        ("--erank.every", flags.erank.every, ">= 0"),
+        ("--shrink-perturb.shrink", flags.shrink_perturb.shrink, "in (0, 1]"),
+        ("--shrink-perturb.noise", flags.shrink_perturb.noise, ">= 0"),
+        ("--shrink-perturb.every", flags.shrink_perturb.every, ">= 0"),
+    ]
+    for flag, value, rule in checks:
+        if not RULES[rule](value):
+            raise ValueError(f"{flag} must be {rule}, got {value}")
+
+
+def build_regularizer(flags: RegularizerFlags) -> Regularizer:
+    """The method `flags.regularizer` names, built from its flags (after checking them)."""
+    if flags.regularizer not in REGULARIZERS:
+        raise ValueError(
+            f"--regularizer must be one of {list(REGULARIZERS)}, got {flags.regularizer!r}"
+        )
+    check_flags(flags)
+    return REGULARIZERS[flags.regularizer](flags)
+
+
+__all__ = [
+    "REGULARIZERS",
+    "Combined",
+    "ERank",
+    "ERankConfig",
+    "L2",
+    "L2Config",
+    "L2Init",
+    "L2InitConfig",
+    "Regularizer",
+    "RegularizerFlags",
+    "RegularizerName",
+    "ShrinkPerturb",
+    "ShrinkPerturbConfig",
+    "build_regularizer",
+    "check_flags",
+    "effective_rank",
+]

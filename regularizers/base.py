@@ -1,0 +1,109 @@
+"""The one interface every plasticity method implements.
+
+A learner (PPO, SAC, the supervised stream) holds one `Regularizer` and calls its moments at
+fixed points of its loop, never asking which method it holds:
+
+    reg.attach(nets, optimizer, seed)       # once, after the networks and optimizer exist
+    loss = loss + reg.penalty(feats)        # every minibatch, feats from the same forward pass
+    optimizer.step()
+    metrics = reg.after_update(features_fn, pass_end)   # after every optimizer step
+    reg.on_shift()                          # when the task changes
+
+`nets` maps a name ("actor", "critic", "model") to an `nn.Module` whose forward returns
+`(output, hidden_features)`, where `hidden_features` is the list of post-activation hidden
+layer outputs, each of shape (batch, width). A net may offer `reset_parameters()`, which
+redraws its initialisation in place (methods that need a fresh initial draw use it).
+
+`feats` (penalty) and the value of `features_fn()` (after_update) map the same names to those
+lists. `features_fn` is lazy: a method that needs a forward pass on "the current data" (the
+whole PPO rollout, the last examples of the supervised stream) calls it, and only then does the
+learner pay for that pass. It must be called with gradients enabled.
+
+`pass_end` is True on the last optimizer step of one pass over the current data (the end of a
+PPO epoch); methods with a "once per pass" cadence act then.
+
+Every moment defaults to doing nothing, so a method fills in only what it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+Features = dict[str, list[Tensor]]
+FeaturesFn = Callable[[], Features]
+
+
+class Regularizer:
+    """The no-op method (`--regularizer none`); every other method subclasses it."""
+
+    name = "none"
+
+    def attach(
+        self, nets: dict[str, nn.Module], optimizer: torch.optim.Optimizer, seed: int
+    ) -> None:
+        """Remember the networks and optimizer; snapshot whatever the method needs (theta_0, ...)."""
+        self.nets = nets
+        self.optimizer = optimizer
+        self.seed = seed
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for net in self.nets.values():
+            yield from net.parameters()
+
+    def penalty(self, feats: Features) -> Tensor:
+        """A term added to the training loss (a zero scalar when the method has none)."""
+        return torch.zeros((), device=next(self.parameters()).device)
+
+    def after_update(self, features_fn: FeaturesFn, pass_end: bool) -> dict[str, float]:
+        """Act after an optimizer step (an extra ascent step, shrink-perturb, ...); return metrics."""
+        return {}
+
+    def on_shift(self) -> dict[str, float]:
+        """Act when the task changes (e.g. reset, shrink-perturb at the task boundary)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold to resume the method exactly (theta_0, counters, RNG)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Combined(Regularizer):
+    """Several methods at once (e.g. `l2-er` = L2 + effective-rank): penalties add, and every
+    moment is passed to each part in order."""
+
+    def __init__(self, parts: list[Regularizer], name: str):
+        self.parts = parts
+        self.name = name
+
+    def attach(self, nets, optimizer, seed):
+        super().attach(nets, optimizer, seed)
+        for part in self.parts:
+            part.attach(nets, optimizer, seed)
+
+    def penalty(self, feats):
+        return sum((part.penalty(feats) for part in self.parts), super().penalty(feats))
+
+    def after_update(self, features_fn, pass_end):
+        metrics: dict[str, float] = {}
+        for part in self.parts:
+            metrics.update(part.after_update(features_fn, pass_end))
+        return metrics
+
+    def on_shift(self):
+        metrics: dict[str, float] = {}
+        for part in self.parts:
+            metrics.update(part.on_shift())
+        return metrics
+
+    def state_dict(self):
+        return {part.name: part.state_dict() for part in self.parts}
+
+    def load_state_dict(self, state):
+        for part in self.parts:
+            part.load_state_dict(state[part.name])

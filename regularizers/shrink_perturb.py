@@ -1,0 +1,106 @@
+"""Shrink & Perturb (Ash & Adams, "On Warm-Starting Neural Network Training", NeurIPS 2020).
+
+    theta <- shrink * theta + noise * theta_fresh
+
+where theta_fresh is a fresh draw of the network's own initialisation (a copy of the net after
+`reset_parameters()`), applied at every task change (`every=0`) or after every `every`
+optimizer updates. The optimizer's state is left as it is.
+
+The fresh draws come from the method's own random stream, seeded from the run's seed through
+`fresh_draw_seed` (so the first draw is not the run's own initial draw), and taken on the CPU
+inside `torch.random.fork_rng`, so the run's random streams are never advanced. The stream's
+state is part of `state_dict`, so a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from regularizers.base import FeaturesFn, Regularizer
+
+STREAM_TAG = 0x5EED
+"""Mixed with the run's seed so that this stream differs from every stream the run seeds."""
+
+
+def fresh_draw_seed(seed: int) -> int:
+    """The seed of shrink-perturb's own stream, derived from the run's seed."""
+    return int(np.random.SeedSequence([seed, STREAM_TAG]).generate_state(1)[0])
+
+
+@dataclass
+class ShrinkPerturbConfig:
+    """Flags of `--regularizer shrink-perturb`."""
+
+    shrink: float = 0.8
+    """multiply every parameter by this, in (0, 1]"""
+    noise: float = 0.01
+    """then add this times a fresh draw of the network's initialisation"""
+    every: int = 0
+    """apply after every this many optimizer updates; 0 = at every task change"""
+
+
+def reinitialise(net: nn.Module) -> None:
+    """Redraw `net`'s initialisation in place: its own reset_parameters(), else its layers'."""
+    if hasattr(net, "reset_parameters"):
+        net.reset_parameters()
+        return
+    for module in net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+class ShrinkPerturb(Regularizer):
+    """theta <- shrink * theta + noise * theta_fresh, at shifts or every `every` updates."""
+
+    name = "shrink-perturb"
+
+    def __init__(self, config: ShrinkPerturbConfig):
+        self.config = config
+        self.updates = 0
+
+    def attach(
+        self, nets: dict[str, nn.Module], optimizer: torch.optim.Optimizer, seed: int
+    ) -> None:
+        super().attach(nets, optimizer, seed)
+        self.updates = 0
+        self.rng_state = torch.Generator().manual_seed(fresh_draw_seed(seed)).get_state()
+
+    def fresh_draw(self, net: nn.Module) -> nn.Module:
+        """A CPU copy of `net` re-initialised from this method's stream (which advances)."""
+        # On the CPU, only the CPU generator is drawn from, and fork_rng restores it after.
+        fresh = copy.deepcopy(net).cpu()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            reinitialise(fresh)
+            self.rng_state = torch.get_rng_state()
+        return fresh
+
+    def apply(self) -> dict[str, float]:
+        for net in self.nets.values():
+            fresh = self.fresh_draw(net)
+            with torch.no_grad():
+                for param, fresh_param in zip(net.parameters(), fresh.parameters(), strict=True):
+                    param.mul_(self.config.shrink).add_(
+                        fresh_param.to(param.device), alpha=self.config.noise
+                    )
+        return {"shrink_perturb/applied": 1.0}
+
+    def after_update(self, features_fn: FeaturesFn, pass_end: bool) -> dict[str, float]:
+        self.updates += 1
+        every = self.config.every
+        return self.apply() if every > 0 and self.updates % every == 0 else {}
+
+    def on_shift(self) -> dict[str, float]:
+        return self.apply() if self.config.every == 0 else {}
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "rng_state": self.rng_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.rng_state = state["rng_state"].to("cpu", copy=True)

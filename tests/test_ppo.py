@@ -1,0 +1,261 @@
+"""PPO and train.py end to end: as a user runs them, on real MuJoCo, with real (offline) wandb."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents import ppo
+from agents.run import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+# A small, fast configuration: 256-step rollouts, shift every 1024 steps.
+SMALL = [
+    "--num-steps",
+    "256",
+    "--num-minibatches",
+    "4",
+    "--update-epochs",
+    "2",
+    "--torch-threads",
+    "1",
+]
+
+
+def run_cli(*argv: str, runs_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "train.py", *argv, "--runs-dir", str(runs_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def only_run_dir(runs_dir: Path) -> Path:
+    (run_dir,) = list(runs_dir.iterdir())
+    return run_dir
+
+
+def test_gaussian_log_prob_matches_torch_distribution():
+    mean, log_std = torch.randn(5, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    action = torch.randn(5, 3, dtype=torch.float64)
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(action).sum(-1)
+    torch.testing.assert_close(ppo.gaussian_log_prob(action, mean, log_std), expected)
+
+
+def test_end_to_end_across_a_shift_with_tracking(tmp_path):
+    result = run_cli(
+        "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "2048", "--shift", "friction",
+        "--shift-every", "1024", "--regularizer", "l2-er", "--checkpoint-every", "1024", "--track",
+        *SMALL, runs_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(tmp_path)
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (
+        config["env_id"] == "Hopper-v5"
+        and config["regularizer"] == "l2-er"
+        and config["shift_every"] == 1024
+    )
+
+    events = read_jsonl(run_dir / "events.jsonl")
+    shifts = [e for e in events if e["event"] == "shift"]
+    assert [(e["step"], e["task"]) for e in shifts] == [(1024, 1)]
+    assert 0.02 <= shifts[0]["params"]["friction_scale"] <= 2.0
+    assert any(e["event"] == "task_start" and e["step"] == 0 for e in events)
+
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    updates = [m for m in metrics if "losses/value_loss" in m]
+    assert [m["step"] for m in updates] == [256 * k for k in range(1, 9)]
+    assert all(math.isfinite(m["losses/value_loss"]) for m in updates)
+    assert any("regularizer/erank/actor" in m for m in updates), "the ER step never reported"
+    assert any("charts/episodic_return" in m for m in metrics)  # Hopper falls within 2048 steps
+    assert [m["charts/task"] for m in updates] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+    state = load_checkpoint(run_dir)
+    assert state["global_step"] == 2048 and state["task"] == 1
+    assert {
+        "actor",
+        "critic",
+        "optimizer",
+        "obs_normalizer",
+        "reward_normalizer",
+        "rng",
+        "regularizer",
+    } <= set(state)
+    assert state["obs_normalizer"]["count"] > 2048  # statistics carried across the shift
+    actor = ppo.GaussianActor(11, 3, (64, 64), "tanh")
+    actor.load_state_dict(state["actor"])
+    assert sorted(p.stem for p in (run_dir / "checkpoints").glob("step_*.pt")) == [
+        "step_1024",
+        "step_2048",
+    ]
+
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, "--track with WANDB_MODE=offline left no offline W&B run"
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    first = run_cli(
+        "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "1024", "--shift", "obs-permute",
+        "--shift-every", "768", "--shift-at", "1280", *SMALL, runs_dir=tmp_path,
+    )  # fmt: skip
+    # 1024 steps end before the second shift at 1280; the first at 768 has happened.
+    assert first.returncode == 0, first.stderr
+    run_dir = only_run_dir(tmp_path)
+    before = load_checkpoint(run_dir)
+    assert before["task"] == 1
+
+    second = run_cli(
+        "ppo", "--resume", str(run_dir), "--total-timesteps", "2048", runs_dir=tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+    assert len(list(tmp_path.iterdir())) == 1, "resume must write into the same run directory"
+    after = load_checkpoint(run_dir)
+    assert after["global_step"] == 2048 and after["args"].num_steps == 256  # saved config reused
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert [e["step"] for e in events if e["event"] == "resume"] == [1024]
+    assert [(e["step"], e["task"]) for e in events if e["event"] == "shift"] == [
+        (768, 1),
+        (1280, 2),
+        (1536, 3),
+    ]
+    steps = [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl") if "losses/value_loss" in m]
+    assert steps == [256 * k for k in range(1, 9)]
+
+
+def test_sigterm_leaves_logs_and_a_resumable_checkpoint(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "1000000",
+         *SMALL, "--runs-dir", str(tmp_path)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = list(tmp_path.iterdir())
+        if (
+            runs
+            and (runs[0] / "metrics.jsonl").exists()
+            and "losses/value_loss" in (runs[0] / "metrics.jsonl").read_text()
+        ):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "interrupted" in stderr and "--resume" in stderr
+    run_dir = only_run_dir(tmp_path)
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert events[-1]["event"] == "interrupted"
+    state = load_checkpoint(run_dir)
+    assert state["global_step"] >= 256
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["ppo", "--env-id", "HalfCheetah-v9"], "did you mean"),
+        (["ppo", "--shift", "friction", "--shift-every", "-5"], "--shift-every"),
+        (
+            ["ppo", "--shift", "friction", "--shift-every", "5000000", "--total-timesteps", "4096"],
+            "no shift",
+        ),
+        (["ppo", "--preset", "nope"], "unknown preset"),
+        (["pop"], "unknown mode"),
+        (["ppo", "--regularizer", "l2-er", "--erank.lr", "-1"], "--erank.lr"),
+        (["ppo", "--num-minibatches", "3"], "--num-minibatches"),
+        (["ppo", "--learning-rate", "nan"], "--learning-rate"),
+        (["ppo", "--resume", "/nonexistent/run"], "no checkpoint"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(tmp_path, argv, expected):
+    result = run_cli(*argv, runs_dir=tmp_path, timeout=60)
+    assert result.returncode != 0
+    (error_line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert expected in error_line, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_flag_gets_tyros_error(tmp_path):
+    result = run_cli("ppo", "--shfit", "friction", runs_dir=tmp_path, timeout=60)
+    assert result.returncode != 0
+    assert "Unrecognized options" in result.stderr and "--shift" in result.stderr
+
+
+def test_help_shows_every_flag_with_its_docstring(tmp_path):
+    result = run_cli("ppo", "--help", runs_dir=tmp_path, timeout=60)
+    assert result.returncode == 0
+    for flag in [
+        "--env-id",
+        "--shift-every",
+        "--regularizer",
+        "--erank.lr",
+        "--l2.weight-decay",
+        "--friction.low",
+        "--track",
+    ]:
+        assert flag in result.stdout
+    assert "anneal the learning rate" in result.stdout
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_logs(tmp_path):
+    # An absurd step size blows the weights up within a few updates.
+    result = run_cli(
+        "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "4096", "--learning-rate", "1e30", *SMALL,
+        runs_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged")
+    events = read_jsonl(only_run_dir(tmp_path) / "events.jsonl")
+    assert events[-1]["event"] == "diverged"
+
+
+def test_presets_resolve_to_the_paper_setting():
+    args = ppo.preset_args("slippery-ant")
+    assert (args.env_id, args.shift, args.shift_every) == ("Ant-v5", ("friction",), 2_000_000)
+    assert (args.friction.low, args.friction.high) == (0.02, 2.0)
+    assert (args.hidden_sizes, args.activation, args.adam_betas, args.learning_rate) == (
+        (256,),
+        "relu",
+        (0.99, 0.99),
+        1e-4,
+    )
+    assert (args.num_steps, args.update_epochs, args.num_minibatches, args.ent_coef, args.vf_coef, args.num_envs) == (
+        2048, 10, 128, 0.01, 1.0, 1,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ppo_learns_inverted_pendulum(tmp_path):
+    """A learning claim, tested by learning: the return clearly rises within CI's budget."""
+    args = ppo.Args(
+        env_id="InvertedPendulum-v5", total_timesteps=20_480, num_steps=1024, seed=3, runs_dir=str(tmp_path),
+        checkpoint_every=0,
+    )  # fmt: skip
+    run_dir = ppo.train(args)
+    returns = [
+        m["charts/episodic_return"]
+        for m in read_jsonl(run_dir / "metrics.jsonl")
+        if "charts/episodic_return" in m
+    ]
+    first, last = np.mean(returns[:20]), np.mean(returns[-10:])
+    assert last > 5 * first and last > 100, (first, last)
