@@ -19,9 +19,12 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean = batch.mean(axis=0)
-        batch_var = batch.var(axis=0)
+        # Plain sums rather than .mean()/.var(): this runs every env step, where numpy's
+        # per-call overhead, not arithmetic, is the cost.
         batch_count = batch.shape[0]
+        batch_mean = np.add.reduce(batch, axis=0) / batch_count
+        centered = batch - batch_mean
+        batch_var = np.add.reduce(centered * centered, axis=0) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
@@ -60,7 +63,7 @@ class ObservationNormalizer:
         if update:
             self.rms.update(obs)
         normalized = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.epsilon)
-        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+        return np.minimum(np.maximum(normalized, -self.clip), self.clip).astype(np.float32)
 
 
 class RewardNormalizer:
@@ -89,7 +92,7 @@ class RewardNormalizer:
         self.rms.update(self.discounted_return)
         self.discounted_return[episode_over] = 0.0
         scaled = reward / np.sqrt(self.rms.var + self.epsilon)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        return np.minimum(np.maximum(scaled, -self.clip), self.clip).astype(np.float32)
 
     def state_dict(self) -> dict:
         return {"rms": self.rms.state_dict(), "discounted_return": self.discounted_return.copy()}

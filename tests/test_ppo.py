@@ -259,3 +259,32 @@ def test_ppo_learns_inverted_pendulum(tmp_path):
     ]
     first, last = np.mean(returns[:20]), np.mean(returns[-10:])
     assert last > 5 * first and last > 100, (first, last)
+
+
+def test_gae_matches_a_hand_computed_rollout():
+    # One env, three steps; the second transition ends its episode (terminated or truncated:
+    # a truncated one carries gamma * V(final obs) in its reward already).
+    rewards = np.array([[1.0], [2.0], [3.0]])
+    values = np.array([[0.5], [0.4], [0.3]])
+    over = np.array([[0.0], [1.0], [0.0]])
+    gamma, lam = 0.9, 0.8
+    advantages = ppo.generalized_advantages(rewards, values, np.array([0.2]), over, gamma, lam)
+    a2 = 3 + gamma * 0.2 - 0.3  # bootstraps from the value after the rollout
+    a1 = 2 - 0.4  # the episode ended: no next value, no later advantages
+    a0 = (1 + gamma * 0.4 - 0.5) + gamma * lam * a1
+    np.testing.assert_allclose(advantages[:, 0], [a0, a1, a2])
+
+
+def test_gae_with_lambda_one_gives_discounted_returns_cut_at_episode_ends():
+    rng = np.random.default_rng(0)
+    steps, num_envs, gamma = 50, 3, 0.97
+    rewards, values = rng.normal(size=(steps, num_envs)), rng.normal(size=(steps, num_envs))
+    over = (rng.random((steps, num_envs)) < 0.1).astype(float)
+    next_value = rng.normal(size=num_envs)
+    advantages = ppo.generalized_advantages(rewards, values, next_value, over, gamma, 1.0)
+    expected_returns = np.zeros_like(rewards)
+    following = next_value
+    for t in reversed(range(steps)):
+        following = rewards[t] + gamma * (1 - over[t]) * following
+        expected_returns[t] = following
+    np.testing.assert_allclose(advantages + values, expected_returns, rtol=1e-10)
