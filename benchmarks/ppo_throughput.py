@@ -1,25 +1,34 @@
 """Env steps per second of our PPO against CleanRL's, in one process, as a table of ratios.
 
-Both run CleanRL's `ppo_continuous_action` defaults on HalfCheetah-v5: 1 env, 64x64 tanh,
-rollout 2048, 10 epochs, 32 minibatches, lr 3e-4 annealed, CPU, no shift, no regularizer, one
-torch thread each (the reference is no faster with two here, only noisier). The reference is
-`cleanrl_ppo_reference.py`, a faithful gymnasium-1.x port of CleanRL's script. SPS is each
-implementation's own measure: env steps / seconds since its training loop started.
-Runs alternate (reference first) so that machine noise falls on both alike.
+What it measures: our PPO (`agents/ppo.py`) and the reference (`cleanrl_ppo_reference.py`, a
+faithful gymnasium-1.x port of CleanRL's `ppo_continuous_action.py`), both in CleanRL's default
+configuration: HalfCheetah-v5, 1 env, 64x64 tanh actor and critic, rollout 2048, 10 epochs, 32
+minibatches, lr 3e-4 annealed to zero, gamma 0.99, lambda 0.95, clip 0.2, entropy 0, value 0.5,
+max grad norm 0.5, observation and reward normalisation, on the CPU with one torch thread each
+(the reference is no faster with two threads on a 2-core machine, only noisier). Ours runs with
+no shift and no regularizer. SPS is each implementation's own measure: env steps / seconds since
+its training loop started (set-up excluded; ours is the last "charts/SPS" of its metrics.jsonl);
+the wall time of each whole call, set-up included, is reported as well. Runs alternate, the
+reference first, so that machine noise falls on both alike; the ratio is the median of the
+per-pair ratios. With --learning the returns reached are compared too: the mean of the last 10
+episodic returns, and the mean episodic return of the episodes ending in each quarter of the run
+(equal env-step checkpoints), each as mean +- std over seeds.
 
     python benchmarks/ppo_throughput.py                        # throughput, ~3 minutes
     python benchmarks/ppo_throughput.py --learning --total-timesteps 100000 --seeds 1 2 3 --repeats 1
 
 Reference point (the issue): CleanRL's script runs at about 1,350 SPS on a 2-core machine of
-this kind; the target is at least 1.5x that, with the same learning.
+this kind; the target is ours at >= 1.5x that, with the same learning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,95 +43,155 @@ from cleanrl_ppo_reference import run_cleanrl_ppo  # noqa: E402
 
 from agents import ppo  # noqa: E402
 
+REFERENCE, OURS = "CleanRL (reference)", "ours"
+TORCH_THREADS = 1
+
 
 @dataclass
 class Args:
     env_id: str = "HalfCheetah-v5"
     """the environment both implementations train on"""
     total_timesteps: int = 8 * 2048
-    """env steps per run"""
+    """env steps per run (use e.g. 100000 or more with --learning)"""
     repeats: int = 3
-    """runs of each implementation per seed, alternating"""
+    """runs of each implementation per seed, alternating (reference first)"""
     seeds: tuple[int, ...] = (1,)
-    """seeds to run"""
+    """seeds to run (several for --learning)"""
     learning: bool = False
-    """also report the returns reached (use a longer --total-timesteps and several seeds)"""
+    """also compare learning: returns at equal env steps and the last 10 returns, over seeds"""
+
+
+def run_reference(env_id: str, total_timesteps: int, seed: int) -> dict:
+    """CleanRL's PPO; its per-episode and per-iteration prints go to /dev/null."""
+    started = time.perf_counter()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        result = run_cleanrl_ppo(env_id, total_timesteps, seed, torch_threads=TORCH_THREADS)
+    wall = time.perf_counter() - started
+    episodes = [(step, ret) for step, ret, _length in result["episodes"]]
+    return {"sps": result["sps"], "wall_s": wall, "episodes": episodes}
 
 
 def run_ours(env_id: str, total_timesteps: int, seed: int, runs_dir: str) -> dict:
+    """Our PPO in CleanRL's default configuration; SPS and episodes read from metrics.jsonl."""
     args = ppo.Args(
-        env_id=env_id, total_timesteps=total_timesteps, seed=seed, anneal_lr=True, cuda=False,
-        torch_threads=1, checkpoint_every=0, runs_dir=runs_dir,
+        env_id=env_id, total_timesteps=total_timesteps, seed=seed, num_envs=1,
+        hidden_sizes=(64, 64), activation="tanh", init="orthogonal",
+        learning_rate=3e-4, anneal_lr=True, num_steps=2048, update_epochs=10, num_minibatches=32,
+        gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
+        norm_obs=True, norm_reward=True, shift=(), regularizer="none",
+        cuda=False, torch_threads=TORCH_THREADS, track=False, checkpoint_every=0, runs_dir=runs_dir,
     )  # fmt: skip
+    started = time.perf_counter()
     run_dir = ppo.train(args)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    wall = time.perf_counter() - started
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
     sps = [m["charts/SPS"] for m in metrics if "charts/SPS" in m][-1]
     episodes = [
         (m["step"], m["charts/episodic_return"]) for m in metrics if "charts/episodic_return" in m
     ]
-    return {"sps": sps, "episodes": episodes}
+    return {"sps": sps, "wall_s": wall, "episodes": episodes}
 
 
-def mean_last_returns(episodes: list, count: int = 10) -> float:
-    returns = [episode[1] for episode in episodes]
-    return float(np.mean(returns[-count:])) if returns else float("nan")
+def mean_last_returns(episodes: list[tuple[int, float]], count: int = 10) -> float:
+    returns = [ret for _step, ret in episodes[-count:]]
+    return float(np.mean(returns)) if returns else float("nan")
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    return f"{np.mean(values):.0f} +- {np.std(values):.0f}" if values else "-"
+
+
+def median_range(values: list[float], digits: int = 0) -> str:
+    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main(args: Args) -> None:
-    results: dict[str, list[dict]] = {"CleanRL (reference)": [], "ours": []}
+    # --- Run: for each seed, reference then ours, `repeats` times.
+    results: dict[str, list[dict]] = {REFERENCE: [], OURS: []}
+    total_runs = 2 * len(args.seeds) * args.repeats
     with tempfile.TemporaryDirectory() as runs_dir:
         for seed in args.seeds:
             for _ in range(args.repeats):
-                reference = run_cleanrl_ppo(
-                    args.env_id, args.total_timesteps, seed, torch_threads=1
-                )
-                results["CleanRL (reference)"].append({"seed": seed, **reference})
-                results["ours"].append(
-                    {"seed": seed, **run_ours(args.env_id, args.total_timesteps, seed, runs_dir)}
-                )
+                for name in (REFERENCE, OURS):
+                    if name == REFERENCE:
+                        run = run_reference(args.env_id, args.total_timesteps, seed)
+                    else:
+                        run = run_ours(args.env_id, args.total_timesteps, seed, runs_dir)
+                    results[name].append({"seed": seed, **run})
+                    done = len(results[REFERENCE]) + len(results[OURS])
+                    print(
+                        f"[{done}/{total_runs}] {name}, seed {seed}: {run['sps']:.0f} SPS, "
+                        f"{run['wall_s']:.1f} s wall",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
+    # --- Throughput table.
     ratios = [
-        o["sps"] / r["sps"]
-        for o, r in zip(results["ours"], results["CleanRL (reference)"], strict=True)
+        ours["sps"] / reference["sps"]
+        for ours, reference in zip(results[OURS], results[REFERENCE], strict=True)
     ]
-    print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, 1 torch thread each")
     print(
-        f"{args.env_id}, {args.total_timesteps} steps per run, {len(args.seeds)} seed(s) x {args.repeats} run(s)\n"
+        f"\nmachine: nproc {os.cpu_count()}, torch {torch.__version__}, "
+        f"{TORCH_THREADS} torch thread(s) each"
     )
     print(
-        "| implementation | SPS median (min-max) | ratio to CleanRL (median of pairs) | mean return, last 10 episodes |"
+        f"{args.env_id}, {args.total_timesteps} steps per run, seeds {list(args.seeds)}, "
+        f"{args.repeats} alternating run(s) per seed\n"
     )
-    print("|---|---|---|---|")
+    print(
+        f"| implementation ({TORCH_THREADS} torch thread) | SPS median (min-max) "
+        "| ratio to CleanRL (median of pairs) | wall s incl. set-up, median "
+        "| final mean return (last 10 episodes) |"
+    )
+    print("|---|---|---|---|---|")
     for name, runs in results.items():
-        sps = [run["sps"] for run in runs]
-        ratio = (
-            "1.00"
-            if name.startswith("CleanRL")
-            else f"{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-        )
+        ratio = "1.00" if name == REFERENCE else median_range(ratios, digits=2)
         final = [mean_last_returns(run["episodes"]) for run in runs]
         print(
-            f"| {name} | {np.median(sps):.0f} ({min(sps):.0f}-{max(sps):.0f}) | {ratio} | {np.mean(final):.0f} +- {np.std(final):.0f} |"
+            f"| {name} | {median_range([run['sps'] for run in runs])} | {ratio} "
+            f"| {np.median([run['wall_s'] for run in runs]):.1f} | {mean_std(final)} |"
         )
 
-    if args.learning:
-        # Returns at equal env steps: mean episodic return of the episodes ending in each quarter.
-        quarters = np.linspace(0, args.total_timesteps, 5)
-        print(
-            "\n| implementation | " + " | ".join(f"steps <= {q:.0f}" for q in quarters[1:]) + " |"
-        )
-        print("|---|" + "---|" * 4)
-        for name, runs in results.items():
-            cells = []
-            for low, high in zip(quarters[:-1], quarters[1:], strict=True):
-                per_seed = [
-                    np.mean(
-                        [ret for step, ret, *_ in run["episodes"] if low < step <= high] or [np.nan]
-                    )
+    if not args.learning:
+        return
+
+    # --- Learning table: per seed (repeats averaged), then mean +- std over seeds.
+    quarters = np.linspace(0, args.total_timesteps, 5)
+    print(
+        "\nLearning at equal env steps: mean episodic return of the episodes ending in each "
+        "quarter of the run, and of the last 10 episodes; mean +- std over seeds.\n"
+    )
+    print(
+        "| implementation | "
+        + " | ".join(f"steps <= {high:.0f}" for high in quarters[1:])
+        + " | last 10 episodes | SPS median |"
+    )
+    print("|---|" + "---|" * 6)
+    for name, runs in results.items():
+        cells = []
+        for low, high in zip(quarters[:-1], quarters[1:], strict=True):
+            per_seed = []
+            for seed in args.seeds:
+                returns = [
+                    ret
                     for run in runs
+                    if run["seed"] == seed
+                    for step, ret in run["episodes"]
+                    if low < step <= high
                 ]
-                cells.append(f"{np.nanmean(per_seed):.0f} +- {np.nanstd(per_seed):.0f}")
-            print(f"| {name} | " + " | ".join(cells) + " |")
+                per_seed.append(float(np.mean(returns)) if returns else float("nan"))
+            cells.append(mean_std(per_seed))
+        last = [
+            np.mean([mean_last_returns(run["episodes"]) for run in runs if run["seed"] == seed])
+            for seed in args.seeds
+        ]
+        speed = f"{np.median([run['sps'] for run in runs]):.0f}"
+        if name == OURS:
+            speed += f" ({np.median(ratios):.2f}x)"
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean_std(last)} | {speed} |")
 
 
 if __name__ == "__main__":
