@@ -37,6 +37,8 @@ from agents.run import (
     seed_everything,
     set_rng_state,
 )
+from diagnostics import Diagnostics, DiagnosticsFlags, LossClosure, Probe
+from diagnostics import check_flags as check_diagnostics_flags
 from envs import SLIPPERY_ANT, ConfigError, ShiftFlags, make_vector_env
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from regularizers import RegularizerFlags, build_regularizer
@@ -46,7 +48,7 @@ PresetName = Literal["none", "demo", "slippery-ant"]
 
 
 @dataclass
-class Args(TrackingFlags, RegularizerFlags, ShiftFlags):
+class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
     preset: PresetName = "none"
     """a named set of defaults applied before the other flags: demo (make run: HalfCheetah-v5, friction
     shifts every 50k steps, L2-ER, 200k steps), slippery-ant (the paper's PPO run on Ant-v5)"""
@@ -157,6 +159,73 @@ def hidden_features(actor: GaussianActor, critic: Critic, obs: Tensor) -> dict[s
     return {"actor": actor(obs)[1], "critic": critic(obs)[1]}
 
 
+def loss_closures(
+    actor: GaussianActor, critic: Critic, data: dict[str, Tensor], args: Args, n: int
+) -> dict[str, LossClosure]:
+    """PPO's losses on the first n samples of `data` as functions of each network's parameters
+    (for the diagnostics): the actor's clipped surrogate with its entropy bonus, the critic's
+    (weighted) value loss, and their sum, the joint loss. Everything but the parameters is
+    frozen: actions, old log-probabilities, advantages (normalised over these n samples, as a
+    minibatch is in training), returns and old values. The regularizer's penalty is not part
+    of them: the curvature measured is the task's.
+    """
+    obs, actions, old_logprobs = data["obs"][:n], data["actions"][:n], data["logprobs"][:n]
+    returns, old_values, advantages = (
+        data["returns"][:n],
+        data["values"][:n],
+        data["advantages"][:n],
+    )
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    act_dim = actions.shape[-1]
+
+    def actor_outputs(params: dict[str, Tensor]) -> Tensor:
+        mean = torch.func.functional_call(actor, params, (obs,))[0]
+        return torch.cat([mean, params["log_std"].expand_as(mean)], -1)
+
+    def actor_loss(outputs: Tensor) -> Tensor:
+        mean, log_std = outputs[:, :act_dim], outputs[:, act_dim:]
+        ratio = (gaussian_log_prob(actions, mean, log_std) - old_logprobs).exp()
+        clipped = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+        pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
+        entropy = (0.5 + 0.5 * LOG_2PI + log_std).sum(-1).mean()
+        return pg_loss - args.ent_coef * entropy
+
+    def critic_outputs(params: dict[str, Tensor]) -> Tensor:
+        return torch.func.functional_call(critic, params, (obs,))[0]
+
+    def critic_loss(values: Tensor) -> Tensor:
+        if args.clip_vloss:
+            clipped = old_values + torch.clamp(values - old_values, -args.clip_coef, args.clip_coef)
+            squared = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+        else:
+            squared = (values - returns) ** 2
+        return args.vf_coef * 0.5 * squared.mean()
+
+    def joint_outputs(params: dict[str, Tensor]) -> Tensor:
+        split = {"actor": {}, "critic": {}}
+        for name, value in params.items():
+            net, _, rest = name.partition(".")
+            split[net][rest] = value
+        return torch.cat(
+            [actor_outputs(split["actor"]), critic_outputs(split["critic"])[:, None]], -1
+        )
+
+    def joint_loss(outputs: Tensor) -> Tensor:
+        return actor_loss(outputs[:, : 2 * act_dim]) + critic_loss(outputs[:, 2 * act_dim])
+
+    actor_params, critic_params = dict(actor.named_parameters()), dict(critic.named_parameters())
+    joint_params = {
+        **{f"actor.{k}": v for k, v in actor_params.items()},
+        **{f"critic.{k}": v for k, v in critic_params.items()},
+    }
+    return {
+        "actor": LossClosure(actor_params, actor_outputs, actor_loss),
+        "critic": LossClosure(critic_params, critic_outputs, critic_loss),
+        "joint": LossClosure(joint_params, joint_outputs, joint_loss),
+    }
+
+
 def generalized_advantages(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -198,6 +267,10 @@ def check_args(args: Args) -> None:
         raise ConfigError(
             f"--total-timesteps {args.total_timesteps} is shorter than one rollout (num_envs * num_steps = {batch_size})"
         )
+    try:
+        check_diagnostics_flags(args)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def train(args: Args) -> Path:
@@ -261,6 +334,20 @@ def train(args: Args) -> Path:
     logger = RunLogger(
         run_dir, args, args, group=f"{args.env_id}__{shifts}", tags=[args.regularizer, shifts]
     )
+    diagnostics = Diagnostics(args, logger, args.seed)
+    diagnostics.attach({"actor": actor, "critic": critic})
+    if checkpoint is not None and "diagnostics" in checkpoint:
+        diagnostics.load_state_dict(checkpoint["diagnostics"])
+
+    def probe(data: dict[str, Tensor], **note: float) -> Probe:
+        """The diagnostics' view of one batch of rollout data (frozen copies)."""
+        data = {k: v.detach().clone() for k, v in data.items()}
+        return Probe(
+            closures=functools.partial(loss_closures, actor, critic, data, args),
+            features=lambda n: hidden_features(actor, critic, data["obs"][:n]),
+            size=len(data["obs"]),
+            note=note,
+        )
 
     def save_checkpoint() -> Path:
         return logger.checkpoint(
@@ -273,6 +360,7 @@ def train(args: Args) -> Path:
                 "critic": critic.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "regularizer": regularizer.state_dict(),
+                "diagnostics": diagnostics.state_dict(),
                 "obs_normalizer": obs_normalizer.rms.state_dict(),
                 "reward_normalizer": reward_normalizer.state_dict(),
                 "rng": rng_state(),
@@ -303,6 +391,13 @@ def train(args: Args) -> Path:
     )
     bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
     start_time, start_step = time.time(), global_step
+    # Diagnostics bookkeeping: where in the rollout a shift happened, the previous rollout's
+    # data (the last of a task, for its "end" measurement), and an init measurement postponed
+    # because too few post-shift samples were in the rollout that held the shift.
+    shift_in_rollout: dict | None = None
+    previous_batch: dict[str, Tensor] | None = None
+    pending_init: dict | None = None
+    updates = 0
 
     try:
         while global_step + batch_size <= args.total_timesteps:
@@ -312,6 +407,7 @@ def train(args: Args) -> Path:
                 ) * args.learning_rate
 
             # --- Rollout: act, step the (shifting) world, store transitions.
+            task_before_rollout, shift_in_rollout = envs.task, None
             for step in range(args.num_steps):
                 obs_buffer[step] = next_obs
                 with torch.inference_mode():
@@ -361,6 +457,7 @@ def train(args: Args) -> Path:
 
                 if "shift" in infos:
                     shift = infos["shift"]
+                    shift_in_rollout = {**shift, "index": step * args.num_envs}
                     logger.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
                     logger.scalars(
                         shift["step"], {"charts/task": shift["task"], **regularizer.on_shift()}
@@ -388,6 +485,54 @@ def train(args: Args) -> Path:
             b_actions = actions.reshape(-1, act_dim)
             b_logprobs, b_advantages = logprobs.reshape(-1), advantages.reshape(-1)
             b_returns, b_values = returns.reshape(-1), values.reshape(-1)
+
+            batch = {
+                "obs": b_obs,
+                "actions": b_actions,
+                "logprobs": b_logprobs,
+                "advantages": b_advantages,
+                "returns": b_returns,
+                "values": b_values,
+            }
+            if diagnostics.enabled:
+                # Task boundaries, measured before this rollout's update: "end" with the
+                # parameters that finished the old task, on its last rollout; "init" on the
+                # first post-shift data, before any update on it (PAPER.md).
+                run_start = global_step - batch_size == 0
+                if shift_in_rollout is not None:
+                    cut = shift_in_rollout["index"]
+                    before = {k: v[:cut] for k, v in batch.items()}
+                    after = {k: v[cut:] for k, v in batch.items()}
+                    if run_start and cut > 0:
+                        diagnostics.boundary(0, {"init": probe(before)}, None, task_before_rollout)
+                    probes = {}
+                    if previous_batch is not None:
+                        probes["end"] = probe(previous_batch)
+                    elif cut >= args.diag.min_init_samples:  # the run started (or resumed) here
+                        probes["end"] = probe(before)
+                    if batch_size - cut >= args.diag.min_init_samples:
+                        probes["init"] = probe(after)
+                    else:
+                        pending_init = shift_in_rollout
+                    diagnostics.boundary(
+                        shift_in_rollout["step"],
+                        probes,
+                        task_before_rollout,
+                        shift_in_rollout["task"] if "init" in probes else None,
+                    )
+                elif run_start:
+                    diagnostics.boundary(0, {"init": probe(batch)}, None, envs.task)
+                elif pending_init is not None:
+                    updates_since = (
+                        global_step - batch_size - pending_init["step"]
+                    ) // batch_size + 1
+                    diagnostics.boundary(
+                        global_step - batch_size,
+                        {"init": probe(batch, updates_since_shift=updates_since)},
+                        None,
+                        pending_init["task"],
+                    )
+                    pending_init = None
 
             # The ER step (and any method acting "once per pass") sees the whole rollout.
             features_on_rollout = functools.partial(hidden_features, actor, critic, b_obs)
@@ -451,6 +596,12 @@ def train(args: Args) -> Path:
                 if args.target_kl is not None and approx_kl > args.target_kl:
                     break
 
+            updates += 1
+            if diagnostics.enabled:
+                previous_batch = {k: v.clone() for k, v in batch.items()}
+                if diagnostics.due(updates):
+                    diagnostics.periodic(global_step, probe(batch))
+
             # --- Logging, divergence check, checkpoints.
             if nonfinite_updates:
                 logger.event(
@@ -497,7 +648,10 @@ def train(args: Args) -> Path:
             if next_checkpoint is not None and global_step >= next_checkpoint:
                 save_checkpoint()
                 next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every
+        if previous_batch is not None:
+            diagnostics.boundary(global_step, {"end": probe(previous_batch)}, envs.task, None)
         save_checkpoint()
+        diagnostics.finish(global_step)
     except KeyboardInterrupt:
         # A killed run (Ctrl-C, SIGTERM) keeps its logs and leaves a checkpoint to --resume from;
         # the interrupted rollout is discarded and restarts on resume.

@@ -150,6 +150,16 @@ class RunLogger:
             if numbers:
                 self.wandb.log({"global_step": step, **numbers}, step=step)
 
+    def images(self, step: int, paths: dict[str, Path]) -> None:
+        """PNG files (e.g. the diagnostics' plots) to W&B, when tracking; they are already in
+        the run directory."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log(
+                {name: wandb.Image(str(path)) for name, path in paths.items()}, step=step
+            )
+
     def checkpoint(self, step: int, state: dict) -> Path:
         """Write step_<step>.pt atomically, copy it to latest.pt, keep the newest few."""
         path = self.checkpoint_dir / f"step_{step}.pt"

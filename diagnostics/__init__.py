@@ -1,7 +1,32 @@
-"""Diagnostics of plasticity: curvature of loss closures and rank measures of features.
+"""Diagnostics of plasticity: curvature of loss closures, rank measures of features, hooks, plots.
 
-Built by the diagnostics issue: Hessian/GGN spectra (Lanczos, SLQ density, epsilon-rank) of
-any loss given as a function of parameters, and rank measures of the hidden features that
-networks return from their forward pass. Diagnostics never change parameters, optimizer state
-or the run's random streams, and know nothing about PPO, SAC or the supervised stream.
+- curvature.py: Hessian / GGN spectra of a loss given as a function of parameters (Lanczos,
+  SLQ density, epsilon-rank, trace, top/bottom eigenvalues), KFAC factors and the
+  loss-weighted Gram (NTK) matrix;
+- representation.py: effective rank, srank, feature epsilon-rank, dormant and dead units,
+  weight norms;
+- hooks.py: the `Diagnostics` object a learner calls at task boundaries and every N updates,
+  and its flags;
+- plot.py: `python -m diagnostics.plot RUN_DIR` turns a run into PNGs.
+
+Diagnostics never change parameters, optimizer state or the run's random streams, and know
+nothing about PPO, SAC or the supervised stream.
 """
+
+from diagnostics.curvature import LossClosure
+from diagnostics.hooks import (
+    Diagnostics,
+    DiagnosticsConfig,
+    DiagnosticsFlags,
+    Probe,
+    check_flags,
+)
+
+__all__ = [
+    "Diagnostics",
+    "DiagnosticsConfig",
+    "DiagnosticsFlags",
+    "LossClosure",
+    "Probe",
+    "check_flags",
+]

@@ -24,31 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from diagnostics.representation import effective_rank
 from regularizers.base import FeaturesFn, Regularizer
-
-
-def effective_rank(features: Tensor) -> Tensor:
-    """exp of the entropy of the normalised singular values of `features` (batch, width).
-
-    Differentiable; a stack (..., batch, width) gives one value per matrix. A zero singular value
-    contributes 0 (0 log 0 = 0) and no gradient of its own (its one-sided derivative is +inf),
-    so gradients stay finite, never NaN. An all-zero matrix has rank 0, and effective rank 0
-    here (the formula itself is undefined there).
-    """
-    sigma = torch.linalg.svdvals(features)
-    total = sigma.sum(dim=-1, keepdim=True)
-    nonzero_total = total > 0
-    p = sigma / torch.where(nonzero_total, total, torch.ones_like(total))
-    # Both `where`s matter: the inner one keeps log(0) out of the graph, so no -inf * 0 = NaN
-    # reaches the gradient; the outer one sets those terms to 0.
-    positive = p > 0
-    p_log_p = torch.where(
-        positive, p * torch.log(torch.where(positive, p, torch.ones_like(p))), 0.0
-    )
-    erank = torch.exp(-p_log_p.sum(dim=-1))
-    return torch.where(nonzero_total.squeeze(-1), erank, torch.zeros_like(erank))
 
 
 @dataclass

@@ -1,0 +1,409 @@
+"""The diagnostics hook a learner calls at task boundaries and every N updates.
+
+A learner (PPO, SAC, the supervised stream) owns one `Diagnostics` object and calls:
+
+    diagnostics.boundary(step, {"end": probe_old, "init": probe_new}, task_end, task_init)
+        at the run's start (init only), at every shift (the end of the old task, on its last
+        data, and the init of the new one, on its first data before any update) and at the
+        run's end (end only);
+    diagnostics.periodic(step, probe)   when diagnostics.due(updates) says so.
+
+A `Probe` is what the learner hands over at one point: a function building the loss closures
+(one per network, see curvature.LossClosure) on the first n samples of its batch, and one
+giving the hidden features on those samples. The hook never sees an agent.
+
+Each boundary writes scalars into the run's metrics (and W&B) as
+`shift/{phase}/{net}/{kind}/{measure}` and one `diagnostics/step_{step:010d}.npz` with the
+full spectra. A measure that fails (NaN, out of memory, anything) is logged as a
+`diagnostic_skipped` event and the others go on. The training state is never touched:
+closures differentiate copies of the parameters, the random probes come from the hook's own
+generator, and the global random streams are restored after every call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diagnostics import curvature, representation
+
+Measure = Literal["none", "hessian", "ggn", "kfac", "gram", "features", "weights"]
+ALL_MEASURES = ("hessian", "ggn", "kfac", "gram", "features", "weights")
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Settings of the diagnostics (flags --diag.*)."""
+
+    batch_size: int = 2048
+    """samples in the curvature and feature batch at a boundary (the paper: 2,000)"""
+    lanczos_order: int = 100
+    """Lanczos steps per probe (the paper: 100)"""
+    probes: int = 1
+    """SLQ probe vectors per spectrum (the paper: 1); more give a smoother density and a
+    trace with an error bar"""
+    top_k: int = 20
+    """how many of the largest and smallest eigenvalues to report"""
+    epsilons: tuple[float, ...] = (0.02, 0.04, 0.08, 0.1)
+    """thresholds of the epsilon-ranks (the paper's default 0.1; its analysis 0.02-0.08)"""
+    grid_points: int = 10_000
+    """points of the saved density grid (the paper: 10,000)"""
+    gram_batch: int = 32
+    """samples of the loss-weighted Gram (NTK) matrix; it has batch * outputs rows"""
+    srank_delta: float = 0.01
+    """delta of srank (Kumar et al. 2021)"""
+    dormant_tau: float = 0.025
+    """a unit is tau-dormant when its mean |activation| is at most tau times the layer's
+    average (Sokar et al. 2023); 0 counts only units that never fire"""
+    every: int = 0
+    """also measure features, weights and gradient norms every this many learner updates
+    (a PPO iteration, a SAC gradient step, an SGD step); 0 = only at boundaries"""
+    joint: bool = False
+    """also the spectrum of the joint loss of all networks (the paper's RL measurement)"""
+    min_init_samples: int = 256
+    """RL: if fewer post-shift samples than this are in the rollout that holds the shift, the
+    init measurement waits for the next rollout (and records that one update happened)"""
+
+
+@dataclass
+class DiagnosticsFlags:
+    """Flags every learner shares for its diagnostics (a mixin of Args)."""
+
+    diagnostics: tuple[Measure, ...] = ("hessian", "ggn", "kfac", "gram", "features", "weights")
+    """measures taken at every task boundary: hessian, ggn (spectra, SLQ density, epsilon-ranks),
+    kfac (per-layer factor spectra), gram (loss-weighted NTK and its GGN check), features (ranks,
+    dormant and dead units), weights (norm, distance from init, gradient norm); none = off"""
+    diag: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+@dataclass
+class Probe:
+    """What a learner hands over at one measuring point (its data frozen inside)."""
+
+    closures: Callable[[int], dict[str, curvature.LossClosure]]
+    """n -> one loss closure per network (e.g. actor, critic) on the first n samples"""
+    features: Callable[[int], dict[str, list[Tensor]]]
+    """n -> each network's hidden features on the first n samples"""
+    size: int
+    """how many samples the probe holds"""
+    note: dict[str, Any] = field(default_factory=dict)
+    """anything worth recording with the measurement (e.g. updates since the shift)"""
+
+
+def check_flags(flags: DiagnosticsFlags) -> None:
+    """Raise ValueError naming the flag for settings that cannot run."""
+    config = flags.diag
+    if "none" in flags.diagnostics and len(flags.diagnostics) > 1:
+        raise ValueError("--diagnostics none cannot be combined with other measures")
+    for name in ("batch_size", "lanczos_order", "probes", "top_k", "grid_points", "gram_batch"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--diag.{name.replace('_', '-')} must be at least 1")
+    if config.every < 0:
+        raise ValueError("--diag.every must be 0 (off) or positive")
+    if any(not (eps > 0) for eps in config.epsilons):
+        raise ValueError("--diag.epsilons must all be positive")
+
+
+class Diagnostics:
+    """Measures at task boundaries and on a cadence; writes metrics, events and .npz spectra."""
+
+    def __init__(self, flags: DiagnosticsFlags, logger: Any, seed: int):
+        check_flags(flags)
+        self.measures = set(flags.diagnostics) - {"none"}
+        self.config = flags.diag
+        self.logger = logger
+        self.seed = seed
+        self.directory = Path(logger.run_dir) / "diagnostics"
+        self.nets: dict[str, nn.Module] = {}
+        self.initial: dict[str, list[Tensor]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.measures)
+
+    def attach(self, nets: dict[str, nn.Module]) -> None:
+        """Remember the networks and their initial parameters (for the distance from init)."""
+        self.nets = nets
+        self.initial = {
+            name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()
+        }
+
+    def state_dict(self) -> dict:
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.initial = state["initial"]
+
+    def due(self, updates: int) -> bool:
+        """Whether the periodic measurement is due after `updates` learner updates."""
+        return self.enabled and self.config.every > 0 and updates % self.config.every == 0
+
+    # --- the two hooks ------------------------------------------------------------------------
+
+    def boundary(
+        self,
+        step: int,
+        probes: dict[str, Probe],
+        task_end: int | None = None,
+        task_init: int | None = None,
+    ) -> dict[str, float]:
+        """Measure at a task boundary: probes keyed by phase ("end", "init"). Returns the
+        scalars it logged (also written to the metrics file and W&B)."""
+        if not self.enabled or not probes:
+            return {}
+        scalars: dict[str, float] = {}
+        arrays: dict[str, np.ndarray] = {
+            "step": np.int64(step),
+            "task_end": np.int64(-1 if task_end is None else task_end),
+            "task_init": np.int64(-1 if task_init is None else task_init),
+            "epsilons": np.array(self.config.epsilons, dtype=np.float64),
+        }
+        with torch.random.fork_rng(devices=[]):
+            for phase, probe in probes.items():
+                start = time.perf_counter()
+                self._measure(step, phase, probe, scalars, arrays, curvature_too=True)
+                scalars[f"shift/{phase}/seconds"] = time.perf_counter() - start
+                for key, value in probe.note.items():
+                    scalars[f"shift/{phase}/{key}"] = value
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step_{step:010d}.npz"
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+        self.logger.scalars(step, scalars)
+        return scalars
+
+    def periodic(self, step: int, probe: Probe) -> dict[str, float]:
+        """The cheap measures (features, weights, gradient norms) on the learner's current data."""
+        if not self.enabled:
+            return {}
+        scalars: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[]):
+            start = time.perf_counter()
+            self._measure(step, "periodic", probe, scalars, {}, curvature_too=False)
+            scalars["diag/seconds"] = time.perf_counter() - start
+        self.logger.scalars(step, scalars)
+        return scalars
+
+    def finish(self, step: int) -> None:
+        """At the end of a run that is tracked: draw the run's plots and send them to W&B."""
+        if not self.enabled or getattr(self.logger, "wandb", None) is None:
+            return
+
+        def upload() -> None:
+            from diagnostics.plot import plot_run  # matplotlib only when plotting
+
+            paths = plot_run(Path(self.logger.run_dir))
+            self.logger.images(step, {f"plots/{path.stem}": path for path in paths})
+
+        self._guarded(step, "plots", upload)
+
+    # --- the measurements ---------------------------------------------------------------------
+
+    def _guarded(self, step: int, what: str, function: Callable[[], None]) -> None:
+        """Run one measure; a failure is logged and skipped, never raised into training."""
+        try:
+            function()
+        except Exception as error:  # noqa: BLE001 - any failure of a diagnostic is skippable
+            self.logger.event(
+                step, "diagnostic_skipped", measure=what, error=f"{type(error).__name__}: {error}"
+            )
+
+    def _measure(
+        self,
+        step: int,
+        phase: str,
+        probe: Probe,
+        scalars: dict[str, float],
+        arrays: dict[str, np.ndarray],
+        curvature_too: bool,
+    ) -> None:
+        config = self.config
+        prefix = "diag" if phase == "periodic" else f"shift/{phase}"
+        size = min(config.batch_size, probe.size)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        closures: dict[str, curvature.LossClosure] = {}
+
+        self._guarded(step, f"{phase}/closures", lambda: closures.update(probe.closures(size)))
+        if not curvature_too or not config.joint:
+            closures.pop("joint", None)
+
+        if "features" in self.measures:
+
+            def features() -> None:
+                with torch.no_grad():
+                    by_net = probe.features(size)
+                for net, feats in by_net.items():
+                    measured = representation.feature_measures(
+                        feats,
+                        srank_delta=config.srank_delta,
+                        epsilons=config.epsilons,
+                        dormant_tau=config.dormant_tau,
+                    )
+                    for key, value in measured.items():
+                        scalars[f"{prefix}/{net}/features/{key}"] = value
+                    if curvature_too:
+                        for layer, h in enumerate(feats):
+                            arrays[f"{phase}/{net}/features/layer{layer}/singular_values"] = (
+                                representation.singular_values(h)
+                            )
+
+            self._guarded(step, f"{phase}/features", features)
+
+        if "weights" in self.measures:
+
+            def weights() -> None:
+                for net, module in self.nets.items():
+                    params = list(module.parameters())
+                    scalars[f"{prefix}/{net}/weight_norm"] = representation.weight_norm(params)
+                    if net in self.initial:
+                        scalars[f"{prefix}/{net}/distance_from_init"] = (
+                            representation.distance_from_init(params, self.initial[net])
+                        )
+                for net, closure in closures.items():
+                    leaves = closure.leaves()
+                    loss = closure.loss_fn(closure.output_fn(leaves))
+                    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+                    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))
+                    scalars[f"{prefix}/{net}/loss"] = float(loss.detach())
+                    scalars[f"{prefix}/{net}/grad_norm"] = float(norm)
+
+            self._guarded(step, f"{phase}/weights", weights)
+
+        if not curvature_too:
+            return
+        for net, closure in closures.items():
+            for kind in ("hessian", "ggn"):
+                if kind in self.measures:
+                    self._guarded(
+                        step,
+                        f"{phase}/{net}/{kind}",
+                        lambda net=net, closure=closure, kind=kind: self._spectrum(
+                            phase, net, kind, closure, generator, scalars, arrays
+                        ),
+                    )
+            if net == "joint":
+                continue  # KFAC and the Gram matrix per network only
+            if "kfac" in self.measures:
+                self._guarded(
+                    step,
+                    f"{phase}/{net}/kfac",
+                    lambda net=net, closure=closure: self._kfac(
+                        phase, net, closure, scalars, arrays
+                    ),
+                )
+            if "gram" in self.measures:
+                self._guarded(
+                    step,
+                    f"{phase}/{net}/gram",
+                    lambda net=net: self._gram(
+                        phase, net, probe, min(config.gram_batch, size), generator, scalars, arrays
+                    ),
+                )
+
+    def _spectrum(
+        self,
+        phase: str,
+        net: str,
+        kind: str,
+        closure: curvature.LossClosure,
+        generator: torch.Generator,
+        scalars: dict[str, float],
+        arrays: dict[str, np.ndarray],
+    ) -> None:
+        config = self.config
+        operator = curvature.OPERATORS[kind](closure)
+        result = curvature.spectrum(
+            operator, config.lanczos_order, config.probes, config.top_k, generator
+        )
+        if not np.all(np.isfinite(result.ritz_values[np.isfinite(result.ritz_weights)])):
+            raise FloatingPointError("non-finite Ritz values (the loss or its curvature is NaN)")
+        key = f"{phase}/{net}/{kind}"
+        grid, density = result.density(config.grid_points)
+        arrays.update(
+            {
+                f"{key}/ritz_values": result.ritz_values,
+                f"{key}/ritz_weights": result.ritz_weights,
+                f"{key}/top": result.top,
+                f"{key}/bottom": result.bottom,
+                f"{key}/grid": grid,
+                f"{key}/density": density,
+            }
+        )
+        prefix = f"shift/{key}"
+        scalars[f"{prefix}/lambda_max"] = float(result.top[0])
+        scalars[f"{prefix}/lambda_min"] = float(result.bottom[0])
+        scalars[f"{prefix}/top_residual"] = result.top_residual
+        scalars[f"{prefix}/trace"] = result.trace
+        if config.probes > 1:
+            scalars[f"{prefix}/trace_stderr"] = result.trace_stderr
+        scalars[f"{prefix}/erank"] = result.effective_rank()
+        for epsilon in config.epsilons:
+            scalars[f"{prefix}/eps_rank@{epsilon:g}"] = result.epsilon_rank(epsilon)
+
+    def _kfac(
+        self,
+        phase: str,
+        net: str,
+        closure: curvature.LossClosure,
+        scalars: dict[str, float],
+        arrays: dict[str, np.ndarray],
+    ) -> None:
+        factors = curvature.kfac_factors(curvature.output_curvature(closure))
+        for layer, (A, G) in enumerate(factors.values()):
+            for name, factor in (("A", A), ("G", G)):
+                values = torch.linalg.eigvalsh(factor.double()).flip(0).numpy()
+                arrays[f"{phase}/{net}/kfac/layer{layer}/{name}"] = values
+                prefix = f"shift/{phase}/{net}/kfac/layer{layer}/{name}"
+                scalars[f"{prefix}_lambda_max"] = float(values[0])
+                scalars[f"{prefix}_erank"] = _erank_of_eigenvalues(values)
+        arrays[f"{phase}/{net}/kfac/names"] = np.array(list(factors))
+
+    def _gram(
+        self,
+        phase: str,
+        net: str,
+        probe: Probe,
+        size: int,
+        generator: torch.Generator,
+        scalars: dict[str, float],
+        arrays: dict[str, np.ndarray],
+    ) -> None:
+        closure = probe.closures(size)[net]
+        values = curvature.loss_weighted_gram_eigenvalues(
+            curvature.output_curvature(closure, with_gram=True)
+        )
+        values = values.double().numpy()
+        arrays[f"{phase}/{net}/gram/eigenvalues"] = values
+        prefix = f"shift/{phase}/{net}/gram"
+        for epsilon in self.config.epsilons:
+            scalars[f"{prefix}/eps_rank@{epsilon:g}"] = int((np.abs(values) > epsilon).sum())
+        # The equivalence check: the GGN on the same small batch has the same nonzero
+        # eigenvalues; compare the largest few (Lanczos run to convergence).
+        operator = curvature.GGNOperator(closure)
+        k = int(min(5, (np.abs(values) > 1e-8 * max(np.abs(values).max(), 1e-30)).sum()))
+        if k == 0:
+            return
+        start = curvature.rademacher(operator.dim, generator, operator.dtype, operator.device)
+        top, _, _ = curvature.extreme_eigenvalues(
+            operator.matvec, start, k, tol=1e-5, max_order=150
+        )
+        gap = np.abs(top[:k] - values[:k]) / np.abs(values[:k]).max()
+        scalars[f"{prefix}/ggn_gap"] = float(gap.max())
+
+
+def _erank_of_eigenvalues(values: np.ndarray) -> float:
+    """Roy & Vetterli's effective rank of a PSD factor's eigenvalues (negatives from round-off
+    are dropped)."""
+    positive = values[values > 0]
+    if positive.size == 0:
+        return 0.0
+    p = positive / positive.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))

@@ -1,0 +1,393 @@
+"""Plots of one run directory: what the diagnostics measured at each task boundary, as PNG files.
+
+    python -m diagnostics.plot runs/HalfCheetah-v5__ppo__l2-er__1__1795512888 [--out DIR] [--dpi 120]
+
+Reads what the trainer wrote into the run directory (metrics.jsonl, events.jsonl and
+diagnostics/step_*.npz) and writes these figures, skipping any whose data is absent:
+
+    spectra_{net}_{kind}.png  Hessian/GGN spectral density at every boundary, init and end side by side
+    eps_rank.png              epsilon-rank at the init and end of each task, under the return
+    kfac_{net}.png            eigenvalues of each layer's KFAC factors A and G at every boundary
+    features_{net}.png        singular values of each layer's features, and the Gram eigenvalues
+    periodic.png              the diag/ measures logged every N updates, a panel per measure
+
+The default output folder is RUN_DIR/plots; `plot_run` is what the trainer calls at run end.
+Figures are built with matplotlib's object API (Figure.savefig renders PNGs with Agg), so no GUI
+backend is ever picked and no pyplot state is left behind in the trainer's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.scale import SymmetricalLogTransform
+from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator
+
+from diagnostics.curvature import smoothed_density
+
+PERFORMANCE_KEYS = ("charts/episodic_return", "charts/online_accuracy")
+PHASES = ("init", "end")
+RITZ_KEY = re.compile(r"^(init|end)/([^/]+)/(hessian|ggn)/ritz_values$")
+EPS_RANK_KEY = re.compile(r"^shift/(init|end)/([^/]+)/(hessian|ggn)/eps_rank@(.+)$")
+SHIFT_LINE = {"color": "0.5", "linestyle": ":", "linewidth": 0.9}
+# The density colour scale spans this many decades below its peak: an outlier eigenvalue's Ritz
+# weight is about 1/(number of parameters), tiny next to the spike at 0 but worth seeing.
+DENSITY_DECADES = 6
+
+
+class RunDirError(Exception):
+    """The run directory is missing or holds nothing to plot."""
+
+
+@dataclass
+class Run:
+    name: str
+    metrics: list[dict]
+    metric_keys: set[str]
+    shift_steps: list[int]
+    boundaries: list[dict[str, np.ndarray]]
+    """One dict per diagnostics/step_*.npz, in step order."""
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one metric; strings such as "nan" become floats."""
+        rows = [row for row in self.metrics if key in row]
+        steps = np.array([row["step"] for row in rows], dtype=np.int64)
+        return steps, np.array([as_float(row[key]) for row in rows], dtype=np.float64)
+
+
+def as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a run killed mid-write leaves a truncated last line
+    return rows
+
+
+def load_run(run_dir: Path) -> Run:
+    if not run_dir.is_dir():
+        raise RunDirError(f"no run directory at {run_dir}")
+    metrics = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "step" in row]
+    events = read_jsonl(run_dir / "events.jsonl")
+    boundaries = []
+    for path in sorted((run_dir / "diagnostics").glob("step_*.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            boundaries.append({key: data[key] for key in data.files})
+    boundaries.sort(key=lambda boundary: int(boundary["step"]))
+    return Run(
+        name=run_dir.resolve().name,
+        metrics=metrics,
+        metric_keys={key for row in metrics for key in row},
+        shift_steps=[event["step"] for event in events if event.get("event") == "shift"],
+        boundaries=boundaries,
+    )
+
+
+def boundary_label(boundary: dict[str, np.ndarray], phase: str) -> str:
+    task = int(boundary.get(f"task_{phase}", -1))
+    return f"{int(boundary['step']):,}" + (f"  task {task}" if task >= 0 else "")
+
+
+def natural_order(text: str) -> list:
+    """Sort key that puts layer10 after layer2."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def step_axis(ax, run: Run) -> None:
+    """An env-step x axis (200k, 1M) with the task shifts as dotted vertical lines."""
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    for step in run.shift_steps:
+        ax.axvline(step, **SHIFT_LINE)
+
+
+# --- 1. spectral density at every boundary ------------------------------------------------------
+
+
+def symlog_ticks(extent: np.ndarray, linthresh: float) -> list[float]:
+    """0 and the powers of ten within the extent and beyond the linear region (matplotlib's
+    default also ticks decades inside the linear region, whose labels crowd into 0's)."""
+    ticks = [0.0]
+    for sign in (-1.0, 1.0):
+        reach = float(np.max(sign * extent, initial=0.0))
+        if reach >= linthresh:
+            powers = range(math.ceil(math.log10(linthresh)), math.floor(math.log10(reach)) + 1)
+            ticks += [sign * 10.0**power for power in powers]
+    return sorted(ticks)
+
+
+def plot_spectra(run: Run, net: str, kind: str) -> Figure | None:
+    """Heat map per phase: eigenvalue on a symlog axis (x), boundary (y), log density (colour).
+
+    A linear axis cannot show both the spike at 0 and outliers at 1e3. So the Ritz values are
+    mapped through the axis's own symlog transform, smoothed there with sigma = 1% of the common
+    range, and the density is per unit of what the eye sees. The transform's linear region is
+    1e-3 of the largest |eigenvalue|, which keeps [-0.6, 88] and [-91, 1178] equally readable.
+    """
+    rows = {  # phase -> [(boundary, ritz values, ritz weights)]
+        phase: [
+            (b, b[f"{phase}/{net}/{kind}/ritz_values"], b[f"{phase}/{net}/{kind}/ritz_weights"])
+            for b in run.boundaries
+            if f"{phase}/{net}/{kind}/ritz_values" in b
+        ]
+        for phase in PHASES
+    }
+    finite = np.concatenate([v[np.isfinite(v)] for phase in PHASES for _, v, _ in rows[phase]])
+    if not finite.size:
+        return None
+    linthresh = 1e-3 * (float(np.abs(finite).max()) or 1.0)
+    transform = SymmetricalLogTransform(base=10, linthresh=linthresh, linscale=1.0)
+
+    def to_axis(values: np.ndarray) -> np.ndarray:
+        return transform.transform_non_affine(values.ravel()).reshape(values.shape)
+
+    low, high = to_axis(finite).min(), to_axis(finite).max()
+    pad = 0.05 * (high - low) or linthresh
+    edges = np.linspace(low - pad, high + pad, 801)
+    centres, sigma = 0.5 * (edges[1:] + edges[:-1]), 0.01 * (edges[-1] - edges[0])
+    extent = transform.inverted().transform_non_affine(edges)
+    densities = {
+        phase: np.array(
+            [smoothed_density(to_axis(v), w, centres, sigma) for _, v, w in rows[phase]]
+        )
+        for phase in PHASES
+    }
+    peak = max((d.max() for d in densities.values() if d.size), default=0.0) or 1.0
+    norm = LogNorm(vmin=peak * 10.0**-DENSITY_DECADES, vmax=peak)
+
+    phases = [phase for phase in PHASES if rows[phase]]
+    height = max(3.2, 1.6 + 0.28 * max(len(rows[phase]) for phase in phases))
+    fig = Figure(figsize=(12, height), layout="constrained")
+    axes = fig.subplots(1, len(phases), squeeze=False)[0]
+    for ax, phase in zip(axes, phases, strict=True):
+        mesh = ax.pcolormesh(
+            extent,
+            np.arange(len(rows[phase]) + 1),
+            np.maximum(densities[phase], norm.vmin),
+            norm=norm,
+            cmap="magma",
+        )
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=1.0)
+        ax.xaxis.set_major_locator(FixedLocator(symlog_ticks(extent, linthresh)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_yticks(
+            np.arange(len(rows[phase])) + 0.5,
+            [boundary_label(boundary, phase) for boundary, _, _ in rows[phase]],
+            fontsize=8,
+        )
+        ax.invert_yaxis()  # time runs downwards, like a waterfall
+        ax.set_xlabel("eigenvalue (symlog)")
+        ax.set_title("init: start of a task" if phase == "init" else "end: end of a task", size=10)
+    axes[0].set_ylabel("boundary: env step, task")
+    fig.colorbar(mesh, ax=axes, label="density (log)")
+    fig.suptitle(f"{net} {kind} spectral density (SLQ)   {run.name}")
+    return fig
+
+
+# --- 2. epsilon-rank beside return --------------------------------------------------------------
+
+
+def plot_eps_rank(run: Run) -> Figure | None:
+    ranks: dict[str, dict[tuple[str, str, float], str]] = {}  # net -> (phase, kind, eps) -> key
+    for key in run.metric_keys:
+        if match := EPS_RANK_KEY.match(key):
+            phase, net, kind, eps = match.groups()
+            ranks.setdefault(net, {})[(phase, kind, as_float(eps))] = key
+    if not ranks:
+        return None
+    epsilons = sorted({eps for by_line in ranks.values() for _, _, eps in by_line})
+    main_eps = min(epsilons, key=lambda eps: abs(math.log(eps / 0.1)) if eps > 0 else math.inf)
+    others = ", ".join(f"{eps:g}" for eps in epsilons if eps != main_eps)
+    performance = next((key for key in PERFORMANCE_KEYS if key in run.metric_keys), None)
+
+    nets = sorted(ranks)
+    panels = len(nets) + (performance is not None)
+    fig = Figure(figsize=(10, 1.2 + 2.4 * panels), layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    if performance is not None:
+        steps, values = run.series(performance)
+        window = max(1, len(values) // 20)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        axes[0].plot(steps, values, color="C0", alpha=0.25, linewidth=0.8)
+        axes[0].plot(steps[window - 1 :], smooth, color="C0", linewidth=1.6)
+        axes[0].set_ylabel(performance.split("/")[-1].replace("_", " "))
+        smoothing = f", moving mean of {window}" if window > 1 else ""
+        axes[0].set_title(performance + smoothing, size=10)
+    for ax, net in zip(axes[panels - len(nets) :], nets, strict=True):
+        for (phase, kind, eps), key in sorted(ranks[net].items()):
+            main = eps == main_eps
+            ax.plot(
+                *run.series(key),
+                color="C1" if phase == "init" else "C3",
+                linestyle="-" if kind == "hessian" else "--",
+                linewidth=1.8 if main else 0.8,
+                alpha=1.0 if main else 0.5,
+                # init and end ranks at one boundary may coincide: a filled dot inside an open square
+                marker=("o" if phase == "init" else "s") if main else None,
+                markersize=3 if phase == "init" else 6,
+                markerfacecolor=None if phase == "init" else "none",
+                label=f"{phase} {kind}" if main else None,
+            )
+        ax.set_ylabel(f"{net} eps-rank")
+        legend_title = f"thick: eps={main_eps:g}" + (f"; thin: eps={others}" if others else "")
+        ax.legend(title=legend_title, fontsize=8, title_fontsize=8, handlelength=3)
+    for ax in axes:
+        step_axis(ax, run)
+    axes[-1].set_xlabel("env step (dotted: task shifts)")
+    fig.suptitle(f"epsilon-rank at task boundaries   {run.name}")
+    return fig
+
+
+# --- 3. KFAC factor and feature spectra ---------------------------------------------------------
+
+
+def plot_sorted_spectra(
+    run: Run, net: str, what: str, suffix_pattern: str, columns: int
+) -> Figure | None:
+    """A panel per array named {phase}/{net}/{suffix}: its values sorted, log y, one line per
+    boundary and phase (init solid, end dashed), coloured by the boundary's step."""
+    pattern = re.compile(rf"^(init|end)/{re.escape(net)}/({suffix_pattern})$")
+    suffixes = {m.group(2) for b in run.boundaries for key in b if (m := pattern.match(key))}
+    if not suffixes:
+        return None
+    suffixes = sorted(suffixes, key=natural_order)
+    steps = [int(b["step"]) for b in run.boundaries]
+    norm, cmap = Normalize(min(steps), max(max(steps), min(steps) + 1)), colormaps["viridis"]
+    rows = math.ceil(len(suffixes) / columns)
+    fig = Figure(
+        figsize=(3.6 * min(columns, len(suffixes)) + 1.2, 1.0 + 2.6 * rows), layout="constrained"
+    )
+    axes = fig.subplots(rows, min(columns, len(suffixes)), squeeze=False).ravel()
+    for ax, suffix in zip(axes[: len(suffixes)], suffixes, strict=True):
+        for boundary in run.boundaries:
+            for phase, style in zip(PHASES, ("-", "--"), strict=True):
+                values = boundary.get(f"{phase}/{net}/{suffix}")
+                if values is None:
+                    continue
+                values = np.sort(values[np.isfinite(values)])[::-1]
+                values = values[values > 0]  # a log axis cannot show zeros
+                color = cmap(norm(int(boundary["step"])))
+                ax.plot(np.arange(1, values.size + 1), values, style, color=color, linewidth=1.0)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(suffix, size=10)
+        ax.set_xlabel("index")
+    for ax in axes[len(suffixes) :]:
+        ax.set_visible(False)
+    styles = [Line2D([], [], color="0.3", linestyle=s) for s in ("-", "--")]
+    axes[0].legend(styles, PHASES, fontsize=8)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes.tolist(), label="boundary step")
+    fig.suptitle(f"{net} {what}   {run.name}")
+    return fig
+
+
+# --- 4. periodic measures -----------------------------------------------------------------------
+
+
+def plot_periodic(run: Run) -> Figure | None:
+    measures: dict[str, dict[str, str]] = {}  # measure -> net -> key
+    for key in run.metric_keys:
+        if key.startswith("diag/") and key.count("/") >= 2:
+            _, net, measure = key.split("/", 2)
+            measures.setdefault(measure, {})[net] = key
+    if not measures:
+        return None
+    columns = min(3, len(measures))
+    rows = math.ceil(len(measures) / columns)
+    fig = Figure(figsize=(4.2 * columns, 1.0 + 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, measure in zip(axes[: len(measures)], sorted(measures, key=natural_order), strict=True):
+        for net, key in sorted(measures[measure].items()):
+            ax.plot(*run.series(key), label=net, linewidth=1.2)
+        step_axis(ax, run)
+        ax.set_title(measure, size=10)
+        ax.set_xlabel("env step")
+        ax.legend(fontsize=8)
+    for ax in axes[len(measures) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"periodic diagnostics   {run.name}")
+    return fig
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def plot_run(run_dir: Path, out_dir: Path | None = None, dpi: int = 120) -> list[Path]:
+    """Write every figure the run's data allows into out_dir (default RUN_DIR/plots).
+
+    Returns the PNG paths written. Raises RunDirError when the directory is missing or the run
+    logged no diagnostics at all.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if not run.boundaries and not any(k.startswith(("shift/", "diag/")) for k in run.metric_keys):
+        raise RunDirError(
+            f"{run_dir} has no diagnostics (no diagnostics/step_*.npz, no shift/ or diag/ "
+            "metrics); was it trained with diagnostics switched on?"
+        )
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    figures: dict[str, Figure | None] = {}
+    for net, kind in sorted(
+        {m.group(2, 3) for b in run.boundaries for key in b if (m := RITZ_KEY.match(key))}
+    ):
+        figures[f"spectra_{net}_{kind}"] = plot_spectra(run, net, kind)
+    figures["eps_rank"] = plot_eps_rank(run)
+    nets = sorted(
+        {key.split("/")[1] for b in run.boundaries for key in b if key.startswith(PHASES)}
+    )
+    for net in nets:
+        figures[f"kfac_{net}"] = plot_sorted_spectra(
+            run, net, "KFAC factor eigenvalues", r"kfac/layer\d+/[AG]", columns=2
+        )
+        features = r"features/layer\d+/singular_values|gram/eigenvalues"
+        figures[f"features_{net}"] = plot_sorted_spectra(
+            run, net, "feature spectra", features, columns=4
+        )
+    figures["periodic"] = plot_periodic(run)
+
+    written = []
+    for name, fig in figures.items():
+        if fig is not None:
+            written.append(out_dir / f"{name}.png")
+            fig.savefig(written[-1], dpi=dpi)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        "python -m diagnostics.plot", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("run_dir", type=Path, help="a run directory under runs/")
+    parser.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/plots)")
+    parser.add_argument("--dpi", type=int, default=120, help="resolution of the PNG files")
+    args = parser.parse_args(argv)
+    try:
+        written = plot_run(args.run_dir, args.out, dpi=args.dpi)
+    except RunDirError as error:
+        raise SystemExit(f"error: {error}") from None
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
