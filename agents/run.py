@@ -110,6 +110,7 @@ class RunLogger:
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         self.events_file = open(self.run_dir / "events.jsonl", "a")
         self.wandb = None
+        self._wandb_step = 0
         if flags.track:
             import wandb
 
@@ -128,13 +129,20 @@ class RunLogger:
                 config=jsonable(config),
                 dir=str(self.run_dir),
             )
+            # Plot every chart against the env step (or examples seen), which is what
+            # metrics.jsonl records, rather than W&B's own step counter.
+            self.wandb.define_metric("*", step_metric="global_step")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """One metrics line at `step` (global env steps, or examples seen)."""
         self.metrics_file.write(json.dumps({"step": step, **jsonable(values)}) + "\n")
         self.metrics_file.flush()
         if self.wandb is not None:
-            self.wandb.log({"global_step": step, **values}, step=step)
+            # W&B drops a step older than its last one; a task-boundary measurement taken after
+            # the rollout that held the shift goes to the current step, with its own step kept
+            # in "global_step" (the x axis to plot against) and in metrics.jsonl.
+            self._wandb_step = max(step, self._wandb_step)
+            self.wandb.log({"global_step": step, **values}, step=self._wandb_step)
 
     def event(self, step: int, kind: str, **data: Any) -> None:
         """A shift, a warning, a resume: recorded with its step and parameters."""
@@ -148,7 +156,8 @@ class RunLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             if numbers:
-                self.wandb.log({"global_step": step, **numbers}, step=step)
+                self._wandb_step = max(step, self._wandb_step)
+                self.wandb.log({"global_step": step, **numbers}, step=self._wandb_step)
 
     def images(self, step: int, paths: dict[str, Path]) -> None:
         """PNG files (e.g. the diagnostics' plots) to W&B, when tracking; they are already in

@@ -499,9 +499,10 @@ def output_curvature(closure: LossClosure, with_gram: bool = False) -> OutputCur
     )
     preactivations = [call[3] for call in calls]
     jacobians = [
-        torch.empty((batch, s.shape[-1], num_outputs), dtype=s.dtype) for s in preactivations
+        torch.empty((batch, s.shape[-1], num_outputs), dtype=s.dtype, device=s.device)
+        for s in preactivations
     ]
-    per_sample = torch.zeros((batch, num_outputs, num_outputs), dtype=outputs.dtype)
+    per_sample = outputs.new_zeros((batch, num_outputs, num_outputs))
     other_rows = []
     for c in range(num_outputs):
         direction = torch.zeros_like(flat_outputs)
@@ -522,7 +523,7 @@ def output_curvature(closure: LossClosure, with_gram: bool = False) -> OutputCur
         if others:
             # J rows for (n, c) of parameters outside linear layers: one batched backward with
             # a one-hot direction per sample.
-            one_hot = torch.zeros((batch, *flat_outputs.shape), dtype=outputs.dtype)
+            one_hot = outputs.new_zeros((batch, *flat_outputs.shape))
             one_hot[torch.arange(batch), torch.arange(batch), c] = 1
             rows = torch.autograd.grad(
                 flat_outputs,
@@ -535,7 +536,7 @@ def output_curvature(closure: LossClosure, with_gram: bool = False) -> OutputCur
             other_rows.append(
                 torch.cat(
                     [
-                        (r if r is not None else torch.zeros((batch, *p.shape))).reshape(batch, -1)
+                        (r if r is not None else p.new_zeros((batch, *p.shape))).reshape(batch, -1)
                         for r, p in zip(rows, others, strict=True)
                     ],
                     1,
@@ -552,10 +553,10 @@ def output_curvature(closure: LossClosure, with_gram: bool = False) -> OutputCur
     output_hessian = other = None
     if with_gram:
         size = batch * num_outputs
-        output_hessian = torch.zeros((size, size), dtype=outputs.dtype)
+        output_hessian = outputs.new_zeros((size, size))
         if output_gradient.requires_grad:
             for i in range(size):
-                direction = torch.zeros(size, dtype=outputs.dtype)
+                direction = outputs.new_zeros(size)
                 direction[i] = 1
                 (column,) = torch.autograd.grad(
                     output_gradient, output_leaf, direction.view_as(output_leaf), retain_graph=True

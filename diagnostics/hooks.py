@@ -359,7 +359,7 @@ class Diagnostics:
         factors = curvature.kfac_factors(curvature.output_curvature(closure))
         for layer, (A, G) in enumerate(factors.values()):
             for name, factor in (("A", A), ("G", G)):
-                values = torch.linalg.eigvalsh(factor.double()).flip(0).numpy()
+                values = torch.linalg.eigvalsh(factor.double()).flip(0).cpu().numpy()
                 arrays[f"{phase}/{net}/kfac/layer{layer}/{name}"] = values
                 prefix = f"shift/{phase}/{net}/kfac/layer{layer}/{name}"
                 scalars[f"{prefix}_lambda_max"] = float(values[0])
@@ -380,7 +380,7 @@ class Diagnostics:
         values = curvature.loss_weighted_gram_eigenvalues(
             curvature.output_curvature(closure, with_gram=True)
         )
-        values = values.double().numpy()
+        values = values.double().cpu().numpy()
         arrays[f"{phase}/{net}/gram/eigenvalues"] = values
         prefix = f"shift/{phase}/{net}/gram"
         for epsilon in self.config.epsilons:

@@ -112,6 +112,13 @@ def test_end_to_end_across_a_shift_with_tracking(tmp_path):
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, "--track with WANDB_MODE=offline left no offline W&B run"
 
+    # Diagnostics are on by default: spectra at the run's start, the shift and the end, and the
+    # plots drawn at the end and sent to W&B as images.
+    assert len(list((run_dir / "diagnostics").glob("step_*.npz"))) == 3
+    assert not [e for e in events if e["event"] == "diagnostic_skipped"]
+    assert (run_dir / "plots" / "eps_rank.png").exists()
+    assert list(offline_runs[0].rglob("*.png")), "the plots did not reach W&B"
+
 
 def test_resume_continues_the_same_run(tmp_path):
     first = run_cli(
