@@ -91,7 +91,7 @@ def diagnostics_overhead_table(
                 rows[-1] = (*rows[-1], (on - off) / on)
 
     header = f"{'configuration':<22}{'SPS (off)':>10}{'end s':>8}{'init s':>8}" + "".join(
-        f"{'share @' + format(e, ','):>16}" for e in shifts_every
+        f"{'share @ ' + format(e, ','):>18}" for e in shifts_every
     )
     if direct:
         header += f"{'measured @' + format(shifts_every[0], ','):>20}"
