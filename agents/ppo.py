@@ -37,7 +37,7 @@ from agents.run import (
     seed_everything,
     set_rng_state,
 )
-from diagnostics import Diagnostics, DiagnosticsFlags, LossClosure, Probe
+from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import SLIPPERY_ANT, ConfigError, ShiftFlags, make_vector_env
 from envs.normalize import ObservationNormalizer, RewardNormalizer
@@ -127,6 +127,7 @@ PRESETS: dict[str, dict] = {
         shift_every=50_000,
         regularizer="l2-er",
         checkpoint_every=50_000,
+        diag=DiagnosticsConfig(plot=True),
     ),
     # The paper's Slippery Ant (PAPER.md): separate 1x256 ReLU actor and critic, Adam (0.99, 0.99)
     # at 1e-4, rollout 2048, 10 epochs, 128 minibatches, entropy 0.01, value coefficient 1.0, 1 env.
@@ -144,6 +145,7 @@ PRESETS: dict[str, dict] = {
         ent_coef=0.01,
         vf_coef=1.0,
         regularizer="l2-er",
+        diag=DiagnosticsConfig(joint=True, plot=True),
     ),
 }
 

@@ -67,6 +67,8 @@ class DiagnosticsConfig:
     (a PPO iteration, a SAC gradient step, an SGD step); 0 = only at boundaries"""
     joint: bool = False
     """also the spectrum of the joint loss of all networks (the paper's RL measurement)"""
+    plot: bool = False
+    """draw the run's plots into RUN_DIR/plots when it ends (always done with --track, for W&B)"""
     min_init_samples: int = 256
     """RL: if fewer post-shift samples than this are in the rollout that holds the shift, the
     init measurement waits for the next rollout (and records that one update happened)"""
@@ -193,17 +195,19 @@ class Diagnostics:
         return scalars
 
     def finish(self, step: int) -> None:
-        """At the end of a run that is tracked: draw the run's plots and send them to W&B."""
-        if not self.enabled or getattr(self.logger, "wandb", None) is None:
+        """At the end of a run: draw its plots (with --diag.plot or when tracking) and send them
+        to W&B when tracking."""
+        tracking = getattr(self.logger, "wandb", None) is not None
+        if not self.enabled or not (self.config.plot or tracking):
             return
 
-        def upload() -> None:
+        def draw() -> None:
             from diagnostics.plot import plot_run  # matplotlib only when plotting
 
             paths = plot_run(Path(self.logger.run_dir))
             self.logger.images(step, {f"plots/{path.stem}": path for path in paths})
 
-        self._guarded(step, "plots", upload)
+        self._guarded(step, "plots", draw)
 
     # --- the measurements ---------------------------------------------------------------------
 
