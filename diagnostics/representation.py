@@ -50,14 +50,19 @@ def effective_rank(features: Tensor) -> Tensor:
 
 @torch.no_grad()
 def singular_values(features: Tensor) -> np.ndarray:
-    """Singular values of `features`, descending, as float64 numpy (saved per boundary)."""
-    return torch.linalg.svdvals(features.detach().double()).cpu().numpy()
+    """Singular values of `features`, descending, as float64 numpy (saved per boundary).
+
+    The SVD runs in the features' own dtype (float32 for a network's features): float64 costs
+    more on an accelerator, and float32 round-off (about 1e-7 of sigma_1) is far below the
+    thresholds used here."""
+    return torch.linalg.svdvals(features.detach()).double().cpu().numpy()
 
 
 @torch.no_grad()
 def srank(features: Tensor, delta: float = 0.01) -> int:
-    """Kumar et al. 2021: min k with sum_{i<=k} sigma_i >= (1 - delta) sum_i sigma_i; 0 for an
-    all-zero matrix."""
+    """srank_delta (Kumar et al. 2021, "Implicit under-parameterization inhibits data-efficient
+    deep RL"): the smallest k with sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta, singular
+    values sorted descending; 0 for an all-zero matrix."""
     sigma = singular_values(features)
     total = sigma.sum()
     if total <= 0:
@@ -77,8 +82,9 @@ def feature_epsilon_rank(features: Tensor, epsilon: float) -> int:
 
 @torch.no_grad()
 def dormant_mask(features: Tensor, tau: float) -> Tensor:
-    """Sokar et al. 2023 (ReDo): unit i's score s_i = mean|h_i| / ((1/width) sum_j mean|h_j|);
-    a unit is tau-dormant when s_i <= tau. If the whole layer is silent, every unit is."""
+    """Sokar et al. 2023 ("The dormant neuron phenomenon in deep RL", ReDo): unit i's score
+    s_i = mean|h_i| / ((1/width) sum_j mean|h_j|), means over the batch; a unit is tau-dormant
+    when s_i <= tau. If the whole layer is silent, every unit is."""
     activity = features.detach().abs().mean(0)
     average = activity.mean()
     if average <= 0:
@@ -86,8 +92,9 @@ def dormant_mask(features: Tensor, tau: float) -> Tensor:
     return activity / average <= tau
 
 
+@torch.no_grad()
 def dormant_ratio(features: Tensor, tau: float) -> float:
-    """The share of tau-dormant units of a layer."""
+    """The share of tau-dormant units of a layer (see `dormant_mask`); 1.0 if all are silent."""
     return float(dormant_mask(features, tau).float().mean())
 
 
@@ -100,14 +107,14 @@ def dead_ratio(features: Tensor) -> float:
 @torch.no_grad()
 def weight_norm(params: Iterable[Tensor]) -> float:
     """||theta||_2 over all parameters together."""
-    return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in params)))
+    return float(sum((p.detach().double() ** 2).sum() for p in params)) ** 0.5
 
 
 @torch.no_grad()
 def distance_from_init(params: Iterable[Tensor], init_params: Iterable[Tensor]) -> float:
     """||theta - theta_0||_2 over all parameters together."""
     pairs = zip(params, init_params, strict=True)
-    return float(torch.sqrt(sum(((p.detach() - p0).double() ** 2).sum() for p, p0 in pairs)))
+    return float(sum(((p.detach() - p0).double() ** 2).sum() for p, p0 in pairs)) ** 0.5
 
 
 @torch.no_grad()

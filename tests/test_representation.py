@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,9 @@ def with_singular_values(s: list[float], rows: int = 20, seed: int = 0) -> torch
 def test_singular_values_are_recovered_descending():
     s = [5.0, 3.0, 1.0, 0.5]
     assert singular_values(with_singular_values(s)) == pytest.approx(s)
+    from_float32 = singular_values(with_singular_values(s).float())
+    assert from_float32.dtype == np.float64
+    assert from_float32 == pytest.approx(s, rel=1e-5)
 
 
 def test_k_equal_singular_values_have_effective_rank_and_srank_k():
@@ -86,6 +90,9 @@ def test_weight_norm_and_distance_from_init():
     initial = [torch.tensor([0.0, 4.0]), torch.tensor([[8.0]])]
     assert weight_norm(params) == pytest.approx(13.0)
     assert distance_from_init(params, initial) == pytest.approx(5.0)
+    assert weight_norm([]) == 0.0
+    with pytest.raises(ValueError):  # a parameter list that does not match its initial copy
+        distance_from_init(params, initial[:1])
 
 
 def test_feature_measures_agree_with_the_single_measures():
