@@ -22,6 +22,7 @@ import tyro
 
 MODES = {
     "ppo": "agents.ppo",
+    "supervised": "agents.supervised",
 }
 
 USAGE = f"""usage: train.py MODE [--preset NAME] [--resume RUN_DIR] [FLAGS]
