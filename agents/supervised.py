@@ -40,7 +40,7 @@ from agents.run import (
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
 from envs.schedule import ConfigError
-from envs.streams import StreamName, Task, make_stream
+from envs.streams import STREAMS, StreamName, Task, make_stream
 from regularizers import ERankConfig, RegularizerFlags, build_regularizer
 
 PresetName = Literal["none", "demo", "permuted-mnist"]
@@ -149,11 +149,13 @@ def check_args(args: Args) -> None:
 def train(args: Args) -> Path:
     """Run the stream as configured; return the run directory."""
     check_args(args)
-    options = {"permuted-mnist": {"dataset": args.dataset}}.get(args.stream, {})
-    if args.stream == "random-label-mnist":
-        options = {"dataset": args.dataset, "subset": args.subset}
-    elif args.stream == "class-incremental":
-        options = {"dataset": args.dataset, "classes_per_task": args.classes_per_task}
+    # the stream-specific flags, passed to the streams that take them
+    flags = {
+        "dataset": args.dataset,
+        "subset": args.subset,
+        "classes_per_task": args.classes_per_task,
+    }
+    options = {name: value for name, value in flags.items() if name in STREAMS[args.stream]}
     try:
         stream = make_stream(
             args.stream, args.num_tasks, args.examples_per_task, args.seed, args.data_dir, **options
@@ -237,8 +239,8 @@ def train(args: Args) -> Path:
     # Which update window the ER step (and any "recent data" method) sees: the last
     # `erank.every` updates' examples (the paper: 100 examples), at most 2,048.
     window = min(2048, args.batch_size * max(1, args.erank.every))
-    total_examples = sum(len(stream.task(t).train_x) for t in range(min(1, args.num_tasks)))
-    bar = progress_bar(total_examples * args.num_tasks, examples_seen, f"supervised {args.stream}")
+    per_task = len(stream.task(0).train_x)
+    bar = progress_bar(per_task * args.num_tasks, examples_seen, f"supervised {args.stream}")
     previous: Task | None = stream.task(start_task - 1) if start_task > 0 else None
     next_checkpoint = (
         (examples_seen // args.checkpoint_every + 1) * args.checkpoint_every
