@@ -262,8 +262,12 @@ def train(args: Args) -> Path:
 
             x_all, y_all = task.train_x.to(device), task.train_y.to(device)
             n = len(x_all)
-            correct = running_correct = running_count = 0
-            loss_sum = 0.0
+            # Counted on the device and read at log points: a read per example would be a
+            # host round trip per step on a GPU.
+            correct = torch.zeros((), device=device)
+            running_correct = torch.zeros((), device=device)
+            loss_sum = torch.zeros((), device=device)
+            running_count = 0
             regularizer_metrics: dict[str, float] = {}
             for start in range(0, n, args.batch_size):
                 x, y = (
@@ -278,7 +282,7 @@ def train(args: Args) -> Path:
                         if task.active_classes is None
                         else outputs[:, : task.active_classes]
                     )
-                    hits = int((live.argmax(-1) == y).sum())
+                    hits = (live.argmax(-1) == y).sum()
                     correct, running_correct = correct + hits, running_correct + hits
                 total = loss + regularizer.penalty({"model": features})
                 if not torch.isfinite(total):
@@ -291,13 +295,13 @@ def train(args: Args) -> Path:
                 regularizer_metrics |= regularizer.after_update(
                     lambda recent=recent: {"model": model(recent)[1]}, end >= n
                 )
-                loss_sum += float(loss.detach()) * len(x)
+                loss_sum += loss.detach() * len(x)
                 examples_seen += len(x)
                 running_count += len(x)
                 if running_count >= args.log_every:
-                    metrics = {"charts/train_loss": loss_sum / end, "charts/task": t}
+                    metrics = {"charts/train_loss": float(loss_sum) / end, "charts/task": t}
                     if stream.loss == "cross-entropy":
-                        metrics["charts/running_accuracy"] = running_correct / running_count
+                        metrics["charts/running_accuracy"] = float(running_correct) / running_count
                     logger.scalars(
                         examples_seen,
                         {
@@ -305,7 +309,7 @@ def train(args: Args) -> Path:
                             **{f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
                         },
                     )
-                    running_correct = running_count = 0
+                    running_correct, running_count = torch.zeros((), device=device), 0
                     bar.update(args.log_every)
                 if next_checkpoint is not None and examples_seen >= next_checkpoint and end >= n:
                     save_checkpoint(t + 1)
@@ -319,7 +323,7 @@ def train(args: Args) -> Path:
                 heldout_y = task.heldout_y.to(device)
                 task_metrics = {
                     "charts/task": t,
-                    "task/train_loss": loss_sum / n,
+                    "task/train_loss": float(loss_sum) / n,
                     "task/heldout_loss": float(
                         task_loss(held_out, heldout_y, stream.loss, task.active_classes)
                     ),
@@ -330,7 +334,7 @@ def train(args: Args) -> Path:
                         if task.active_classes is None
                         else held_out[:, : task.active_classes]
                     )
-                    task_metrics["charts/online_accuracy"] = correct / n
+                    task_metrics["charts/online_accuracy"] = float(correct) / n
                     task_metrics["task/heldout_accuracy"] = float(
                         (live.argmax(-1) == heldout_y).float().mean()
                     )
