@@ -70,6 +70,11 @@ class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
     """total env steps of the run (summed over the vector envs)"""
     num_envs: int = 1
     """the number of parallel envs (all shift at the same global step)"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """gymnasium: SyncVectorEnv in this process; envpool: envpool's C++ envs stepped in threads
+    (observation and reward shifts; needs `pip install -e '.[envpool]'`)"""
+    envpool_threads: int = 0
+    """envpool's worker threads (0 = envpool's choice); only with --env-backend envpool"""
     norm_obs: bool = True
     """normalise observations by running statistics (saved in checkpoints)"""
     norm_reward: bool = True
@@ -301,7 +306,15 @@ def train(args: Args) -> Path:
         regularizer = build_regularizer(args)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    envs = make_vector_env(args.env_id, args.num_envs, args, args.seed, args.total_timesteps)
+    envs = make_vector_env(
+        args.env_id,
+        args.num_envs,
+        args,
+        args.seed,
+        args.total_timesteps,
+        backend=args.env_backend,
+        envpool_threads=args.envpool_threads,
+    )
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high

@@ -89,6 +89,11 @@ class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
     """total env steps of the run (summed over the vector envs)"""
     num_envs: int = 1
     """the number of parallel envs (all shift at the same global step)"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """gymnasium: SyncVectorEnv in this process; envpool: envpool's C++ envs stepped in threads
+    (observation and reward shifts; needs `pip install -e '.[envpool]'`)"""
+    envpool_threads: int = 0
+    """envpool's worker threads (0 = envpool's choice); only with --env-backend envpool"""
 
     # Replay buffer
     buffer_size: int = 1_000_000
@@ -691,7 +696,15 @@ def train(args: Args) -> Path:
         regularizers = {"actor": build_regularizer(args), "critic": build_regularizer(args)}
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    envs = make_vector_env(args.env_id, args.num_envs, args, args.seed, args.total_timesteps)
+    envs = make_vector_env(
+        args.env_id,
+        args.num_envs,
+        args,
+        args.seed,
+        args.total_timesteps,
+        backend=args.env_backend,
+        envpool_threads=args.envpool_threads,
+    )
     if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
         raise RuntimeError("SAC's transitions assume same-step autoreset (envs.make_vector_env)")
     space = envs.single_action_space

@@ -147,7 +147,13 @@ class ShiftingVectorEnv(gym.vector.VectorWrapper):
 
 
 def make_vector_env(
-    env_id: str, num_envs: int, flags: envs.ShiftFlags, seed: int, total_timesteps: int
+    env_id: str,
+    num_envs: int,
+    flags: envs.ShiftFlags,
+    seed: int,
+    total_timesteps: int,
+    backend: str = "gymnasium",
+    envpool_threads: int = 0,
 ) -> ShiftingVectorEnv:
     """Check the flags, then build `num_envs` shifting sub-envs behind one ShiftingVectorEnv.
 
@@ -155,7 +161,25 @@ def make_vector_env(
     episode's first obs, and infos["final_obs"][i] (with mask infos["_final_obs"]) holds the
     last obs of the finished episode, which the agent needs to bootstrap truncated episodes.
     `reset(seed=s)` seeds sub-env i with s + i (SyncVectorEnv does this itself).
+
+    `backend` "gymnasium" steps gymnasium envs one after another in this process; "envpool"
+    steps envpool's C++ envs in `envpool_threads` threads (0: envpool's choice) with the same
+    contract (envs/envpool_backend.py).
     """
+    if backend == "envpool":
+        from envs.envpool_backend import (
+            EnvpoolVectorEnv,
+            check_envpool_env_id,
+            check_envpool_shifts,
+        )
+
+        check_envpool_env_id(env_id)
+        check_envpool_shifts(tuple(flags.shift))
+        schedule = check_shift_flags(flags, total_timesteps, num_envs)
+        pool = EnvpoolVectorEnv(env_id, num_envs, flags, seed, num_threads=envpool_threads)
+        return ShiftingVectorEnv(pool, schedule)
+    if backend != "gymnasium":
+        raise ConfigError(f"--env-backend {backend!r}: choose gymnasium or envpool")
     check_env_id(env_id)
     schedule = check_shift_flags(flags, total_timesteps, num_envs)
     vector_env = gym.vector.SyncVectorEnv(
