@@ -34,6 +34,7 @@ import numpy as np
 
 import envs
 from envs.schedule import ConfigError
+from envs.vector import wrap_shifts
 
 PHYSICS_SHIFTS = ("friction", "mass", "gravity", "gear")
 """Shift kinds that edit the live MuJoCo model; envpool's model is out of reach."""
@@ -123,13 +124,10 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
         ]
         self.chains: list[gym.Env] = []
         if flags.shift:
-            for env_index, slot in enumerate(self.slots):
-                chain: gym.Env = slot
-                for name in flags.shift:
-                    wrapper_class, config_field = envs.SHIFTS[name]
-                    config = getattr(flags, config_field) if config_field is not None else None
-                    chain = wrapper_class(chain, config, seed, env_index=env_index)
-                self.chains.append(chain)
+            self.chains = [
+                wrap_shifts(slot, flags, seed, env_index)
+                for env_index, slot in enumerate(self.slots)
+            ]
             self.single_observation_space = self.chains[0].observation_space
 
     def _make_pool(self, seed: int) -> Any:

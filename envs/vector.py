@@ -66,14 +66,18 @@ def make_env(
     """
 
     def thunk() -> gym.Env:
-        env = gym.make(env_id)
-        for name in flags.shift:
-            wrapper_class, config_field = envs.SHIFTS[name]
-            config = getattr(flags, config_field) if config_field is not None else None
-            env = wrapper_class(env, config, seed, env_index=env_index)
-        return env
+        return wrap_shifts(gym.make(env_id), flags, seed, env_index)
 
     return thunk
+
+
+def wrap_shifts(env: gym.Env, flags: envs.ShiftFlags, seed: int, env_index: int) -> gym.Env:
+    """`env` inside the shift wrappers of --shift, in its order (both backends build this)."""
+    for name in flags.shift:
+        wrapper_class, config_field = envs.SHIFTS[name]
+        config = getattr(flags, config_field) if config_field is not None else None
+        env = wrapper_class(env, config, seed, env_index=env_index)
+    return env
 
 
 class ShiftingVectorEnv(gym.vector.VectorWrapper):
