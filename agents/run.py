@@ -203,6 +203,35 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+class HostToDevice:
+    """Copies host arrays of one fixed shape to `device`, once per env step.
+
+    On CUDA the array is written into a page-locked (pinned) staging tensor and copied with
+    `non_blocking=True`: the copy is a DMA the GPU runs in order on its stream, with no bounce
+    through pageable memory and no wait on the host. The staging tensor is reused, so before
+    it is overwritten the previous copy out of it must have finished: a CUDA event recorded
+    after each copy is waited on first (it has, in practice: acting reads the action back).
+    On the CPU the same code copies into a fresh tensor (no pinning, no event): the result
+    never aliases the staging tensor or the caller's array on either device.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device):
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self.staging = torch.empty(shape, dtype=torch.float32, pin_memory=self.pinned)
+        self.copied = torch.cuda.Event() if self.pinned else None
+
+    def __call__(self, array: np.ndarray) -> torch.Tensor:
+        if self.copied is not None:
+            self.copied.synchronize()
+        self.staging.numpy()[...] = array  # casts to float32 (numpy broadcasting rules)
+        out = torch.empty(self.staging.shape, dtype=torch.float32, device=self.device)
+        out.copy_(self.staging, non_blocking=self.pinned)
+        if self.copied is not None:
+            self.copied.record()
+        return out
+
+
 def progress_bar(total: int, initial: int, desc: str) -> tqdm:
     """A progress bar on a terminal; silent when output goes to a file or a pipe (CI, logs)."""
     return tqdm(

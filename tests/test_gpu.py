@@ -33,8 +33,10 @@ def finite_losses(run_dir: Path, key: str) -> list[float]:
     return values
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
-def test_ppo_on_the_gpu_across_a_shift_with_diagnostics(tmp_path, backend):
+@pytest.mark.parametrize(
+    ("backend", "compile"), [("gymnasium", False), ("envpool", False), ("gymnasium", True)]
+)
+def test_ppo_on_the_gpu_across_a_shift_with_diagnostics(tmp_path, backend, compile):
     if backend == "envpool":
         pytest.importorskip("envpool")
     from agents import ppo
@@ -44,7 +46,7 @@ def test_ppo_on_the_gpu_across_a_shift_with_diagnostics(tmp_path, backend):
         env_id="HalfCheetah-v5", env_backend=backend, num_envs=8, total_timesteps=4096,
         num_steps=128, num_minibatches=4, update_epochs=2, shift=("obs-permute",),
         shift_every=2048, regularizer="l2-er", checkpoint_every=0, runs_dir=str(tmp_path),
-        cuda=True,
+        cuda=True, compile=compile,
     )  # fmt: skip
     run_dir = ppo.train(args)
     finite_losses(run_dir, "losses/value_loss")
@@ -101,3 +103,16 @@ def test_lanczos_on_the_gpu_matches_the_cpu():
         top, _, _ = extreme_eigenvalues(operator.matvec, start, k=3, tol=1e-10, which="top")
         tops.append(top)
     np.testing.assert_allclose(tops[1], tops[0], rtol=1e-8)
+
+
+def test_pinned_staging_copies_every_step_without_aliasing():
+    from agents.run import HostToDevice
+
+    to_device = HostToDevice((4, 3), torch.device("cuda"))
+    assert to_device.staging.is_pinned()
+    arrays = [np.full((4, 3), float(k)) for k in range(50)]
+    outs = [to_device(a) for a in arrays]  # no sync between copies: the event orders them
+    torch.cuda.synchronize()
+    for array, out in zip(arrays, outs, strict=True):
+        assert out.device.type == "cuda"
+        np.testing.assert_array_equal(out.cpu().numpy(), array)

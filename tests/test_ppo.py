@@ -295,3 +295,94 @@ def test_gae_with_lambda_one_gives_discounted_returns_cut_at_episode_ends():
         following = rewards[t] + gamma * (1 - over[t]) * following
         expected_returns[t] = following
     np.testing.assert_allclose(advantages + values, expected_returns, rtol=1e-10)
+
+
+def small_rollout(n: int, obs_dim: int, act_dim: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    return {
+        "obs": draw(n, obs_dim),
+        "actions": draw(n, act_dim),
+        "logprobs": draw(n) - 5.0,
+        "advantages": draw(n),
+        "returns": draw(n),
+        "values": draw(n),
+    }
+
+
+def test_minibatch_loss_equals_the_diagnostics_joint_loss():
+    """The training loss and the loss the diagnostics differentiate are written separately;
+    on the same data (one minibatch holding the whole batch) they must be the same number."""
+    torch.manual_seed(0)
+    args = ppo.Args(ent_coef=0.01, vf_coef=0.7)
+    actor = ppo.GaussianActor(5, 2, (16, 16), "tanh")
+    critic = ppo.Critic(5, (16, 16), "tanh")
+    data = small_rollout(32, 5, 2)
+    out = ppo.minibatch_loss(actor, critic, data, torch.arange(32), args)
+    joint = ppo.loss_closures(actor, critic, data, args, 32)["joint"]
+    expected = joint.loss_fn(joint.output_fn(joint.params))
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-6, atol=1e-7)
+    # The clipped objective is active: the ratios are far from 1 (logprobs shifted by -5).
+    assert out["clipfrac"] > 0.5
+
+
+def test_compiled_minibatch_loss_matches_eager_values_and_gradients():
+    """--compile hands minibatch_loss to torch.compile; its loss and every parameter's
+    gradient must equal the eager ones (to float32 rounding: the compiler reorders sums)."""
+    torch.manual_seed(0)
+    args = ppo.Args()
+    actor = ppo.GaussianActor(5, 2, (16, 16), "tanh")
+    critic = ppo.Critic(5, (16, 16), "tanh")
+    params = [*actor.parameters(), *critic.parameters()]
+    data = small_rollout(64, 5, 2)
+    idx = torch.randperm(64)[:16]
+    results = []
+    for loss_fn in (ppo.minibatch_loss, torch.compile(ppo.minibatch_loss)):
+        out = loss_fn(actor, critic, data, idx, args)
+        penalty = sum((f**2).mean() for f in out["actor_features"] + out["critic_features"])
+        grads = torch.autograd.grad(out["loss"] + penalty, params)
+        results.append((out["loss"].detach(), out["approx_kl"], grads))
+    (loss_eager, kl_eager, grads_eager), (loss_compiled, kl_compiled, grads_compiled) = results
+    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl_compiled, kl_eager, rtol=1e-5, atol=1e-6)
+    for compiled, eager in zip(grads_compiled, grads_eager, strict=True):
+        assert eager.abs().max() > 0
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_host_to_device_copies_without_aliasing():
+    """The per-step host-to-device copy (pinned staging on CUDA; the same code on the CPU)."""
+    from agents.run import HostToDevice
+
+    to_device = HostToDevice((2, 3), torch.device("cpu"))
+    first_array = np.arange(6, dtype=np.float64).reshape(2, 3)
+    first = to_device(first_array)
+    second = to_device(-first_array)
+    assert first.dtype == torch.float32 and first.device.type == "cpu"
+    np.testing.assert_array_equal(first.numpy(), first_array)  # not overwritten by the second
+    np.testing.assert_array_equal(second.numpy(), -first_array)
+    first_array[0, 0] = 99.0
+    assert first[0, 0] == 0.0  # a copy, not a view of the caller's array
+    with pytest.raises(ValueError):
+        to_device(np.zeros((3, 3)))
+
+
+def test_compile_flag_trains_the_same_first_update(tmp_path):
+    """PPO with --compile end to end: the first update's logged losses equal the eager run's
+    (later updates drift apart: float rounding changes actions, and the world is chaotic)."""
+    losses = []
+    for flag in ("--no-compile", "--compile"):
+        runs_dir = tmp_path / flag
+        result = run_cli(
+            "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "512", "--diagnostics", "none",
+            "--checkpoint-every", "0", flag, *SMALL, runs_dir=runs_dir,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        metrics = read_jsonl(only_run_dir(runs_dir) / "metrics.jsonl")
+        losses.append([m for m in metrics if "losses/value_loss" in m][0])
+    eager, compiled = losses
+    for key in ("losses/value_loss", "losses/policy_loss", "losses/approx_kl"):
+        assert math.isclose(compiled[key], eager[key], rel_tol=1e-3, abs_tol=1e-6), key
