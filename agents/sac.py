@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from agents.networks import ACTIVATIONS, MLP, Activation, Init
 from agents.run import (
+    HostToDevice,
     RunLogger,
     TrackingFlags,
     load_checkpoint,
@@ -884,6 +885,8 @@ def train(args: Args) -> Path:
             "it holds --learning-starts transitions",
         )
     obs = torch.from_numpy(raw_obs.astype(np.float32)).to(device)
+    # Each step's [reward, terminated, final obs, next obs] rows, through pinned memory on CUDA.
+    to_device = HostToDevice((num_envs, 2 + 2 * obs_dim), device)
     low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
     width = torch.as_tensor(action_high - action_low, dtype=torch.float32, device=device)
     critic_params, target_params = list(critic.parameters()), list(critic_target.parameters())
@@ -950,7 +953,7 @@ def train(args: Args) -> Path:
             outcome[:, 2 + obs_dim :] = raw_next_obs
             for i in np.flatnonzero(done):
                 outcome[i, 2 : 2 + obs_dim] = infos["final_obs"][i]
-            outcome_t = torch.from_numpy(outcome).to(device)  # the one host-to-device copy
+            outcome_t = to_device(outcome)  # the one host-to-device copy
             buffer.add(obs, action, outcome_t[:, : 2 + obs_dim])
             obs = outcome_t[:, 2 + obs_dim :]
             if pending is not None:
