@@ -5,9 +5,12 @@ What it measures: `agents.ppo.train` and `agents.sac.train` as a user runs them,
 obs-permute shift half way through every run (a shift both backends can express), so the
 diagnostics-on rows include the Hessian spectra and rank measures at the start, the shift and
 the end (default measures, as `train.py` takes them); diagnostics-off rows pass
-`--diagnostics none`. SPS is the run's own `charts/SPS` (env steps / seconds since its training
-loop started, set-up excluded); updates/s is gradient steps over that same time (PPO: epochs x
-minibatches per rollout; SAC: the run's `charts/updates`). Every configuration runs once per
+`--diagnostics none`; compile-on rows pass PPO's `--compile`. SPS is steady-state: env steps
+per second from the run's first logged `charts/SPS` to its last (PPO: from the end of the first
+update, so torch.compile's one-time compilation and the diagnostics' measurement at step 0 are
+left out, the one at the shift is in; SAC: from its first log after --learning-starts); the
+one-time seconds before it are the "first" column. updates/s is gradient steps over the steady
+time (PPO: epochs x minibatches per rollout; SAC: the run's `charts/updates`). Every configuration runs once per
 round, the backends alternating, and the table shows medians over rounds and the median of the
 per-round envpool / gymnasium ratios (same agent, env, envs, device, diagnostics).
 
@@ -55,6 +58,8 @@ class Args:
     """vector env sizes for SAC (empty: no SAC rows)"""
     diagnostics_on_for: tuple[int, ...] = (8,)
     """env counts that also get a diagnostics-on row"""
+    compile_for: tuple[int, ...] = (1, 8)
+    """env counts that also get a PPO row with --compile (torch.compile of the update)"""
     ppo_steps: int = 8 * PPO_ROLLOUT
     """env steps per PPO run (8 rollouts of 2,048)"""
     sac_steps: int = 3000
@@ -69,12 +74,25 @@ class Args:
     """PPO on HalfCheetah only, 1 and 8 envs, one diagnostics-on row, no SAC"""
 
 
-def last_metric(run_dir: Path, key: str) -> float:
+def logged(run_dir: Path, key: str) -> list[tuple[int, float]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [m[key] for m in map(json.loads, lines) if key in m][-1]
+    return [(m["step"], m[key]) for m in map(json.loads, lines) if key in m]
 
 
-def run_ppo(env_id, backend, num_envs, device, diagnostics, args, runs_dir) -> dict:
+def steady(run_dir: Path, steps_from: int = 0) -> tuple[float, float, int]:
+    """(steady env steps/s, seconds before it, env steps in it) from charts/SPS, which is
+    cumulative: the run has taken step / SPS seconds at each log."""
+    sps = [(step, value) for step, value in logged(run_dir, "charts/SPS") if step > steps_from]
+    (first_step, first_sps), (last_step, last_sps) = sps[0], sps[-1]
+    first_seconds = first_step / first_sps
+    return (
+        (last_step - first_step) / (last_step / last_sps - first_seconds),
+        first_seconds,
+        last_step - first_step,
+    )
+
+
+def run_ppo(env_id, backend, num_envs, device, diagnostics, compile, args, runs_dir) -> dict:
     config = replace(
         ppo.Args(),
         env_id=env_id, env_backend=backend, num_envs=num_envs, envpool_threads=args.envpool_threads,
@@ -84,15 +102,15 @@ def run_ppo(env_id, backend, num_envs, device, diagnostics, args, runs_dir) -> d
         shift=("obs-permute",), shift_at=(args.ppo_steps // 2,),
         diagnostics=ppo.Args().diagnostics if diagnostics else ("none",),
         cuda=device == "cuda", torch_threads=args.torch_threads, track=False,
-        checkpoint_every=0, runs_dir=runs_dir,
+        checkpoint_every=0, runs_dir=runs_dir, compile=compile,
     )  # fmt: skip
     run_dir = ppo.train(config)
-    sps = last_metric(run_dir, "charts/SPS")
-    updates = args.ppo_steps // PPO_ROLLOUT * config.update_epochs * config.num_minibatches
-    return {"sps": sps, "updates_per_s": updates / (args.ppo_steps / sps)}
+    sps, first_seconds, steps = steady(run_dir)
+    updates = steps // PPO_ROLLOUT * config.update_epochs * config.num_minibatches
+    return {"sps": sps, "first_s": first_seconds, "updates_per_s": updates / (steps / sps)}
 
 
-def run_sac(env_id, backend, num_envs, device, diagnostics, args, runs_dir) -> dict:
+def run_sac(env_id, backend, num_envs, device, diagnostics, compile, args, runs_dir) -> dict:
     config = replace(
         sac.Args(),
         env_id=env_id, env_backend=backend, num_envs=num_envs, envpool_threads=args.envpool_threads,
@@ -103,9 +121,15 @@ def run_sac(env_id, backend, num_envs, device, diagnostics, args, runs_dir) -> d
         checkpoint_every=0, runs_dir=runs_dir,
     )  # fmt: skip
     run_dir = sac.train(config)
-    sps = last_metric(run_dir, "charts/SPS")
-    updates = last_metric(run_dir, "charts/updates")
-    return {"sps": sps, "updates_per_s": updates / (args.sac_steps / sps)}
+    sps, first_seconds, steps = steady(run_dir, steps_from=config.learning_starts)
+    updates = [
+        count for step, count in logged(run_dir, "charts/updates") if step > config.learning_starts
+    ]
+    return {
+        "sps": sps,
+        "first_s": first_seconds,
+        "updates_per_s": (updates[-1] - updates[0]) / (steps / sps),
+    }
 
 
 def main(args: Args) -> None:
@@ -114,33 +138,39 @@ def main(args: Args) -> None:
     env_ids = ("HalfCheetah-v5",) if args.quick else args.envs
     ppo_envs = (1, 8) if args.quick else args.num_envs
     sac_envs = () if args.quick else args.sac_num_envs
-    cases = []  # (agent, env_id, num_envs, device, diagnostics)
+    compile_envs = (8,) if args.quick else args.compile_for
+    cases = []  # (agent, env_id, num_envs, device, diagnostics, compile)
     for device in devices:
         for env_id in env_ids:
             for agent, counts in (("ppo", ppo_envs), ("sac", sac_envs)):
                 for num_envs in counts:
-                    cases.append((agent, env_id, num_envs, device, False))
+                    cases.append((agent, env_id, num_envs, device, False, False))
                     if num_envs in args.diagnostics_on_for and not (agent == "sac" and args.quick):
-                        cases.append((agent, env_id, num_envs, device, True))
+                        cases.append((agent, env_id, num_envs, device, True, False))
+                    if agent == "ppo" and num_envs in compile_envs:
+                        cases.append((agent, env_id, num_envs, device, False, True))
     results: dict[tuple, list[dict]] = {}
     total = len(cases) * 2 * args.repeats
     done = 0
     with tempfile.TemporaryDirectory() as runs_dir, open(os.devnull, "w") as sink:
         for _ in range(args.repeats):
             for case in cases:
-                agent, env_id, num_envs, device, diagnostics = case
+                agent, env_id, num_envs, device, diagnostics, compile = case
                 for backend in ("gymnasium", "envpool"):
                     run = run_ppo if agent == "ppo" else run_sac
                     stderr, sys.stderr = sys.stderr, sink  # the runs' progress bars
                     try:
-                        result = run(env_id, backend, num_envs, device, diagnostics, args, runs_dir)
+                        result = run(
+                            env_id, backend, num_envs, device, diagnostics, compile, args, runs_dir
+                        )
                     finally:
                         sys.stderr = stderr
                     results.setdefault((*case, backend), []).append(result)
                     done += 1
                     print(
                         f"[{done}/{total}] {agent} {env_id} {num_envs} envs {device} "
-                        f"diag {'on' if diagnostics else 'off'} {backend}: {result['sps']:.0f} SPS",
+                        f"diag {'on' if diagnostics else 'off'} compile {'on' if compile else 'off'} "
+                        f"{backend}: {result['sps']:.0f} SPS",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -152,25 +182,48 @@ def main(args: Args) -> None:
         f"PPO {args.ppo_steps} steps/run, SAC {args.sac_steps}; median of {args.repeats}\n"
     )
     print(
-        "| agent | env | envs | device | diagnostics | gymnasium SPS | envpool SPS "
-        "| envpool / gymnasium | gymnasium updates/s | envpool updates/s |"
+        "| agent | env | envs | device | diagnostics | compile | gymnasium SPS | envpool SPS "
+        "| envpool / gymnasium | gymnasium updates/s | envpool updates/s | first s (gym / pool) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case in cases:
         gym_runs, pool_runs = results[(*case, "gymnasium")], results[(*case, "envpool")]
         ratio = statistics.median(
             p["sps"] / g["sps"] for g, p in zip(gym_runs, pool_runs, strict=True)
         )
-        agent, env_id, num_envs, device, diagnostics = case
+        agent, env_id, num_envs, device, diagnostics, compile = case
 
         def med(runs: list[dict], key: str) -> float:
             return statistics.median(r[key] for r in runs)
 
         print(
             f"| {agent} | {env_id} | {num_envs} | {device} | {'on' if diagnostics else 'off'} "
+            f"| {'on' if compile else 'off'} "
             f"| {med(gym_runs, 'sps'):,.0f} | {med(pool_runs, 'sps'):,.0f} | {ratio:.2f} "
-            f"| {med(gym_runs, 'updates_per_s'):,.0f} | {med(pool_runs, 'updates_per_s'):,.0f} |"
+            f"| {med(gym_runs, 'updates_per_s'):,.0f} | {med(pool_runs, 'updates_per_s'):,.0f} "
+            f"| {med(gym_runs, 'first_s'):.1f} / {med(pool_runs, 'first_s'):.1f} |"
         )
+    # What --compile buys, and envpool + --compile against the eager gymnasium-backend run.
+    for case in cases:
+        agent, env_id, num_envs, device, diagnostics, compile = case
+        if not compile:
+            continue
+        eager = (agent, env_id, num_envs, device, diagnostics, False)
+
+        def ratio_of(a: tuple, b: tuple) -> float:
+            return statistics.median(
+                x["sps"] / y["sps"] for x, y in zip(results[a], results[b], strict=True)
+            )
+
+        print(
+            f"\n{agent} {env_id} {num_envs} envs {device}: --compile / eager SPS "
+            f"gymnasium {ratio_of((*case, 'gymnasium'), (*eager, 'gymnasium')):.2f}, "
+            f"envpool {ratio_of((*case, 'envpool'), (*eager, 'envpool')):.2f}; "
+            f"envpool + --compile / eager gymnasium "
+            f"{ratio_of((*case, 'envpool'), (*eager, 'gymnasium')):.2f}",
+            end="",
+        )
+    print()
 
 
 if __name__ == "__main__":
