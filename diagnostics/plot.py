@@ -62,6 +62,8 @@ class Run:
     shift_steps: list[int]
     boundaries: list[dict[str, np.ndarray]]
     """One dict per diagnostics/step_*.npz, in step order."""
+    step_unit: str = "env step"
+    """What a step counts: env steps (RL) or examples seen (the supervised stream)."""
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric; strings such as "nan" become floats."""
@@ -103,7 +105,15 @@ def load_run(run_dir: Path) -> Run:
         metric_keys={key for row in metrics for key in row},
         shift_steps=[event["step"] for event in events if event.get("event") == "shift"],
         boundaries=boundaries,
+        step_unit="example" if "stream" in read_config(run_dir) else "env step",
     )
+
+
+def read_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def boundary_label(boundary: dict[str, np.ndarray], phase: str) -> str:
@@ -200,7 +210,7 @@ def plot_spectra(run: Run, net: str, kind: str) -> Figure | None:
         ax.invert_yaxis()  # time runs downwards, like a waterfall
         ax.set_xlabel("eigenvalue (symlog)")
         ax.set_title("init: start of a task" if phase == "init" else "end: end of a task", size=10)
-    axes[0].set_ylabel("boundary: env step, task")
+    axes[0].set_ylabel(f"boundary: {run.step_unit}, task")
     fig.colorbar(mesh, ax=axes, label="density (log)")
     fig.suptitle(f"{net} {kind} spectral density (SLQ)   {run.name}")
     return fig
@@ -255,7 +265,7 @@ def plot_eps_rank(run: Run) -> Figure | None:
         ax.legend(title=legend_title, fontsize=8, title_fontsize=8, handlelength=3)
     for ax in axes:
         step_axis(ax, run)
-    axes[-1].set_xlabel("env step (dotted: task shifts)")
+    axes[-1].set_xlabel(f"{run.step_unit} (dotted: task shifts)")
     fig.suptitle(f"epsilon-rank at task boundaries   {run.name}")
     return fig
 
@@ -323,7 +333,7 @@ def plot_periodic(run: Run) -> Figure | None:
             ax.plot(*run.series(key), label=net, linewidth=1.2)
         step_axis(ax, run)
         ax.set_title(measure, size=10)
-        ax.set_xlabel("env step")
+        ax.set_xlabel(run.step_unit)
         ax.legend(fontsize=8)
     for ax in axes[len(measures) :]:
         ax.set_visible(False)

@@ -172,3 +172,18 @@ def test_clean_error_without_diagnostics(tmp_path, case):
     message = str(raised.value.code)
     assert message.startswith("error: ") and str(run_dir) in message and "\n" not in message
     assert not (run_dir / "plots").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "unit"),
+    [({"env_id": "Ant-v5"}, "env step"), ({"stream": "permuted-mnist"}, "example")],
+)
+def test_step_axis_names_what_a_step_counts(tmp_path, config, unit):
+    """RL runs count env steps; the supervised stream (its config has a stream) counts examples."""
+    from diagnostics.plot import load_run, plot_eps_rank
+
+    run_dir = write_run(tmp_path / "run", ggn=False, kfac=False, periodic=False)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    run = load_run(run_dir)
+    assert run.step_unit == unit
+    assert plot_eps_rank(run).axes[-1].get_xlabel() == f"{unit} (dotted: task shifts)"
