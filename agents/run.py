@@ -173,6 +173,15 @@ class RunLogger:
                 {name: wandb.Image(str(path)) for name, path in paths.items()}, step=step
             )
 
+    def table(self, step: int, name: str, csv_path: Path) -> None:
+        """A CSV table (e.g. the plasticity correlation table) to W&B as a wandb.Table, when
+        tracking; the file is already in the run directory."""
+        if self.wandb is not None:
+            import wandb
+
+            header, *rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+            self.wandb.log({name: wandb.Table(columns=header, data=rows)}, step=step)
+
     def checkpoint(self, step: int, state: dict) -> Path:
         """Write step_<step>.pt atomically, copy it to latest.pt, keep the newest few."""
         path = self.checkpoint_dir / f"step_{step}.pt"

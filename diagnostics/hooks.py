@@ -218,17 +218,20 @@ class Diagnostics:
         return scalars
 
     def finish(self, step: int) -> None:
-        """At the end of a run: draw its plots (with --diag.plot or when tracking) and send them
-        to W&B when tracking."""
+        """At the end of a run: draw its plots (with --diag.plot or when tracking) and send them,
+        and the plasticity correlation table when there is one, to W&B when tracking."""
         tracking = getattr(self.logger, "wandb", None) is not None
         if not self.enabled or not (self.config.plot or tracking):
             return
 
         def draw() -> None:
-            from diagnostics.plot import plot_run  # matplotlib only when plotting
+            from diagnostics.plot import TABLE_NAME, plot_run  # matplotlib only when plotting
 
             paths = plot_run(Path(self.logger.run_dir))
             self.logger.images(step, {f"plots/{path.stem}": path for path in paths})
+            table = Path(self.logger.run_dir) / "plots" / f"{TABLE_NAME}.csv"
+            if table.exists():  # with probe results: the probe-vs-predictors correlations
+                self.logger.table(step, f"plots/{TABLE_NAME}", table)
 
         self._guarded(step, "plots", draw)
 

@@ -474,3 +474,20 @@ def test_the_correlation_table_ranks_predictors_of_the_probe(tmp_path, capsys):
         path.suffix == ".png" for path in plot_run(tmp_path / "run", tmp_path / "out", dpi=30)
     )
     assert (tmp_path / "out" / "plasticity_correlations.csv").exists()
+
+
+def test_the_correlation_table_reaches_wandb(tmp_path, monkeypatch):
+    """With --track (offline here) the end of a run sends the probe-vs-predictors table to W&B
+    as a wandb.Table, the same rows as plots/plasticity_correlations.csv."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = dataclasses.replace(
+        supervised_args(tmp_path, ("probe", "readiness", "features")), num_tasks=3, track=True
+    )
+    run_dir = supervised.train(args)
+    csv = (run_dir / "plots" / "plasticity_correlations.csv").read_text().splitlines()
+    (table_file,) = (run_dir / "wandb").rglob("plasticity_correlations*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == csv[0].split(",")
+    assert [[str(cell) for cell in row] for row in table["data"]] == [
+        line.split(",") for line in csv[1:]
+    ]
