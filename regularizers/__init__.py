@@ -32,6 +32,7 @@ RegularizerName = Literal[
     "l2-er",
     "shrink-perturb",
     "cbp",
+    "cbp-l2",
     "redo",
     "layernorm-l2",
     "spectral",
@@ -46,7 +47,7 @@ class RegularizerFlags:
 
     regularizer: RegularizerName = "none"
     """which plasticity method; each method's own flags are below (l2-er uses --l2.* and
-    --erank.*)"""
+    --erank.*, cbp-l2 --l2.* and --cbp.*)"""
     l2: L2Config = field(default_factory=L2Config)
     """L2: coupled weight decay toward zero on all parameters"""
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
@@ -75,6 +76,8 @@ REGULARIZERS: dict[str, Callable[[RegularizerFlags], Regularizer]] = {
     "l2-er": lambda flags: Combined([L2(flags.l2), ERank(flags.erank)], name="l2-er"),
     "shrink-perturb": lambda flags: ShrinkPerturb(flags.shrink_perturb),
     "cbp": lambda flags: CBP(flags.cbp),
+    # Dohare et al. 2024 ran CBP with L2 in RL; the paper compares against that pair.
+    "cbp-l2": lambda flags: Combined([L2(flags.l2), CBP(flags.cbp)], name="cbp-l2"),
     "redo": lambda flags: ReDo(flags.redo),
     "layernorm-l2": lambda flags: LayerNormL2(flags.layernorm_l2),
     "spectral": lambda flags: Spectral(flags.spectral),

@@ -31,6 +31,7 @@ from regularizers import (
     build_regularizer,
     effective_rank,
 )
+from regularizers.cbp import CBPConfig
 from regularizers.erank import ERank, ERankConfig
 from regularizers.l2 import L2, L2Config
 from regularizers.l2_init import L2Init, L2InitConfig
@@ -436,6 +437,41 @@ def test_l2_er_adds_the_l2_decay_and_takes_the_erank_step():
     assert set(reg.state_dict()) == {"l2", "erank"}
 
 
+def test_cbp_l2_decays_then_replaces_units_as_l2_and_cbp_would():
+    nets = actor_critic()
+    perturb(nets)
+    twins = {name: copy.deepcopy(net) for name, net in nets.items()}
+    obs = torch.randn(32, OBS_DIM, dtype=torch.float64)
+    cbp_flags = {"cbp__replacement_rate": 0.2, "cbp__maturity": 1}
+    reg = build_regularizer(flags("cbp-l2", l2__weight_decay=1e-2, **cbp_flags))
+    assert isinstance(reg, Combined) and reg.name == "cbp-l2"
+    optimizer, twin_optimizer = adam(nets), adam(twins)
+    reg.attach(nets, optimizer, seed=0)
+    parts = [L2(L2Config(weight_decay=1e-2)), CBP(CBPConfig(replacement_rate=0.2, maturity=1))]
+    for part in parts:
+        part.attach(twins, twin_optimizer, seed=0)
+
+    replaced = 0.0
+    for _step in range(4):
+        for learner, opt, methods in ((nets, optimizer, [reg]), (twins, twin_optimizer, parts)):
+            loss = sum(net(obs)[0].pow(2).mean() for net in learner.values())
+            opt.zero_grad()
+            loss.backward()
+            for method in methods:
+                method.before_step()
+            opt.step()
+            metrics = {}
+            for method in methods:
+                metrics.update(method.after_update(features_fn_for(learner, obs), True))
+            if methods == parts:
+                replaced += sum(v for k, v in metrics.items() if "replaced" in k)
+        for key, param in snapshot(nets).items():
+            torch.testing.assert_close(param, snapshot(twins)[key], rtol=0, atol=1e-12)
+    assert replaced > 0, "no unit was replaced: the test would not see CBP's part"
+    assert reg.coupled_decay() == 1e-2 and reg.only_coupled_decay()  # CBP acts after steps
+    assert set(reg.state_dict()) == {"l2", "cbp"}
+
+
 EXPECTED_TYPES = {
     "none": Regularizer,
     "l2": L2,
@@ -444,6 +480,7 @@ EXPECTED_TYPES = {
     "l2-er": Combined,
     "shrink-perturb": ShrinkPerturb,
     "cbp": CBP,
+    "cbp-l2": Combined,
     "redo": ReDo,
     "layernorm-l2": LayerNormL2,
     "spectral": Spectral,
