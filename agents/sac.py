@@ -92,7 +92,7 @@ class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
     """the number of parallel envs (all shift at the same global step)"""
     env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
     """gymnasium: SyncVectorEnv in this process; envpool: envpool's C++ envs stepped in threads
-    (observation and reward shifts; needs `pip install -e '.[envpool]'`)"""
+    (every shift; a physics shift ends all episodes there; needs `pip install -e '.[envpool]'`)"""
     envpool_threads: int = 0
     """envpool's worker threads (0 = envpool's choice); only with --env-backend envpool"""
 

@@ -14,14 +14,23 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 
-from envs import ConfigError, ShiftFlags, make_vector_env
+from envs import (
+    ConfigError,
+    ScaleRange,
+    ShiftFlags,
+    ShiftingVectorEnv,
+    ShiftSchedule,
+    make_vector_env,
+)
+from envs.vector import wrap_shifts
 
 envpool = pytest.importorskip("envpool", reason="the envpool extra is not installed")
 
-from envs.envpool_backend import EnvpoolVectorEnv  # noqa: E402
+from envs.envpool_backend import EnvpoolVectorEnv, PoolModel, envpool_xml_path  # noqa: E402
 
 
 def random_actions(space: gym.spaces.Box, steps: int, num_envs: int, seed: int = 0) -> np.ndarray:
@@ -136,8 +145,14 @@ def test_observation_and_reward_shifts_transform_the_same_transitions():
 
 def test_bad_configurations_get_one_clear_error(monkeypatch):
     friction = ShiftFlags(shift=("friction",), shift_every=1000)
+    make_vector_env("Ant-v5", 1, friction, 0, 5000, backend="envpool").close()  # runs now
+    # dm_control's tasks have no gymnasium MuJoCo XML to rebuild a pool from.
     with pytest.raises(ConfigError, match="--env-backend gymnasium"):
-        make_vector_env("Ant-v5", 1, friction, 0, 5000, backend="envpool")
+        make_vector_env("CheetahRun-v1", 1, friction, 0, 5000, backend="envpool")
+    with monkeypatch.context() as patch:
+        patch.delattr(mujoco.MjsCompiler, "savecompiled")  # as in mujoco < 3.16
+        with pytest.raises(ConfigError, match="needs mujoco >= 3.16"):
+            make_vector_env("Ant-v5", 1, friction, 0, 5000, backend="envpool")
     with pytest.raises(ConfigError, match="did you mean: Hopper-v5"):
         make_vector_env("Hoper-v5", 1, ShiftFlags(), 0, 5000, backend="envpool")
     with pytest.raises(ConfigError, match="choose gymnasium or envpool"):
@@ -145,6 +160,216 @@ def test_bad_configurations_get_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "envpool", None)  # as if it were not installed
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[envpool\]'"):
         make_vector_env("Hopper-v5", 1, ShiftFlags(), 0, 5000, backend="envpool")
+
+
+PHYSICS_ARRAYS = ("geom_friction", "body_mass", "body_inertia", "opt.gravity", "actuator_gear")
+"""What the physics shifts edit (envs/physics.py); MassShift's mj_setConst derives the rest."""
+
+
+def model_array(model: mujoco.MjModel, name: str) -> np.ndarray:
+    owner, _, field = name.rpartition(".")
+    return np.asarray(getattr(getattr(model, owner) if owner else model, field))
+
+
+def gymnasium_reference(env_id: str, num_envs: int, flags: ShiftFlags, seed: int, **make_kwargs):
+    """The gymnasium backend's sub-envs (same wrappers, same seeds), tasks set by hand."""
+    return gym.vector.SyncVectorEnv(
+        [
+            lambda i=i: wrap_shifts(gym.make(env_id, **make_kwargs), flags, seed, i)
+            for i in range(num_envs)
+        ],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def assert_same_steps(pool, reference, actions, label: str) -> None:
+    for step, action in enumerate(actions):
+        obs, reward, terminated, truncated, infos = pool.step(action)
+        expected = reference.step(action)
+        np.testing.assert_allclose(obs, expected[0], atol=1e-6, err_msg=f"{label} step {step}")
+        np.testing.assert_allclose(reward, expected[1], atol=1e-6, err_msg=f"{label} step {step}")
+        np.testing.assert_array_equal(terminated, expected[2], err_msg=f"{label} step {step}")
+        np.testing.assert_array_equal(truncated, expected[3], err_msg=f"{label} step {step}")
+        if "final_obs" in expected[4]:
+            done = expected[4]["_final_obs"]
+            np.testing.assert_array_equal(infos["_final_obs"], done)
+            np.testing.assert_allclose(
+                np.stack(infos["final_obs"][done]),
+                np.stack(expected[4]["final_obs"][done]),
+                atol=1e-6,
+            )
+
+
+def numeric_arrays(model: mujoco.MjModel) -> dict[str, np.ndarray]:
+    arrays = {f"opt.{name}": model_array(model, f"opt.{name}") for name in ("gravity", "timestep")}
+    for name in dir(model):
+        value = getattr(model, name)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+            arrays[name] = value
+    return arrays
+
+
+@pytest.mark.parametrize("env_id", ["Ant-v5", "Walker2d-v5"])
+def test_pool_model_saves_every_number_of_the_model_as_it_is_now(env_id):
+    pool_model = PoolModel(envpool_xml_path(env_id))
+    original = mujoco.MjModel.from_xml_path(str(envpool_xml_path(env_id)))
+
+    def assert_compiles_to(xml_kwargs: dict, expected: mujoco.MjModel) -> None:
+        path = Path(xml_kwargs["base_path"], "mujoco", "assets_gym", xml_kwargs["xml_file"])
+        written = numeric_arrays(mujoco.MjModel.from_xml_path(str(path)))
+        for name, value in numeric_arrays(expected).items():
+            if name != "actuator_acc0":  # stale in a model whose gear was edited in place
+                np.testing.assert_allclose(
+                    written[name], value, rtol=1e-12, atol=1e-12, err_msg=name
+                )
+
+    # Explicit inertials (needed to save a changed mass) compile to the original model.
+    assert_compiles_to(pool_model.write_xml(), original)
+    model, data = pool_model.model, pool_model.data
+    model.geom_friction[:, 0] *= 1.6
+    model.body_mass[:] *= 1.6
+    model.body_inertia[:] *= 1.6
+    mujoco.mj_setConst(model, data)
+    model.opt.gravity[:] *= 1.6
+    model.actuator_gear[:, 0] *= 1.6
+    assert_compiles_to(pool_model.write_xml(), model)
+    # Back to the base values: the XML must follow (copy_back skips values it compiled to).
+    for name in PHYSICS_ARRAYS:
+        model_array(model, name)[:] = model_array(original, name)
+    mujoco.mj_setConst(model, data)
+    assert_compiles_to(pool_model.write_xml(), original)
+    pool_model.close()
+
+
+@pytest.mark.parametrize("kind", ["friction", "mass", "gravity", "gear"])
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5"])
+def test_physics_shift_rebuilds_the_pool_with_the_gymnasium_wrappers_model(env_id, kind):
+    # Scale 1.6 for every task. Both envs hit 25-step limits (truncations) under the shifted
+    # physics, and Hopper with the stronger gear falls (terminations).
+    flags = ShiftFlags(shift=(kind,), shift_every=100, **{kind: ScaleRange(1.6, 1.6, False)})
+    make_kwargs = dict(reset_noise_scale=0.0, max_episode_steps=25)
+    pool = EnvpoolVectorEnv(env_id, 2, flags, seed=0, **make_kwargs)
+    reference = gymnasium_reference(env_id, 2, flags, 0, **make_kwargs)
+    actions = random_actions(pool.single_action_space, 45, 2)
+    pool.reset(seed=0)
+    reference.reset(seed=0)
+    assert_same_steps(pool, reference, actions[:3], "before the shift")  # envpool's own XML
+    assert pool.call("set_task", 1) == reference.call("set_task", 1)
+    obs, reward, terminated, truncated, infos = pool.step(actions[3])  # the old pool's last
+    assert truncated.all() and not terminated.any() and infos["_final_obs"].all()
+    # The XML that the new pool was built from compiles to the gymnasium wrapper's model.
+    written = mujoco.MjModel.from_xml_path(
+        str(Path(pool.pool_xml["base_path"], "mujoco", "assets_gym", pool.pool_xml["xml_file"]))
+    )
+    shifted = reference.envs[0].unwrapped.model
+    unshifted = gym.make(env_id).unwrapped.model
+    for name in PHYSICS_ARRAYS:
+        np.testing.assert_allclose(
+            model_array(written, name),
+            model_array(shifted, name),
+            rtol=1e-12,
+            atol=1e-9,
+            err_msg=name,
+        )
+    edited = [
+        name
+        for name in PHYSICS_ARRAYS
+        if not np.allclose(model_array(unshifted, name), model_array(shifted, name))
+    ]
+    assert edited  # the shift changed something
+    # envpool (its own MuJoCo) runs that XML as gymnasium runs the shifted model.
+    expected_obs, _ = reference.reset()
+    np.testing.assert_allclose(obs, expected_obs, atol=1e-9)
+    assert_same_steps(pool, reference, actions[4:], "after the shift")
+    pool.close()
+
+
+def shifting_envpool_run(env_id: str, flags: ShiftFlags, seed: int, **make_kwargs):
+    """What make_vector_env(backend="envpool") builds with 2 sub-envs, plus make_kwargs."""
+    schedule = ShiftSchedule(every=flags.shift_every, at=tuple(flags.shift_at))
+    return ShiftingVectorEnv(EnvpoolVectorEnv(env_id, 2, flags, seed, **make_kwargs), schedule)
+
+
+def unpermuted(obs: np.ndarray, params: dict) -> np.ndarray:
+    if "obs_permutation" not in params:
+        return obs
+    return obs[..., np.argsort(params["obs_permutation"])]
+
+
+@pytest.mark.parametrize("shift", [("friction",), ("friction", "obs-permute")])
+def test_physics_shift_in_a_shifting_run_truncates_every_episode_at_the_shift_step(shift):
+    # 2 sub-envs, a shift every 216 global steps: calls 0-107 are task 0, call 108 is the
+    # shift. Under task 0's physics Hopper's sub-env 0 falls at calls 98 and 108 (the shift
+    # step), while the gentler sub-env 1 keeps standing.
+    flags = ShiftFlags(shift=shift, shift_every=216)
+    make_kwargs = dict(reset_noise_scale=0.0)
+    run = shifting_envpool_run("Hopper-v5", flags, seed=3, **make_kwargs)
+    reference = gymnasium_reference("Hopper-v5", 2, flags, 3, **make_kwargs)
+    gymnasium_run = make_vector_env("Hopper-v5", 2, flags, 3, 500, backend="gymnasium")
+    actions = random_actions(run.single_action_space, 120, 2)
+    actions[:, 1] *= 0.2
+    obs, _ = run.reset(seed=3)
+    gymnasium_run.reset(seed=3)
+    task_params = [reference.call("set_task", 0)[0]]
+    expected_obs, _ = reference.reset(seed=3)
+    np.testing.assert_allclose(obs, expected_obs, atol=1e-9)  # task 0's physics from the start
+    assert_same_steps(run, reference, actions[:108], "task 0")
+    assert [e["params"] for e in run.shift_events] == [task_params[0]]
+    # The shift step runs under task 0's physics: the episodes it ends are the reference's
+    # steps before its model changes (observation shifts are already task 1's).
+    obs, reward, terminated, truncated, infos = run.step(actions[108])
+    old_physics = reference.step(actions[108])
+    task_params.append(reference.call("set_task", 1)[0])
+    assert infos["shift"] == {"step": 216, "task": 1, "params": task_params[1]}
+    assert terminated.tolist() == old_physics[2].tolist() == [True, False]
+    assert truncated.tolist() == [False, True]  # every episode that did not terminate
+    assert infos["_final_obs"].all()
+    old_final_obs = old_physics[0].copy()  # sub-env 1's; sub-env 0 was reset at once:
+    old_final_obs[0] = old_physics[4]["final_obs"][0]
+    np.testing.assert_allclose(
+        unpermuted(np.stack(infos["final_obs"]), task_params[1]),
+        unpermuted(old_final_obs, task_params[0]),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(reward, old_physics[1], atol=1e-6)
+    # Then new episodes under task 1's physics.
+    expected_obs, _ = reference.reset()
+    np.testing.assert_allclose(obs, expected_obs, atol=1e-9)
+    assert_same_steps(run, reference, actions[109:], "task 1")
+    # The params logged are the gymnasium backend's.
+    for action in actions[:109]:
+        gymnasium_run.step(action)
+    assert [e["params"] for e in run.shift_events] == [
+        e["params"] for e in gymnasium_run.shift_events
+    ]
+    run.close()
+    gymnasium_run.close()
+
+
+def test_resume_and_reset_with_new_physics_rebuild_the_pool_before_resetting():
+    flags = ShiftFlags(shift=("gravity", "mass"), shift_every=40)
+    make_kwargs = dict(reset_noise_scale=0.0)
+    run = shifting_envpool_run("HalfCheetah-v5", flags, seed=3, **make_kwargs)
+    reference = gymnasium_reference("HalfCheetah-v5", 2, flags, 3, **make_kwargs)
+    run.set_global_step(80)  # resumed in task 2
+    (event,) = run.shift_events
+    assert (event["event"], event["task"]) == ("resume", 2)
+    assert event["params"] == reference.call("set_task", 2)[0]
+    obs, _ = run.reset(seed=4)
+    expected_obs, _ = reference.reset(seed=4)
+    np.testing.assert_allclose(obs, expected_obs, atol=1e-9)
+    actions = random_actions(run.single_action_space, 10, 2)
+    assert_same_steps(run, reference, actions, "resumed")  # no truncation at the first step
+    run.close()
+    # A reset without a seed (the first one here) builds the pool with the seed of (run seed,
+    # task), so that a rerun rebuilds the same pool.
+    run = shifting_envpool_run("HalfCheetah-v5", flags, seed=3)
+    first, _ = run.reset()
+    assert run.env.pool_seed == run.env.task_seed(0) != run.env.task_seed(1)
+    rerun = shifting_envpool_run("HalfCheetah-v5", flags, seed=3)
+    np.testing.assert_array_equal(rerun.reset()[0], first)
+    rerun.close()
+    run.close()
 
 
 def read_jsonl(path: Path) -> list[dict]:
