@@ -64,8 +64,9 @@ class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
     torch_threads: int = 1
     """CPU threads for torch (0 = torch's default); small networks run fastest on one"""
     compile: bool = False
-    """torch.compile the minibatch loss (its forward and backward graphs): the update runs
-    ~1.4x faster on CPU at CleanRL's sizes, after ~10 s of compiling (benchmarks/throughput.py)"""
+    """torch.compile the minibatch loss (its forward and backward graphs): on CPU at CleanRL's
+    sizes the update runs ~1.4x faster, a whole run 1.1-1.2x, after 5-15 s of compiling at the
+    first update (benchmarks/throughput.py)"""
 
     # Environment
     env_id: str = "HalfCheetah-v5"
