@@ -474,7 +474,7 @@ def train(args: Args) -> Path:
     previous_batch: dict[str, Tensor] | None = None
     pending_init: dict | None = None
     updates = 0
-    # Compiled on its first call (~10 s); later calls with the same shapes reuse the graphs.
+    # Compiled at its first call (5-15 s); later calls with the same shapes reuse the graphs.
     ppo_loss = torch.compile(minibatch_loss) if args.compile else minibatch_loss
 
     try:

@@ -186,11 +186,16 @@ def main(args: Args) -> None:
         "| envpool / gymnasium | gymnasium updates/s | envpool updates/s | first s (gym / pool) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def ratio_of(a: tuple, b: tuple) -> float:
+        """Median over rounds of run a's SPS / run b's SPS (the same round's runs paired)."""
+        return statistics.median(
+            x["sps"] / y["sps"] for x, y in zip(results[a], results[b], strict=True)
+        )
+
     for case in cases:
         gym_runs, pool_runs = results[(*case, "gymnasium")], results[(*case, "envpool")]
-        ratio = statistics.median(
-            p["sps"] / g["sps"] for g, p in zip(gym_runs, pool_runs, strict=True)
-        )
+        ratio = ratio_of((*case, "envpool"), (*case, "gymnasium"))
         agent, env_id, num_envs, device, diagnostics, compile = case
 
         def med(runs: list[dict], key: str) -> float:
@@ -204,26 +209,19 @@ def main(args: Args) -> None:
             f"| {med(gym_runs, 'first_s'):.1f} / {med(pool_runs, 'first_s'):.1f} |"
         )
     # What --compile buys, and envpool + --compile against the eager gymnasium-backend run.
+    print()
     for case in cases:
         agent, env_id, num_envs, device, diagnostics, compile = case
         if not compile:
             continue
         eager = (agent, env_id, num_envs, device, diagnostics, False)
-
-        def ratio_of(a: tuple, b: tuple) -> float:
-            return statistics.median(
-                x["sps"] / y["sps"] for x, y in zip(results[a], results[b], strict=True)
-            )
-
         print(
-            f"\n{agent} {env_id} {num_envs} envs {device}: --compile / eager SPS "
+            f"{agent} {env_id} {num_envs} envs {device}: --compile / eager SPS "
             f"gymnasium {ratio_of((*case, 'gymnasium'), (*eager, 'gymnasium')):.2f}, "
             f"envpool {ratio_of((*case, 'envpool'), (*eager, 'envpool')):.2f}; "
             f"envpool + --compile / eager gymnasium "
-            f"{ratio_of((*case, 'envpool'), (*eager, 'gymnasium')):.2f}",
-            end="",
+            f"{ratio_of((*case, 'envpool'), (*eager, 'gymnasium')):.2f}"
         )
-    print()
 
 
 if __name__ == "__main__":

@@ -114,12 +114,11 @@ def envpool_xml_path(env_id: str, **make_kwargs: Any) -> Path | None:
     return path if path.exists() else None
 
 
-def check_envpool_shifts(env_id: str, shift_names: tuple[str, ...], **make_kwargs: Any) -> None:
-    """Raise ConfigError if a physics shift has no XML to rebuild `env_id`'s pool from."""
-    physics = " ".join(name for name in shift_names if is_physics_shift(name))
-    if not physics:
-        return
-    if envpool_xml_path(env_id, **make_kwargs) is None:
+def physics_xml_path(env_id: str, physics: str, **make_kwargs: Any) -> Path:
+    """The XML file to rebuild `env_id`'s pool from under the physics shifts `physics` (their
+    names, for the message); ConfigError if there is none or mujoco cannot save it exactly."""
+    xml_path = envpool_xml_path(env_id, **make_kwargs)
+    if xml_path is None:
         raise ConfigError(
             f"--shift {physics} on --env-backend envpool rebuilds the pool from the gymnasium "
             f"MuJoCo XML of the task, and envpool's {env_id} has none; use --env-backend "
@@ -131,6 +130,7 @@ def check_envpool_shifts(env_id: str, shift_names: tuple[str, ...], **make_kwarg
             f"needs mujoco >= 3.16 (found {mujoco.__version__}); upgrade it (pip install -U "
             f"mujoco) or use --env-backend gymnasium"
         )
+    return xml_path
 
 
 class PoolModel:
@@ -237,9 +237,9 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
         """The physics shifts' params that the pool was built with ({}: none applied)."""
         self.rebuild_task: int | None = None
         """The task whose physics the pool lacks, to be rebuilt at the next step or reset."""
-        if any(is_physics_shift(name) for name in flags.shift):
-            check_envpool_shifts(env_id, tuple(flags.shift), **make_kwargs)
-            self.pool_model = PoolModel(envpool_xml_path(env_id, **make_kwargs))
+        physics = " ".join(name for name in flags.shift if is_physics_shift(name))
+        if physics:
+            self.pool_model = PoolModel(physics_xml_path(env_id, physics, **make_kwargs))
         self.pool_seed = seed
         self.pool = self._make_pool(seed)
         self.pool_used = False
