@@ -5,20 +5,21 @@
     python train.py ppo --env-id HalfCheetah-v5 --shift friction --shift-every 200000 \\
         --regularizer l2-er --total-timesteps 1000000 --track
 
-A mode is a learner module in agents/ with an `Args` dataclass, a `PRESETS` dict and a
-`train(args)` function; adding a mode (sac, supervised) is one line in MODES. A preset is a
-named set of defaults that the flags given after it override; --resume starts from the saved
-config of a run directory instead.
+A mode is a learner module in agents/ with an `Args` dataclass, a `LEARNER` (its presets and
+what a resume may not change) and a `train(args)` function; adding a mode is one line in MODES.
+A preset is a named set of defaults that the flags given after it override; --resume starts
+from the saved config of a run directory instead, and the flags given replace it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import signal
 import sys
+from typing import Any
 
 import tyro
+
+from validation import ConfigError
 
 MODES = {
     "ppo": "agents.ppo",
@@ -41,22 +42,27 @@ def flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def parse(mode: str, argv: list[str]):
-    """Build the mode's Args: defaults <- preset or resumed config <- flags."""
+def parse(mode: str, argv: list[str]) -> tuple[Any, Any]:
+    """The mode's module and its Args: defaults <- preset or resumed config <- flags."""
+    from agents.run import newest_checkpoint, preset_defaults
+
     module = importlib.import_module(MODES[mode])
     defaults = module.Args()
     resume = flag_value(argv, "--resume")
     preset = flag_value(argv, "--preset")
+    if resume is not None and preset is not None:
+        raise ConfigError(
+            "--preset cannot be combined with --resume: a resumed run starts from its saved config"
+        )
     if resume is not None:
-        from agents.run import load_checkpoint
-
-        defaults = load_checkpoint(resume)["args"]
-    elif preset is not None:
-        if preset not in module.PRESETS:
-            raise SystemExit(
-                f"error: unknown preset '{preset}' for {mode}; choose one of: {', '.join(module.PRESETS)}"
+        defaults = newest_checkpoint(resume, keep=True).state["args"]
+        saved_mode = type(defaults).__module__.rsplit(".", 1)[-1]
+        if saved_mode != mode:
+            raise ConfigError(
+                f"--resume {resume} is a {saved_mode} run; resume it with train.py {saved_mode} --resume"
             )
-        defaults = dataclasses.replace(defaults, preset=preset, **module.PRESETS[preset])
+    elif preset is not None:
+        defaults = preset_defaults(module.Args, module.LEARNER, preset)
     return module, tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")
 
 
@@ -68,23 +74,20 @@ def main(argv: list[str]) -> None:
         raise SystemExit(
             f"error: unknown mode '{argv[0]}'; choose one of: {', '.join(MODES)}\n{USAGE}"
         )
+    from agents.run import Interrupted
+
     try:
         module, args = parse(argv[0], argv[1:])
-    except FileNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
-
-    from envs import ConfigError
-
-    # SIGTERM (a scheduler killing the job) is handled like Ctrl-C: logs closed, checkpoint kept.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
         run_dir = module.train(args)
     except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(
-            "interrupted: logs and a checkpoint are in the run directory; continue with --resume RUN_DIR"
-        ) from None
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # before the run had started: nothing to keep
+        print("interrupted: before the run started; nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"run directory: {run_dir}")
 
 

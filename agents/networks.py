@@ -1,6 +1,7 @@
 """Networks that expose their hidden features in the same forward pass.
 
-Every network here returns `(output, hidden_features)`: `hidden_features` is the list of
+Every network here (PPO's actor and critic, SAC's actor and twin critic, the supervised MLP)
+returns `(output, hidden_features)`: `hidden_features` is the list of
 post-activation outputs of the hidden layers, each (batch, width). That is all a rank
 regularizer or a rank diagnostic needs; nothing reaches into layers by name.
 
@@ -16,11 +17,14 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regularizers.base import UnitLayer
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # SAC's bounds of the policy's log-std (CleanRL)
 
 Activation = Literal["tanh", "relu", "leaky-relu", "gelu", "silu"]
 Init = Literal["orthogonal", "kaiming-uniform", "torch-default"]
@@ -100,16 +104,27 @@ class MLP(nn.Module):
             for i, layer in enumerate(self.hidden)
         ]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, frozen: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """(output, hidden features); `frozen` reads the parameters detached, so gradients
+        reach the input but no parameter (SAC's actor loss through the critic)."""
         features = []
         for i, layer in enumerate(self.hidden):
-            x = F.linear(x, layer.weight, layer.bias)
+            weight, bias = layer.weight, layer.bias
+            if frozen:
+                weight, bias = weight.detach(), bias.detach()
+            x = F.linear(x, weight, bias)
             if self.norms is not None:
                 norm = self.norms[i]
-                x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+                gain, shift = norm.weight, norm.bias
+                if frozen:
+                    gain, shift = gain.detach(), shift.detach()
+                x = F.layer_norm(x, norm.normalized_shape, gain, shift, norm.eps)
             x = self.activation(x)
             features.append(x)
-        return F.linear(x, self.out.weight, self.out.bias), features
+        weight, bias = self.out.weight, self.out.bias
+        if frozen:
+            weight, bias = weight.detach(), bias.detach()
+        return F.linear(x, weight, bias), features
 
 
 class GaussianActor(nn.Module):
@@ -167,3 +182,89 @@ class Critic(nn.Module):
     def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
         value, features = self.value(obs)
         return value.squeeze(-1), features
+
+
+class SquashedGaussianActor(nn.Module):
+    """SAC's policy pi(a|s) = tanh(N(mean(s), std(s))) * scale + bias: one MLP gives the mean
+    and the log-std.
+
+    forward -> ((batch, 2 * act_dim): the mean, then the log-std bounded to [LOG_STD_MIN,
+    LOG_STD_MAX] by a tanh (CleanRL, from SpinUp / Yarats), and the hidden features). CleanRL's
+    two heads on one trunk are the two halves of the output layer here (the same function and
+    the same initial distribution, one GEMM).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        init: Init,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        layer_norm: bool = False,
+    ):
+        super().__init__()
+        self.act_dim = act_dim
+        self.trunk = MLP(
+            obs_dim, hidden_sizes, 2 * act_dim, activation, init, layer_norm=layer_norm
+        )
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def reset_parameters(self) -> None:
+        self.trunk.reset_parameters()
+
+    def unit_layers(self) -> list[UnitLayer]:
+        return self.trunk.unit_layers()
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        out, features = self.trunk(obs)
+        mean, raw_log_std = out[..., : self.act_dim], out[..., self.act_dim :]
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1)
+        return torch.cat([mean, log_std], -1), features
+
+
+class TwinCritic(nn.Module):
+    """SAC's two Q networks Q_1 and Q_2 (CleanRL's qf1, qf2), each an MLP on [obs, action].
+
+    forward -> (Q values (2, batch), hidden features: Q_1's layers, then Q_2's). Two plain
+    networks, not one with stacked weights: the stacked form (one batched GEMM per layer for
+    both) measured 0.89-0.97x the speed of this one on the CPU
+    (benchmarks/sac_critic_ablation.py), and it would need every method that edits units or
+    weight matrices to know about the stacking."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        init: Init,
+        layer_norm: bool = False,
+    ):
+        super().__init__()
+        self.q1 = MLP(obs_dim + act_dim, hidden_sizes, 1, activation, init, layer_norm=layer_norm)
+        self.q2 = MLP(obs_dim + act_dim, hidden_sizes, 1, activation, init, layer_norm=layer_norm)
+
+    def reset_parameters(self) -> None:
+        self.q1.reset_parameters()
+        self.q2.reset_parameters()
+
+    def unit_layers(self) -> list[UnitLayer]:
+        """Q_1's hidden layers, then Q_2's: the order of the features."""
+        return self.q1.unit_layers() + self.q2.unit_layers()
+
+    def forward(self, obs_actions: Tensor) -> tuple[Tensor, list[Tensor]]:
+        (q1, features1), (q2, features2) = self.q1(obs_actions), self.q2(obs_actions)
+        return torch.stack([q1.squeeze(-1), q2.squeeze(-1)]), [*features1, *features2]
+
+    def frozen(self, obs_actions: Tensor) -> Tensor:
+        """Q values with the parameters detached: gradients reach the input (the actor's
+        action) but no critic parameter."""
+        q1, _ = self.q1(obs_actions, frozen=True)
+        q2, _ = self.q2(obs_actions, frozen=True)
+        return torch.stack([q1.squeeze(-1), q2.squeeze(-1)])

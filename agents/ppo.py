@@ -15,7 +15,6 @@ checkpoints. Differences from CleanRL's `ppo_continuous_action.py`, each on purp
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -29,27 +28,32 @@ from torch import Tensor
 
 from agents.networks import Activation, Critic, GaussianActor, Init
 from agents.run import (
+    Diverged,
+    EpisodeStats,
     HostToDevice,
-    RunLogger,
-    TrackingFlags,
-    load_checkpoint,
+    Learner,
+    Run,
+    RunFlags,
     progress_bar,
+    restore_optimizer,
     rng_state,
-    seed_everything,
     set_rng_state,
 )
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
-from envs import SLIPPERY_ANT, ConfigError, ShiftFlags, make_vector_env
+from envs import SHIFTS, SLIPPERY_ANT, ShiftFlags, check_spaces, make_vector_env
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from regularizers import RegularizerFlags, build_regularizer
+from validation import ConfigError, require, require_all
 
 LOG_2PI = math.log(2 * math.pi)
 PresetName = Literal["none", "demo", "slippery-ant"]
 
 
 @dataclass
-class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
+class PPOFlags:
+    """PPO's own flags (listed first by --help)."""
+
     preset: PresetName = "none"
     """a named set of defaults applied before the other flags: demo (make run: HalfCheetah-v5, friction
     shifts every 50k steps, L2-ER, 200k steps), slippery-ant (the paper's PPO run on Ant-v5)"""
@@ -132,6 +136,12 @@ class Args(TrackingFlags, RegularizerFlags, ShiftFlags, DiagnosticsFlags):
     """stop an update early when the approximate KL exceeds this"""
 
 
+@dataclass
+class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, ShiftFlags, PPOFlags):
+    """Every flag of `train.py ppo`: PPO's own, then the shifts', the regularizer's, the
+    diagnostics' and the run's (a dataclass lists its bases' fields last base first)."""
+
+
 PRESETS: dict[str, dict] = {
     "none": {},
     "demo": dict(
@@ -175,45 +185,55 @@ def hidden_features(actor: GaussianActor, critic: Critic, obs: Tensor) -> dict[s
     return {"actor": actor(obs)[1], "critic": critic(obs)[1]}
 
 
+def policy_objective(
+    mean: Tensor, log_std: Tensor, data: dict[str, Tensor], args: Args
+) -> dict[str, Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017) and the entropy of the new policy, from
+    the actor's outputs on `data` (its actions, old log-probabilities and advantages, which
+    are normalised over `data` as over a minibatch). Training and the diagnostics' closures
+    both call this: the curvature measured is that of the loss trained."""
+    logratio = gaussian_log_prob(data["actions"], mean, log_std) - data["logprobs"]
+    ratio = logratio.exp()
+    advantages = data["advantages"]
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    clipped = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
+    entropy = (0.5 + 0.5 * LOG_2PI + log_std).sum(-1).mean()
+    return {"pg_loss": pg_loss, "entropy": entropy, "logratio": logratio, "ratio": ratio}
+
+
+def value_objective(values: Tensor, data: dict[str, Tensor], args: Args) -> Tensor:
+    """The critic's squared error to the returns, clipped around the old values (as the PPO
+    paper and CleanRL) with --clip-vloss."""
+    returns, old_values = data["returns"], data["values"]
+    if args.clip_vloss:
+        clipped = old_values + torch.clamp(values - old_values, -args.clip_coef, args.clip_coef)
+        return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()
+    return 0.5 * ((values - returns) ** 2).mean()
+
+
 def minibatch_loss(
     actor: GaussianActor, critic: Critic, batch: dict[str, Tensor], idx: Tensor, args: Args
 ) -> dict[str, Tensor]:
     """PPO's loss on the minibatch `idx` of the rollout `batch` (without the regularizer's
     penalty), the hidden features it computed, and the update's statistics. One function so
     that `--compile` can hand all of it to torch.compile as one graph."""
-    obs = batch["obs"][idx]
-    mean, actor_features = actor(obs)
-    new_value, critic_features = critic(obs)
-    log_std = actor.log_std.expand_as(mean)
-    new_logprob = gaussian_log_prob(batch["actions"][idx], mean, log_std)
-    entropy = (0.5 + 0.5 * LOG_2PI + log_std).sum(-1).mean()
-    logratio = new_logprob - batch["logprobs"][idx]
-    ratio = logratio.exp()
-
-    advantages = batch["advantages"][idx]
-    if args.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss = torch.max(
-        -advantages * ratio,
-        -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef),
-    ).mean()
-    returns, old_values = batch["returns"][idx], batch["values"][idx]
-    if args.clip_vloss:
-        v_clipped = old_values + torch.clamp(
-            new_value - old_values, -args.clip_coef, args.clip_coef
-        )
-        v_loss = 0.5 * torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
-    else:
-        v_loss = 0.5 * ((new_value - returns) ** 2).mean()
+    data = {k: v[idx] for k, v in batch.items()}
+    mean, actor_features = actor(data["obs"])
+    new_value, critic_features = critic(data["obs"])
+    policy = policy_objective(mean, actor.log_std.expand_as(mean), data, args)
+    v_loss = value_objective(new_value, data, args)
     with torch.no_grad():
+        logratio, ratio = policy["logratio"], policy["ratio"]
         old_approx_kl = (-logratio).mean()
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
     return {
-        "loss": pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss,
-        "pg_loss": pg_loss,
+        "loss": policy["pg_loss"] - args.ent_coef * policy["entropy"] + args.vf_coef * v_loss,
+        "pg_loss": policy["pg_loss"],
         "v_loss": v_loss,
-        "entropy": entropy,
+        "entropy": policy["entropy"],
         "actor_features": actor_features,
         "critic_features": critic_features,
         "old_approx_kl": old_approx_kl,
@@ -227,43 +247,27 @@ def loss_closures(
 ) -> dict[str, LossClosure]:
     """PPO's losses on the first n samples of `data` as functions of each network's parameters
     (for the diagnostics): the actor's clipped surrogate with its entropy bonus, the critic's
-    (weighted) value loss, and their sum, the joint loss. Everything but the parameters is
-    frozen: actions, old log-probabilities, advantages (normalised over these n samples, as a
-    minibatch is in training), returns and old values. The regularizer's penalty is not part
-    of them: the curvature measured is the task's.
+    (weighted) value loss, and their sum, the joint loss: the objectives training uses, with
+    everything but the parameters frozen (actions, old log-probabilities, advantages, returns,
+    old values). The regularizer's penalty is not part of them: the curvature measured is the
+    task's.
     """
-    obs, actions, old_logprobs = data["obs"][:n], data["actions"][:n], data["logprobs"][:n]
-    returns, old_values, advantages = (
-        data["returns"][:n],
-        data["values"][:n],
-        data["advantages"][:n],
-    )
-    if args.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    act_dim = actions.shape[-1]
+    frozen = {k: v[:n] for k, v in data.items()}
+    obs, act_dim = frozen["obs"], frozen["actions"].shape[-1]
 
     def actor_outputs(params: dict[str, Tensor]) -> Tensor:
         mean = torch.func.functional_call(actor, params, (obs,))[0]
         return torch.cat([mean, params["log_std"].expand_as(mean)], -1)
 
     def actor_loss(outputs: Tensor) -> Tensor:
-        mean, log_std = outputs[:, :act_dim], outputs[:, act_dim:]
-        ratio = (gaussian_log_prob(actions, mean, log_std) - old_logprobs).exp()
-        clipped = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-        pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
-        entropy = (0.5 + 0.5 * LOG_2PI + log_std).sum(-1).mean()
-        return pg_loss - args.ent_coef * entropy
+        policy = policy_objective(outputs[:, :act_dim], outputs[:, act_dim:], frozen, args)
+        return policy["pg_loss"] - args.ent_coef * policy["entropy"]
 
     def critic_outputs(params: dict[str, Tensor]) -> Tensor:
         return torch.func.functional_call(critic, params, (obs,))[0]
 
     def critic_loss(values: Tensor) -> Tensor:
-        if args.clip_vloss:
-            clipped = old_values + torch.clamp(values - old_values, -args.clip_coef, args.clip_coef)
-            squared = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-        else:
-            squared = (values - returns) ** 2
-        return args.vf_coef * 0.5 * squared.mean()
+        return args.vf_coef * value_objective(values, frozen, args)
 
     def joint_outputs(params: dict[str, Tensor]) -> Tensor:
         split = {"actor": {}, "critic": {}}
@@ -317,12 +321,31 @@ def generalized_advantages(
 
 def check_args(args: Args) -> None:
     """One clear line for a configuration that cannot run."""
+    require_all(
+        [
+            ("--learning-rate", args.learning_rate, "> 0"),
+            ("--adam-betas", args.adam_betas, "in [0, 1)"),
+            ("--adam-eps", args.adam_eps, "> 0"),
+            ("--num-envs", args.num_envs, ">= 1"),
+            ("--num-steps", args.num_steps, ">= 1"),
+            ("--num-minibatches", args.num_minibatches, ">= 1"),
+            ("--update-epochs", args.update_epochs, ">= 1"),
+            ("--gamma", args.gamma, "in [0, 1]"),
+            ("--gae-lambda", args.gae_lambda, "in [0, 1]"),
+            ("--clip-coef", args.clip_coef, "> 0"),
+            ("--ent-coef", args.ent_coef, "finite"),
+            ("--vf-coef", args.vf_coef, ">= 0"),
+            ("--max-grad-norm", args.max_grad_norm, "> 0"),
+            ("--envpool-threads", args.envpool_threads, ">= 0"),
+            ("--hidden-sizes", args.hidden_sizes, ">= 1"),
+        ]
+    )
+    if not args.hidden_sizes:
+        raise ConfigError("--hidden-sizes needs at least one hidden layer")
+    if args.target_kl is not None:
+        require("--target-kl", args.target_kl, "> 0")
     batch_size = args.num_envs * args.num_steps
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        raise ConfigError(f"--learning-rate must be a positive number, got {args.learning_rate}")
-    if args.num_envs < 1 or args.num_steps < 1:
-        raise ConfigError("--num-envs and --num-steps must be at least 1")
-    if args.num_minibatches < 1 or batch_size % args.num_minibatches:
+    if batch_size % args.num_minibatches:
         raise ConfigError(
             f"--num-minibatches {args.num_minibatches} must divide the rollout size num_envs * num_steps = {batch_size}"
         )
@@ -330,10 +353,40 @@ def check_args(args: Args) -> None:
         raise ConfigError(
             f"--total-timesteps {args.total_timesteps} is shorter than one rollout (num_envs * num_steps = {batch_size})"
         )
-    try:
-        check_diagnostics_flags(args)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    check_diagnostics_flags(args)
+
+
+def unused_flags(args: Args) -> dict[str, str]:
+    """{field: why it has no effect} for PPO's own flags."""
+    if args.env_backend != "envpool":
+        return {"envpool_threads": "it sets envpool's threads, and --env-backend is gymnasium"}
+    return {}
+
+
+LEARNER = Learner(
+    mode="ppo",
+    presets=PRESETS,
+    # What the checkpoint's tensors, the normalisation statistics and the tasks' parameters
+    # depend on: a resume with another value would continue a different run.
+    fixed_on_resume=(
+        "seed",
+        "env_id",
+        "num_envs",
+        "env_backend",
+        "norm_obs",
+        "norm_reward",
+        "hidden_sizes",
+        "activation",
+        "init",
+        "layer_norm",
+        "regularizer",
+        "shift",
+        "shift_every",
+        "shift_at",
+        *(field for _, field in SHIFTS.values() if field),
+    ),  # fmt: skip
+    unused_flags=unused_flags,
+)
 
 
 def train(args: Args) -> Path:
@@ -341,23 +394,7 @@ def train(args: Args) -> Path:
     check_args(args)
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
-    if checkpoint is None:
-        run_name = (
-            f"{args.env_id}__{args.exp_name}__{args.regularizer}__{args.seed}__{int(time.time())}"
-        )
-        run_dir = Path(args.runs_dir) / run_name
-    else:
-        run_dir = Path(args.resume)
-    if args.torch_threads > 0:
-        torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    try:
-        regularizer = build_regularizer(args)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    regularizer = build_regularizer(args)
     envs = make_vector_env(
         args.env_id,
         args.num_envs,
@@ -367,68 +404,81 @@ def train(args: Args) -> Path:
         backend=args.env_backend,
         envpool_threads=args.envpool_threads,
     )
+    try:
+        check_spaces(envs, args.env_id, "PPO", bounded_actions=False)
+        shifts = "+".join(args.shift) or "stationary"
+        run = Run.start(
+            args,
+            LEARNER,
+            title=args.env_id,
+            group=f"{args.env_id}__{shifts}",
+            tags=[args.regularizer, shifts],
+            seed=args.seed,
+            threads=args.torch_threads,
+            cuda=args.cuda,
+            deterministic=args.torch_deterministic,
+        )
+    except BaseException:
+        envs.close()
+        raise
+    run.on_close(envs.close)
+    device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
     action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
 
-    # Architecture flags, with what the regularizer needs switched on (layernorm-l2: LayerNorm).
-    net_options = regularizer.network_options(layer_norm=args.layer_norm)
-    actor = GaussianActor(
-        obs_dim, act_dim, args.hidden_sizes, args.activation, args.init, **net_options
-    ).to(device)
-    critic = Critic(obs_dim, args.hidden_sizes, args.activation, args.init, **net_options).to(
-        device
-    )
-    parameters = [*actor.parameters(), *critic.parameters()]
-    # The fused kernel does Adam's arithmetic in one pass: the same update in half the time of
-    # the default on CPU for networks this small (measured: benchmarks/ppo_throughput.py).
-    optimizer = torch.optim.Adam(
-        parameters,
-        lr=args.learning_rate,
-        betas=args.adam_betas,
-        eps=args.adam_eps,
-        fused=device.type in ("cpu", "cuda"),
-    )
-    regularizer.attach({"actor": actor, "critic": critic}, optimizer, args.seed)
-    obs_normalizer = ObservationNormalizer(obs_dim, enabled=args.norm_obs)
-    reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-
-    global_step = 0
-    if checkpoint is not None:
-        actor.load_state_dict(checkpoint["actor"])
-        critic.load_state_dict(checkpoint["critic"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        regularizer.load_state_dict(checkpoint["regularizer"])
-        obs_normalizer.rms.load_state_dict(checkpoint["obs_normalizer"])
-        reward_normalizer.load_state_dict(checkpoint["reward_normalizer"])
-        set_rng_state(checkpoint["rng"])
-        global_step = checkpoint["global_step"]
-        envs.set_global_step(global_step)
-
-    shifts = "+".join(args.shift) or "stationary"
-    logger = RunLogger(
-        run_dir, args, args, group=f"{args.env_id}__{shifts}", tags=[args.regularizer, shifts]
-    )
-    diagnostics = Diagnostics(args, logger, args.seed)
-    diagnostics.attach({"actor": actor, "critic": critic}, [optimizer])
-    if checkpoint is not None and "diagnostics" in checkpoint:
-        diagnostics.load_state_dict(checkpoint["diagnostics"])
-
-    def probe(data: dict[str, Tensor], **note: float) -> Probe:
-        """The diagnostics' view of one batch of rollout data (frozen copies)."""
-        data = {k: v.detach().clone() for k, v in data.items()}
-        return Probe(
-            closures=functools.partial(loss_closures, actor, critic, data, args),
-            features=lambda n: hidden_features(actor, critic, data["obs"][:n]),
-            size=len(data["obs"]),
-            note=note,
+    with run.training() as stop:
+        # Architecture flags, with what the regularizer needs switched on (layernorm-l2: LayerNorm).
+        net_options = regularizer.network_options(layer_norm=args.layer_norm)
+        actor = GaussianActor(
+            obs_dim, act_dim, args.hidden_sizes, args.activation, args.init, **net_options
+        ).to(device)
+        critic = Critic(obs_dim, args.hidden_sizes, args.activation, args.init, **net_options)
+        critic = critic.to(device)
+        parameters = [*actor.parameters(), *critic.parameters()]
+        # The fused kernel does Adam's arithmetic in one pass: the same update in half the time
+        # of the default on CPU for networks this small (benchmarks/ppo_throughput.py).
+        optimizer = torch.optim.Adam(
+            parameters,
+            lr=args.learning_rate,
+            betas=args.adam_betas,
+            eps=args.adam_eps,
+            fused=device.type in ("cpu", "cuda"),
         )
+        regularizer.attach({"actor": actor, "critic": critic}, optimizer, args.seed)
+        obs_normalizer = ObservationNormalizer(obs_dim, enabled=args.norm_obs)
+        reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
+        diagnostics = Diagnostics(args, run.logger, args.seed)
+        diagnostics.attach({"actor": actor, "critic": critic}, [optimizer])
 
-    def save_checkpoint() -> Path:
-        return logger.checkpoint(
-            global_step,
-            {
-                "args": args,
+        global_step = 0
+        if run.checkpoint is not None:
+            saved = run.checkpoint
+            actor.load_state_dict(saved["actor"])
+            critic.load_state_dict(saved["critic"])
+            restore_optimizer(optimizer, saved["optimizer"])
+            regularizer.load_state_dict(saved["regularizer"])
+            diagnostics.load_state_dict(saved["diagnostics"])
+            obs_normalizer.rms.load_state_dict(saved["obs_normalizer"])
+            reward_normalizer.load_state_dict(saved["reward_normalizer"])
+            # Episodes in flight at the checkpoint restart: so does their discounted return.
+            reward_normalizer.discounted_return[:] = 0.0
+            set_rng_state(saved["rng"])
+            global_step = saved["global_step"]
+            envs.set_global_step(global_step)
+
+        def probe(data: dict[str, Tensor], **note: float) -> Probe:
+            """The diagnostics' view of one batch of rollout data (frozen copies)."""
+            data = {k: v.detach().clone() for k, v in data.items()}
+            return Probe(
+                closures=functools.partial(loss_closures, actor, critic, data, args),
+                features=lambda n: hidden_features(actor, critic, data["obs"][:n]),
+                size=len(data["obs"]),
+                note=note,
+            )
+
+        def checkpoint_state() -> dict:
+            return {
                 "global_step": global_step,
                 "task": envs.task,
                 "actor": actor.state_dict(),
@@ -439,45 +489,39 @@ def train(args: Args) -> Path:
                 "obs_normalizer": obs_normalizer.rms.state_dict(),
                 "reward_normalizer": reward_normalizer.state_dict(),
                 "rng": rng_state(),
-            },
-        )
+            }
 
-    # Rollout storage, on the device where the update runs.
-    obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs, act_dim), device=device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    # Rewards and episode ends arrive from the envs as numpy and GAE runs on the host.
-    rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
-    episode_over = np.zeros((args.num_steps, args.num_envs), np.float32)
+        # Rollout storage, on the device where the update runs.
+        obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
+        actions = torch.zeros((args.num_steps, args.num_envs, act_dim), device=device)
+        logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+        # Rewards and episode ends arrive from the envs as numpy and GAE runs on the host.
+        rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
+        episode_over = np.zeros((args.num_steps, args.num_envs), np.float32)
 
-    # Episodes in flight at a checkpoint restart on resume; the task and statistics carry on.
-    raw_obs, _ = envs.reset(seed=args.seed + global_step)
-    for event in envs.shift_events:
-        logger.event(event["step"], event["event"], task=event["task"], params=event["params"])
-    to_device = HostToDevice((args.num_envs, obs_dim), device)  # pinned staging on CUDA
-    next_obs = to_device(obs_normalizer(raw_obs))
-    episode_return = np.zeros(args.num_envs)
-    episode_length = np.zeros(args.num_envs, dtype=np.int64)
-    recent_returns: list[float] = []
-    nonfinite_updates = 0
-    next_checkpoint = (
-        (global_step // args.checkpoint_every + 1) * args.checkpoint_every
-        if args.checkpoint_every
-        else None
-    )
-    bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
-    start_time, start_step = time.time(), global_step
-    # Diagnostics bookkeeping: where in the rollout a shift happened, the previous rollout's
-    # data (the last of a task, for its "end" measurement), and an init measurement postponed
-    # because too few post-shift samples were in the rollout that held the shift.
-    shift_in_rollout: dict | None = None
-    previous_batch: dict[str, Tensor] | None = None
-    pending_init: dict | None = None
-    updates = 0
-    # Compiled at its first call (5-15 s); later calls with the same shapes reuse the graphs.
-    ppo_loss = torch.compile(minibatch_loss) if args.compile else minibatch_loss
+        # Episodes in flight at a checkpoint restart on resume; the task and statistics carry
+        # on (the first observations do not move the statistics of a resumed run: they are
+        # what the checkpoint saved).
+        raw_obs, _ = envs.reset(seed=args.seed + global_step)
+        for event in envs.shift_events:
+            run.event(event["step"], event["event"], task=event["task"], params=event["params"])
+        to_device = HostToDevice((args.num_envs, obs_dim), device)  # pinned staging on CUDA
+        next_obs = to_device(obs_normalizer(raw_obs, update=run.checkpoint is None))
+        episodes = EpisodeStats(args.num_envs)
+        nonfinite_updates = 0
+        bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
+        run.on_close(bar.close)
+        start_time, start_step = time.time(), global_step
+        # Diagnostics bookkeeping: where in the rollout a shift happened, the previous rollout's
+        # data (the last of a task, for its "end" measurement), and an init measurement postponed
+        # because too few post-shift samples were in the rollout that held the shift.
+        shift_in_rollout: dict | None = None
+        previous_batch: dict[str, Tensor] | None = None
+        pending_init: dict | None = None
+        updates = 0
+        # Compiled at its first call (5-15 s); later calls with the same shapes reuse the graphs.
+        ppo_loss = torch.compile(minibatch_loss) if args.compile else minibatch_loss
 
-    try:
         while global_step + batch_size <= args.total_timesteps:
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (
@@ -492,7 +536,7 @@ def train(args: Args) -> Path:
                     mean, _ = actor(next_obs)
                     noise = torch.randn_like(mean)
                     action = mean + actor.log_std.exp() * noise
-                    # log N(action; mean, std) with (action - mean) / std = noise: fewer ops per step.
+                    # log N(action; mean, std) with (action - mean) / std = noise: fewer ops.
                     logprobs[step] = (-0.5 * noise.square() - actor.log_std).sum(
                         -1
                     ) - 0.5 * act_dim * LOG_2PI
@@ -502,23 +546,12 @@ def train(args: Args) -> Path:
                 )
                 global_step += args.num_envs
                 done = terminated | truncated
-
-                episode_return += reward
-                episode_length += 1
-                for i in np.flatnonzero(done):
-                    recent_returns = [*recent_returns[-9:], float(episode_return[i])]
-                    logger.scalars(
-                        global_step,
-                        {
-                            "charts/episodic_return": episode_return[i],
-                            "charts/episodic_length": episode_length[i],
-                        },
-                    )
-                    episode_return[i], episode_length[i] = 0.0, 0
+                episodes.step(reward, done, run, global_step)
 
                 scaled_reward = reward_normalizer(reward, done)
-                # A truncated episode did not end in the MDP: bootstrap from its final observation's
-                # value (same-step autoreset puts it in infos["final_obs"]; raw_obs is already the reset).
+                # A truncated episode did not end in the MDP: bootstrap from its final
+                # observation's value (same-step autoreset puts it in infos["final_obs"];
+                # raw_obs is already the reset).
                 cut_short = np.flatnonzero(truncated & ~terminated)
                 if cut_short.size:
                     final_obs = obs_normalizer(
@@ -536,13 +569,16 @@ def train(args: Args) -> Path:
                 if "shift" in infos:
                     shift = infos["shift"]
                     shift_in_rollout = {**shift, "index": step * args.num_envs}
-                    logger.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
-                    logger.scalars(
-                        shift["step"], {"charts/task": shift["task"], **regularizer.on_shift()}
-                    )
+                    run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
+                    shift_metrics = regularizer.on_shift()
+                    if shift_metrics:
+                        run.log(
+                            shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()}
+                        )
 
-            # --- Values of the whole rollout in one pass (the critic does not change while acting,
-            # so this equals evaluating it at every step, at a fraction of the cost), then GAE.
+            # --- Values of the whole rollout in one pass (the critic does not change while
+            # acting, so this equals evaluating it at every step, at a fraction of the cost),
+            # then GAE.
             with torch.inference_mode():
                 values = critic(obs_buffer)[0]
                 next_value = critic(next_obs)[0]
@@ -560,17 +596,13 @@ def train(args: Args) -> Path:
 
             # --- Minibatch updates: PPO loss + the regularizer's penalty, then its moments.
             b_obs = obs_buffer.reshape(-1, obs_dim)
-            b_actions = actions.reshape(-1, act_dim)
-            b_logprobs, b_advantages = logprobs.reshape(-1), advantages.reshape(-1)
-            b_returns, b_values = returns.reshape(-1), values.reshape(-1)
-
             batch = {
                 "obs": b_obs,
-                "actions": b_actions,
-                "logprobs": b_logprobs,
-                "advantages": b_advantages,
-                "returns": b_returns,
-                "values": b_values,
+                "actions": actions.reshape(-1, act_dim),
+                "logprobs": logprobs.reshape(-1),
+                "advantages": advantages.reshape(-1),
+                "returns": returns.reshape(-1),
+                "values": values.reshape(-1),
             }
             if diagnostics.enabled:
                 # Task boundaries, measured before this rollout's update: "end" with the
@@ -651,25 +683,25 @@ def train(args: Args) -> Path:
 
             # --- Logging, divergence check, checkpoints.
             if nonfinite_updates:
-                logger.event(
+                run.event(
                     global_step,
                     "warning",
                     message=f"{nonfinite_updates} minibatch losses were not finite; skipped",
                 )
                 if not all(torch.isfinite(p).all() for p in parameters):
-                    raise FloatingPointError("parameters became non-finite")
+                    raise Diverged(global_step, "parameters became non-finite")
                 if nonfinite_updates >= args.update_epochs * args.num_minibatches:
-                    raise FloatingPointError(
-                        f"every minibatch loss of the update at step {global_step} was not finite"
-                    )
+                    raise Diverged(global_step, "every minibatch loss of the update was not finite")
                 nonfinite_updates = 0
             explained_var = float("nan")
             with torch.no_grad():
-                var_returns = b_returns.var()
+                var_returns = batch["returns"].var()
                 if var_returns > 0:
-                    explained_var = float(1 - (b_returns - b_values).var() / var_returns)
+                    explained_var = float(
+                        1 - (batch["returns"] - batch["values"]).var() / var_returns
+                    )
             sps = int((global_step - start_step) / (time.time() - start_time))
-            logger.scalars(
+            run.log(
                 global_step,
                 {
                     "charts/learning_rate": optimizer.param_groups[0]["lr"],
@@ -687,36 +719,14 @@ def train(args: Args) -> Path:
                 },
             )
             bar.update(batch_size)
-            bar.set_postfix(
-                sps=sps,
-                task=envs.task,
-                ret=f"{np.mean(recent_returns):.0f}" if recent_returns else "-",
-            )
-            if next_checkpoint is not None and global_step >= next_checkpoint:
-                save_checkpoint()
-                next_checkpoint = (global_step // args.checkpoint_every + 1) * args.checkpoint_every
+            bar.set_postfix(sps=sps, task=envs.task, ret=episodes.summary())
+            # A consistent point: the update is done and the next rollout not begun.
+            if stop.requested:
+                run.stop_here(global_step, checkpoint_state())
+            if run.checkpoint_due(global_step):
+                run.save(global_step, checkpoint_state())
         if previous_batch is not None:
             diagnostics.boundary(global_step, {"end": probe(previous_batch)}, envs.task, None)
-        save_checkpoint()
+        run.finish(global_step, checkpoint_state())
         diagnostics.finish(global_step)
-    except KeyboardInterrupt:
-        # A killed run (Ctrl-C, SIGTERM) keeps its logs and leaves a checkpoint to --resume from;
-        # the interrupted rollout is discarded and restarts on resume.
-        logger.event(global_step, "interrupted", checkpoint=str(save_checkpoint()))
-        raise
-    except FloatingPointError as error:
-        logger.event(global_step, "diverged", message=str(error))
-        raise ConfigError(
-            f"training diverged at step {global_step}: {error}; logs are in {run_dir} "
-            "(resume from its last good checkpoint with a smaller learning rate or regularizer strength)"
-        ) from None
-    finally:
-        bar.close()
-        envs.close()
-        logger.close()
-    return run_dir
-
-
-def preset_args(name: str) -> Args:
-    """The defaults of a named preset (the other flags are applied on top of these)."""
-    return dataclasses.replace(Args(), preset=name, **PRESETS[name])
+    return run.dir

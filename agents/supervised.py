@@ -20,7 +20,6 @@ more; it gives the autograd step's parameters to float rounding (tested). `--upd
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -34,26 +33,28 @@ from torch import Tensor
 
 from agents.networks import MLP, Activation, Init
 from agents.run import (
-    RunLogger,
-    TrackingFlags,
-    deferred_interrupts,
-    load_checkpoint,
+    Diverged,
+    Learner,
+    Run,
+    RunFlags,
     progress_bar,
+    restore_optimizer,
     rng_state,
-    seed_everything,
     set_rng_state,
 )
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
-from envs.schedule import ConfigError
 from envs.streams import STREAMS, StreamName, Task, make_stream
 from regularizers import ERankConfig, Regularizer, RegularizerFlags, build_regularizer
+from validation import ConfigError, require_all
 
 PresetName = Literal["none", "demo", "permuted-mnist"]
 
 
 @dataclass
-class Args(TrackingFlags, RegularizerFlags, DiagnosticsFlags):
+class SupervisedFlags:
+    """The learner's own flags (listed first by --help)."""
+
     preset: PresetName = "none"
     """a named set of defaults applied before the other flags: demo (permuted 8x8 digits, 10
     tasks, a minute on a CPU), permuted-mnist (the paper's setting)"""
@@ -116,6 +117,12 @@ class Args(TrackingFlags, RegularizerFlags, DiagnosticsFlags):
     """log the running online accuracy every this many examples"""
     diag_every_tasks: int = 1
     """measure diagnostics at every this many task boundaries (the paper: every 10 tasks)"""
+
+
+@dataclass
+class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, SupervisedFlags):
+    """Every flag of `train.py supervised`: the learner's own, then the regularizer's, the
+    diagnostics' and the run's (a dataclass lists its bases' fields last base first)."""
 
 
 PRESETS: dict[str, dict] = {
@@ -229,16 +236,69 @@ def fused_update_blocker(args: Args, regularizer: Regularizer) -> str | None:
 
 
 def check_args(args: Args) -> None:
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not args.learning_rate > 0:
-        raise ConfigError(f"--learning-rate must be positive, got {args.learning_rate}")
-    if args.diag_every_tasks < 1:
-        raise ConfigError("--diag-every-tasks must be at least 1")
-    try:
-        check_diagnostics_flags(args)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    """One clear line for a configuration that cannot run."""
+    require_all(
+        [
+            ("--batch-size", args.batch_size, ">= 1"),
+            ("--learning-rate", args.learning_rate, "> 0"),
+            ("--momentum", args.momentum, "in [0, 1)"),
+            ("--log-every", args.log_every, ">= 1"),
+            ("--diag-every-tasks", args.diag_every_tasks, ">= 1"),
+            ("--subset", args.subset, ">= 1"),
+            ("--classes-per-task", args.classes_per_task, ">= 1"),
+            ("--hidden-sizes", args.hidden_sizes, ">= 1"),
+        ]
+    )
+    if not args.hidden_sizes:
+        raise ConfigError("--hidden-sizes needs at least one hidden layer")
+    check_diagnostics_flags(args)
+
+
+def unused_flags(args: Args) -> dict[str, str]:
+    """{field: why it has no effect} for this learner's own flags."""
+    options = STREAMS.get(args.stream, ())
+    unused = {
+        option: f"--stream {args.stream} does not read it"
+        for option in ("dataset", "subset", "classes_per_task")
+        if option not in options
+    }
+    reads_files = args.stream != "slowly-changing-regression" and not (
+        "dataset" in options and args.dataset == "digits"
+    )
+    if not reads_files:
+        unused["data_dir"] = unused["download"] = "this stream reads no MNIST / Fashion-MNIST files"
+    if args.optimizer != "sgd":
+        unused["momentum"] = "it is SGD's momentum, and --optimizer is adam"
+    unused["diag.min_init_samples"] = (
+        "it is an RL setting (the stream measures a task's first examples)"
+    )
+    if args.diagnostics == ("none",):
+        unused["diag_every_tasks"] = "--diagnostics none turns every measure off"
+    return unused
+
+
+LEARNER = Learner(
+    mode="supervised",
+    presets=PRESETS,
+    # The task stream, the data a task is drawn from, the network and what a checkpoint's
+    # position inside a task counts (steps of --batch-size) cannot change under a run.
+    fixed_on_resume=(
+        "seed",
+        "stream",
+        "dataset",
+        "examples_per_task",
+        "subset",
+        "classes_per_task",
+        "hidden_sizes",
+        "activation",
+        "init",
+        "layer_norm",
+        "batch_size",
+        "optimizer",
+        "regularizer",
+    ),  # fmt: skip
+    unused_flags=unused_flags,
+)
 
 
 def train(args: Args) -> Path:
@@ -251,100 +311,91 @@ def train(args: Args) -> Path:
         "classes_per_task": args.classes_per_task,
     }
     options = {name: value for name, value in flags.items() if name in STREAMS[args.stream]}
-    try:
-        stream = make_stream(
-            args.stream,
-            args.num_tasks,
-            args.examples_per_task,
-            args.seed,
-            args.data_dir,
-            args.download,
-            **options,
-        )
-        regularizer = build_regularizer(args)
-    except (ValueError, OSError) as error:
-        raise ConfigError(str(error)) from None
-
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
-    run_dir = (
-        Path(args.resume)
-        if checkpoint is not None
-        else Path(args.runs_dir)
-        / f"{args.stream}__{args.exp_name}__{args.regularizer}__{args.seed}__{int(time.time())}"
+    stream = make_stream(
+        args.stream,
+        args.num_tasks,
+        args.examples_per_task,
+        args.seed,
+        args.data_dir,
+        args.download,
+        **options,
     )
-    if args.torch_threads > 0 or args.batch_size == 1:
-        torch.set_num_threads(args.torch_threads or 1)
-    seed_everything(args.seed)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    model = MLP(
-        stream.input_dim, args.hidden_sizes, stream.output_dim, args.activation, args.init,
-        **regularizer.network_options(layer_norm=args.layer_norm),
-    )  # fmt: skip
-    model = model.to(device)
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=args.learning_rate, momentum=args.momentum
-        )
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    regularizer.attach({"model": model}, optimizer, args.seed)
-    blocker = fused_update_blocker(args, regularizer)
-    if args.update == "fused" and blocker is not None:
-        raise ConfigError(f"--update fused cannot run here: {blocker}")
-    fused = args.update != "autograd" and blocker is None
-
-    logger = RunLogger(
-        run_dir, args, args, group=f"{args.stream}", tags=[args.regularizer, args.stream]
+    regularizer = build_regularizer(args)
+    run = Run.start(
+        args,
+        LEARNER,
+        title=args.stream,
+        group=args.stream,
+        tags=[args.regularizer, args.stream],
+        seed=args.seed,
+        # 1 thread at batch size 1 (see --torch-threads), torch's default otherwise
+        threads=args.torch_threads or (1 if args.batch_size == 1 else 0),
+        cuda=args.cuda,
     )
-    diagnostics = Diagnostics(args, logger, args.seed)
-    diagnostics.attach({"model": model}, [optimizer])
-    logger.event(
-        0,
-        "stream",
-        source=stream.source,
-        loss=stream.loss,
-        update="fused" if fused else "autograd",
-        why_not_fused=blocker if not fused and args.update != "autograd" else None,
-    )
+    device = run.device
+    with run.training() as stop:
+        model = MLP(
+            stream.input_dim, args.hidden_sizes, stream.output_dim, args.activation, args.init,
+            **regularizer.network_options(layer_norm=args.layer_norm),
+        ).to(device)  # fmt: skip
+        if args.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=args.learning_rate, momentum=args.momentum
+            )
+        else:
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+        regularizer.attach({"model": model}, optimizer, args.seed)
+        blocker = fused_update_blocker(args, regularizer)
+        if args.update == "fused" and blocker is not None:
+            raise ConfigError(f"--update fused cannot run here: {blocker}")
+        fused = args.update != "autograd" and blocker is None
 
-    def autograd_step(x: Tensor, y: Tensor, task: Task) -> tuple[Tensor, Tensor]:
-        outputs, features = model(x)
-        loss = task_loss(outputs, y, stream.loss, task.active_classes)
-        optimizer.zero_grad(set_to_none=True)
-        (loss + regularizer.penalty({"model": features})).backward()
-        regularizer.before_step()
-        optimizer.step()
-        return outputs.detach(), loss.detach()
+        diagnostics = Diagnostics(args, run.logger, args.seed)
+        diagnostics.attach({"model": model}, [optimizer])
 
-    def fused_step(x: Tensor, y: Tensor, task: Task) -> tuple[Tensor, Tensor]:
-        return fused_sgd_step(
-            model, x, y, stream.loss, task.active_classes, args.learning_rate,
-            regularizer.coupled_decay(),
-        )  # fmt: skip
+        def autograd_step(x: Tensor, y: Tensor, task: Task) -> tuple[Tensor, Tensor]:
+            outputs, features = model(x)
+            loss = task_loss(outputs, y, stream.loss, task.active_classes)
+            optimizer.zero_grad(set_to_none=True)
+            (loss + regularizer.penalty({"model": features})).backward()
+            regularizer.before_step()
+            optimizer.step()
+            return outputs.detach(), loss.detach()
 
-    step = fused_step if fused else autograd_step
+        def fused_step(x: Tensor, y: Tensor, task: Task) -> tuple[Tensor, Tensor]:
+            return fused_sgd_step(
+                model, x, y, stream.loss, task.active_classes, args.learning_rate,
+                regularizer.coupled_decay(),
+            )  # fmt: skip
 
-    start_task, examples_seen = 0, 0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        regularizer.load_state_dict(checkpoint["regularizer"])
-        diagnostics.load_state_dict(checkpoint["diagnostics"])
-        set_rng_state(checkpoint["rng"])
-        start_task, examples_seen = checkpoint["next_task"], checkpoint["examples_seen"]
-        steps_done = (checkpoint["position"] or {}).get("steps", 0)
-        logger.event(examples_seen, "resume", task=start_task, steps_into_task=steps_done)
-    # Where in a task the run stands, with that task's records so far: an interrupted run
-    # resumes at the very next example, as if never stopped.
-    resume_at = checkpoint["position"] if checkpoint is not None else None
+        step = fused_step if fused else autograd_step
 
-    def save_checkpoint(next_task: int, position: dict | None = None) -> Path:
-        """`position`: None at a task's end, else the interrupted task's progress and records."""
-        return logger.checkpoint(
-            examples_seen,
-            {
-                "args": args,
+        start_task, examples_seen = 0, 0
+        # Where in a task the run stands, with that task's records so far: an interrupted run
+        # resumes at the very next example, as if never stopped.
+        resume_at = None
+        if run.checkpoint is not None:
+            saved = run.checkpoint
+            model.load_state_dict(saved["model"])
+            restore_optimizer(optimizer, saved["optimizer"])
+            regularizer.load_state_dict(saved["regularizer"])
+            diagnostics.load_state_dict(saved["diagnostics"])
+            set_rng_state(saved["rng"])
+            start_task, examples_seen = saved["next_task"], saved["examples_seen"]
+            resume_at = saved["position"]
+        else:
+            run.event(
+                0,
+                "stream",
+                source=stream.source,
+                loss=stream.loss,
+                update="fused" if fused else "autograd",
+                why_not_fused=blocker if not fused and args.update != "autograd" else None,
+            )
+
+        def checkpoint_state(next_task: int, position: dict | None = None) -> dict:
+            """`position`: None at a task's end, else the interrupted task's progress and records."""
+            return {
                 "next_task": next_task,
                 "position": position,
                 "examples_seen": examples_seen,
@@ -353,185 +404,152 @@ def train(args: Args) -> Path:
                 "regularizer": regularizer.state_dict(),
                 "diagnostics": diagnostics.state_dict(),
                 "rng": rng_state(),
-            },
-        )
-
-    def probe(task: Task, first: bool) -> Probe:
-        """The diagnostics' view of a task's first (init) or last (end) examples."""
-        size = min(args.diag.batch_size, len(task.train_x))
-        rows = slice(0, size) if first else slice(len(task.train_x) - size, None)
-        x, y = task.train_x[rows].to(device), task.train_y[rows].to(device)
-
-        def closures(n: int) -> dict[str, LossClosure]:
-            xs, ys = x[:n], y[:n]
-            return {
-                "model": LossClosure(
-                    dict(model.named_parameters()),
-                    lambda params: torch.func.functional_call(model, params, (xs,))[0],
-                    lambda out: task_loss(out, ys, stream.loss, task.active_classes),
-                )
             }
 
-        return Probe(closures, lambda n: {"model": model(x[:n])[1]}, size)
+        def probe(task: Task, first: bool) -> Probe:
+            """The diagnostics' view of a task's first (init) or last (end) examples."""
+            size = min(args.diag.batch_size, len(task.train_x))
+            rows = slice(0, size) if first else slice(len(task.train_x) - size, None)
+            x, y = task.train_x[rows].to(device), task.train_y[rows].to(device)
 
-    # Which update window the ER step (and any "recent data" method) sees: the examples of the
-    # method's last `recent_updates()` updates (ER's and ReDo's `every`; the paper's ER: 100
-    # examples), at most 2,048.
-    window = min(2048, args.batch_size * max(1, regularizer.recent_updates()))
-    per_task = len(stream.task(0).train_x)
-    bar = progress_bar(per_task * args.num_tasks, examples_seen, f"supervised {args.stream}")
-    previous: Task | None = stream.task(start_task - 1) if start_task > 0 else None
-    next_checkpoint = (
-        (examples_seen // args.checkpoint_every + 1) * args.checkpoint_every
-        if args.checkpoint_every
-        else None
-    )
-    start_time, start_examples = time.time(), examples_seen
-    position: dict | None = None
-    task_start_examples = examples_seen
-    # Ctrl-C / SIGTERM stop the run between two steps (a consistent checkpoint).
-    with deferred_interrupts() as stop:
-        try:
-            for t in range(start_task, args.num_tasks):
-                task = stream.task(t)
-                resumed = resume_at if t == start_task else None
-                if resumed is not None:
-                    pass  # the shift and its diagnostics happened before the interruption
-                elif t > 0:
-                    logger.event(examples_seen, "shift", task=t, params=task.params)
-                    logger.scalars(examples_seen, {"charts/task": t, **regularizer.on_shift()})
-                if resumed is None and diagnostics.enabled and t % args.diag_every_tasks == 0:
+            def closures(n: int) -> dict[str, LossClosure]:
+                xs, ys = x[:n], y[:n]
+                return {
+                    "model": LossClosure(
+                        dict(model.named_parameters()),
+                        lambda params: torch.func.functional_call(model, params, (xs,))[0],
+                        lambda out: task_loss(out, ys, stream.loss, task.active_classes),
+                    )
+                }
+
+            return Probe(closures, lambda n: {"model": model(x[:n])[1]}, size)
+
+        # Which update window the ER step (and any "recent data" method) sees: the examples of
+        # the method's last `recent_updates()` updates (ER's and ReDo's `every`; the paper's ER:
+        # 100 examples), at most 2,048.
+        window = min(2048, args.batch_size * max(1, regularizer.recent_updates()))
+        per_task = len(stream.task(0).train_x)
+        bar = progress_bar(per_task * args.num_tasks, examples_seen, f"supervised {args.stream}")
+        run.on_close(bar.close)
+        previous: Task | None = stream.task(start_task - 1) if start_task > 0 else None
+        for t in range(start_task, args.num_tasks):
+            task = stream.task(t)
+            resumed = resume_at if t == start_task else None
+            if resumed is None:  # else the shift and its diagnostics happened before the stop
+                if t > 0:
+                    run.event(examples_seen, "shift", task=t, params=task.params)
+                    shift_metrics = regularizer.on_shift()
+                    if shift_metrics:
+                        run.log(
+                            examples_seen, {f"regularizer/{k}": v for k, v in shift_metrics.items()}
+                        )
+                if diagnostics.enabled and t % args.diag_every_tasks == 0:
                     probes = {"init": probe(task, first=True)}
                     if previous is not None:
                         probes["end"] = probe(previous, first=False)
                     diagnostics.boundary(examples_seen, probes, t - 1 if t > 0 else None, t)
 
-                x_all, y_all = task.train_x.to(device), task.train_y.to(device)
-                n = len(x_all)
-                starts = range(0, n, args.batch_size)
-                classification = stream.loss == "cross-entropy"
-                # One record per step, kept on the device and read at log points and the task end:
-                # a host read per step would stall a GPU, and a write is the cheapest record.
-                batch_losses = torch.empty(len(starts), device=device)
-                batch_sizes = torch.tensor(
-                    [min(args.batch_size, n - start) for start in starts],
-                    dtype=batch_losses.dtype,
-                    device=device,
+            x_all, y_all = task.train_x.to(device), task.train_y.to(device)
+            n = len(x_all)
+            starts = range(0, n, args.batch_size)
+            classification = stream.loss == "cross-entropy"
+            # One record per step, kept on the device and read at log points and the task end:
+            # a host read per step would stall a GPU, and a write is the cheapest record.
+            batch_losses = torch.empty(len(starts), device=device)
+            batch_sizes = torch.tensor(
+                [min(args.batch_size, n - start) for start in starts],
+                dtype=batch_losses.dtype,
+                device=device,
+            )
+            predictions = torch.empty(n, dtype=torch.long, device=device)
+            logged = 0  # examples of this task already in a log line
+            regularizer_metrics: dict[str, float] = {}
+            first = 0
+            train_seconds = 0.0  # this task's steps only: no diagnostics, no set-up
+            if resumed is not None:
+                first, logged = resumed["steps"], resumed["logged"]
+                batch_losses[:first] = resumed["batch_losses"].to(device)
+                predictions[: len(resumed["predictions"])] = resumed["predictions"].to(device)
+                regularizer_metrics = resumed["regularizer_metrics"]
+                train_seconds = resumed.get("train_seconds", 0.0)
+            steps_start = time.perf_counter()
+            for index in range(first, len(starts)):
+                start = starts[index]
+                end = min(start + args.batch_size, n)
+                outputs, batch_losses[index] = step(x_all[start:end], y_all[start:end], task)
+                if classification:
+                    predictions[start:end] = live_outputs(outputs, task.active_classes).argmax(-1)
+                regularizer_metrics |= regularizer.after_update(
+                    lambda x=x_all, end=end: {"model": model(x[max(0, end - window) : end])[1]},
+                    end >= n,
                 )
-                predictions = torch.empty(n, dtype=torch.long, device=device)
-                logged = 0  # examples of this task already in a log line
-                regularizer_metrics: dict[str, float] = {}
-                first = 0
-                if resumed is not None:
-                    first, logged = resumed["steps"], resumed["logged"]
-                    batch_losses[:first] = resumed["batch_losses"].to(device)
-                    predictions[: len(resumed["predictions"])] = resumed["predictions"].to(device)
-                    regularizer_metrics = resumed["regularizer_metrics"]
-                task_start_examples = examples_seen - int(batch_sizes[:first].sum())
-                for index in range(first, len(starts)):
-                    start = starts[index]
-                    end = min(start + args.batch_size, n)
-                    outputs, batch_losses[index] = step(x_all[start:end], y_all[start:end], task)
+                examples_seen += end - start
+                if end - logged >= args.log_every and end < n:  # the task's end logs below
+                    # Checked here, not per step: a non-finite loss makes every later one
+                    # non-finite, so the running sum shows it.
+                    train_loss = float(batch_losses[: index + 1] @ batch_sizes[: index + 1]) / end
+                    if not math.isfinite(train_loss):
+                        raise Diverged(examples_seen, f"non-finite loss in task {t}")
+                    metrics = {"charts/train_loss": train_loss, "charts/task": t}
                     if classification:
-                        predictions[start:end] = live_outputs(outputs, task.active_classes).argmax(
-                            -1
-                        )
-                    regularizer_metrics |= regularizer.after_update(
-                        lambda x=x_all, end=end: {"model": model(x[max(0, end - window) : end])[1]},
-                        end >= n,
+                        hits = predictions[logged:end] == y_all[logged:end]
+                        metrics["charts/running_accuracy"] = int(hits.sum()) / len(hits)
+                    run.log(
+                        examples_seen,
+                        metrics | {f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
                     )
-                    examples_seen += end - start
-                    if end - logged >= args.log_every:
-                        # Checked here, not per step: a non-finite loss makes every later one
-                        # non-finite, so the running sum shows it.
-                        train_loss = (
-                            float(batch_losses[: index + 1] @ batch_sizes[: index + 1]) / end
-                        )
-                        if not math.isfinite(train_loss):
-                            raise FloatingPointError(
-                                f"non-finite loss in task {t} before example {examples_seen}"
-                            )
-                        metrics = {"charts/train_loss": train_loss, "charts/task": t}
-                        if classification:
-                            hits = predictions[logged:end] == y_all[logged:end]
-                            metrics["charts/running_accuracy"] = int(hits.sum()) / len(hits)
-                        logger.scalars(
-                            examples_seen,
-                            metrics
-                            | {f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
-                        )
-                        bar.update(end - logged)
-                        logged = end
-                    if (
-                        next_checkpoint is not None
-                        and examples_seen >= next_checkpoint
-                        and end >= n
-                    ):
-                        save_checkpoint(t + 1)
-                        next_checkpoint = (
-                            examples_seen // args.checkpoint_every + 1
-                        ) * args.checkpoint_every
-                    if stop.requested:
-                        position = {
-                            "steps": index + 1,
-                            "logged": logged,
-                            "batch_losses": batch_losses[: index + 1].cpu(),
-                            "predictions": predictions[:end].cpu(),
-                            "regularizer_metrics": regularizer_metrics,
-                        }
-                        raise KeyboardInterrupt
-
-                bar.update(n - logged)
-                # Per task: the paper's online accuracy, held-out accuracy and loss at task end.
-                train_loss = float(batch_losses @ batch_sizes) / n
-                if not math.isfinite(train_loss):
-                    raise FloatingPointError(f"non-finite loss in task {t}")
-                with torch.no_grad():
-                    held_out, _ = model(task.heldout_x.to(device))
-                    heldout_y = task.heldout_y.to(device)
-                    task_metrics = {
-                        "charts/task": t,
-                        "task/train_loss": train_loss,
-                        "task/heldout_loss": float(
-                            task_loss(held_out, heldout_y, stream.loss, task.active_classes)
-                        ),
+                    bar.update(end - logged)
+                    logged = end
+                if stop.requested and end < n:
+                    position = {
+                        "steps": index + 1,
+                        "logged": logged,
+                        "batch_losses": batch_losses[: index + 1].cpu(),
+                        "predictions": predictions[:end].cpu(),
+                        "regularizer_metrics": regularizer_metrics,
+                        "train_seconds": train_seconds + time.perf_counter() - steps_start,
                     }
-                    if classification:
-                        guesses = live_outputs(held_out, task.active_classes).argmax(-1)
-                        task_metrics["charts/online_accuracy"] = (
-                            int((predictions == y_all).sum()) / n
-                        )
-                        task_metrics["task/heldout_accuracy"] = int(
-                            (guesses == heldout_y).sum()
-                        ) / len(guesses)
-                task_metrics["charts/examples_per_second"] = (examples_seen - start_examples) / (
-                    time.time() - start_time
-                )
-                task_metrics |= {f"regularizer/{k}": v for k, v in regularizer_metrics.items()}
-                logger.scalars(examples_seen, task_metrics)
-                previous = task
-            if diagnostics.enabled and previous is not None:
-                diagnostics.boundary(
-                    examples_seen, {"end": probe(previous, first=False)}, args.num_tasks - 1, None
-                )
-            save_checkpoint(args.num_tasks)
-            diagnostics.finish(examples_seen)
-        except KeyboardInterrupt:
-            # Stopped between two steps (`position`), or, when the signal could not be deferred,
-            # anywhere: then the run resumes at the start of the task it was in, recounting it.
-            if position is None:
-                examples_seen = task_start_examples
-            logger.event(examples_seen, "interrupted", checkpoint=str(save_checkpoint(t, position)))
-            raise
-        except FloatingPointError as error:
-            logger.event(examples_seen, "diverged", message=str(error))
-            raise ConfigError(f"training diverged: {error}; logs are in {run_dir}") from None
-        finally:
-            bar.close()
-            logger.close()
-    return run_dir
+                    run.stop_here(examples_seen, checkpoint_state(t, position))
+            train_seconds += time.perf_counter() - steps_start
 
-
-def preset_args(name: str) -> Args:
-    """The defaults of a named preset (the other flags are applied on top of these)."""
-    return dataclasses.replace(Args(), preset=name, **PRESETS[name])
+            bar.update(n - logged)
+            # Per task: the paper's online accuracy, held-out accuracy and loss at task end.
+            train_loss = float(batch_losses @ batch_sizes) / n
+            if not math.isfinite(train_loss):
+                raise Diverged(examples_seen, f"non-finite loss in task {t}")
+            with torch.no_grad():
+                held_out, _ = model(task.heldout_x.to(device))
+                heldout_y = task.heldout_y.to(device)
+                task_metrics = {
+                    "charts/task": t,
+                    "charts/train_loss": train_loss,
+                    "task/train_loss": train_loss,
+                    "task/heldout_loss": float(
+                        task_loss(held_out, heldout_y, stream.loss, task.active_classes)
+                    ),
+                }
+                if classification:
+                    guesses = live_outputs(held_out, task.active_classes).argmax(-1)
+                    hits = predictions[logged:] == y_all[logged:]
+                    task_metrics["charts/running_accuracy"] = int(hits.sum()) / max(1, len(hits))
+                    task_metrics["charts/online_accuracy"] = int((predictions == y_all).sum()) / n
+                    task_metrics["task/heldout_accuracy"] = int((guesses == heldout_y).sum()) / len(
+                        guesses
+                    )
+            # Training speed within the task (diagnostics at its boundaries are not in it).
+            task_metrics["charts/examples_per_second"] = n / max(train_seconds, 1e-9)
+            task_metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
+            task_metrics |= {f"regularizer/{k}": v for k, v in regularizer_metrics.items()}
+            run.log(examples_seen, task_metrics)
+            previous = task
+            if stop.requested and t + 1 < args.num_tasks:
+                run.stop_here(examples_seen, checkpoint_state(t + 1))
+            if run.checkpoint_due(examples_seen):
+                run.save(examples_seen, checkpoint_state(t + 1))
+        if diagnostics.enabled and previous is not None:
+            diagnostics.boundary(
+                examples_seen, {"end": probe(previous, first=False)}, args.num_tasks - 1, None
+            )
+        run.finish(examples_seen, checkpoint_state(args.num_tasks))
+        diagnostics.finish(examples_seen)
+    return run.dir

@@ -22,6 +22,7 @@ from diagnostics.hooks import (
     DiagnosticsFlags,
     Probe,
     check_flags,
+    unused_flags,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "LossClosure",
     "Probe",
     "check_flags",
+    "unused_flags",
 ]

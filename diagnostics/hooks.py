@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from diagnostics import curvature, plasticity, representation
+from validation import ConfigError, require_all
 
 Measure = Literal[
     "none", "hessian", "ggn", "kfac", "gram", "features", "weights", "readiness", "probe"
@@ -115,20 +116,68 @@ class Probe:
 
 
 def check_flags(flags: DiagnosticsFlags) -> None:
-    """Raise ValueError naming the flag for settings that cannot run."""
+    """Raise ConfigError naming the flag for settings that cannot run."""
     config = flags.diag
+    if not flags.diagnostics:
+        raise ConfigError(
+            f"--diagnostics needs at least one measure ({', '.join(ALL_MEASURES)}) or none"
+        )
+    unknown = sorted(set(flags.diagnostics) - {"none", *ALL_MEASURES})
+    if unknown:
+        raise ConfigError(f"--diagnostics: unknown measure(s) {', '.join(unknown)}")
     if "none" in flags.diagnostics and len(flags.diagnostics) > 1:
-        raise ValueError("--diagnostics none cannot be combined with other measures")
-    for name in (
-        "batch_size", "lanczos_order", "probes", "top_k", "grid_points", "gram_batch",
-        "probe_steps",
-    ):  # fmt: skip
-        if getattr(config, name) < 1:
-            raise ValueError(f"--diag.{name.replace('_', '-')} must be at least 1")
-    if config.every < 0:
-        raise ValueError("--diag.every must be 0 (off) or positive")
-    if any(not (eps > 0) for eps in config.epsilons):
-        raise ValueError("--diag.epsilons must all be positive")
+        raise ConfigError("--diagnostics none cannot be combined with other measures")
+    require_all(
+        [
+            (f"--diag.{name.replace('_', '-')}", getattr(config, name), ">= 1")
+            for name in (
+                "batch_size",
+                "lanczos_order",
+                "probes",
+                "top_k",
+                "grid_points",
+                "gram_batch",
+                "probe_steps",
+            )
+        ]  # fmt: skip
+        + [
+            ("--diag.every", config.every, ">= 0"),
+            ("--diag.epsilons", config.epsilons, "> 0"),
+            ("--diag.srank-delta", config.srank_delta, "in [0, 1)"),
+            ("--diag.dormant-tau", config.dormant_tau, ">= 0"),
+            ("--diag.min-init-samples", config.min_init_samples, ">= 1"),
+        ]
+    )
+    if not config.epsilons:
+        raise ConfigError("--diag.epsilons needs at least one threshold")
+
+
+# Which measures read each --diag.* setting (the others are read by every measure).
+SETTING_READERS: dict[str, tuple[str, ...]] = {
+    "lanczos_order": ("hessian", "ggn"),
+    "probes": ("hessian", "ggn"),
+    "top_k": ("hessian", "ggn"),
+    "grid_points": ("hessian", "ggn"),
+    "joint": ("hessian", "ggn"),
+    "epsilons": ("hessian", "ggn", "gram", "features"),
+    "gram_batch": ("gram",),
+    "srank_delta": ("features",),
+    "dormant_tau": ("features",),
+    "probe_steps": ("probe",),
+}
+
+
+def unused_flags(flags: DiagnosticsFlags) -> dict[str, str]:
+    """{config field: why it has no effect}: --diag.* settings no selected measure reads."""
+    measures = set(flags.diagnostics) - {"none"}
+    if not measures:
+        return {"diag": "--diagnostics none turns every measure off"}
+    return {
+        f"diag.{setting}": f"only --diagnostics {' / '.join(readers)} read it, and this run "
+        f"measures {' '.join(sorted(measures))}"
+        for setting, readers in SETTING_READERS.items()
+        if not measures & set(readers)
+    }
 
 
 class Diagnostics:
@@ -164,7 +213,16 @@ class Diagnostics:
         return {"initial": self.initial}
 
     def load_state_dict(self, state: dict) -> None:
-        self.initial = state["initial"]
+        # A checkpoint is loaded onto the CPU; the initial weights go where the networks are.
+        self.initial = {
+            name: [
+                saved.to(p.device)
+                for saved, p in zip(tensors, self.nets[name].parameters(), strict=True)
+            ]
+            if name in self.nets
+            else tensors
+            for name, tensors in state["initial"].items()
+        }
 
     def due(self, updates: int) -> bool:
         """Whether the periodic measurement is due after `updates` learner updates."""

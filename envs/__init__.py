@@ -18,8 +18,14 @@ from typing import Literal
 from envs.observation import ObsNoiseShift, ObsPermuteShift
 from envs.physics import FrictionShift, GearShift, GravityShift, MassShift
 from envs.reward import RewardScaleShift, RewardSignShift
-from envs.schedule import ConfigError, ScaleRange, ShiftSchedule, ShiftWrapper
-from envs.vector import ShiftingVectorEnv, check_env_id, make_env, make_vector_env
+from envs.schedule import ScaleRange, ShiftSchedule, ShiftWrapper
+from envs.vector import (
+    ShiftingVectorEnv,
+    check_env_id,
+    check_spaces,
+    make_env,
+    make_vector_env,
+)
 
 ShiftName = Literal[
     "friction", "mass", "gravity", "gear", "obs-permute", "obs-noise", "reward-sign", "reward-scale"
@@ -64,6 +70,16 @@ class ShiftFlags:
     """reward-scale shift: factor that multiplies the reward."""
 
 
+def unused_flags(flags: ShiftFlags) -> dict[str, str]:
+    """{config field: why it has no effect}: the ranges of the shift kinds --shift does not name."""
+    named = set(getattr(flags, "shift", ()))
+    return {
+        config_field: f"it configures the {name} shift, and --shift does not name {name}"
+        for name, (_, config_field) in SHIFTS.items()
+        if config_field is not None and name not in named
+    }
+
+
 SLIPPERY_ANT: dict = {
     # The named `slippery-ant` preset: Ant whose friction is redrawn log-uniform in [0.02, 2]
     # every 2M steps, as in the loss-of-plasticity paper's Slippery Ant.
@@ -76,14 +92,15 @@ SLIPPERY_ANT: dict = {
 __all__ = [
     "SHIFTS",
     "SLIPPERY_ANT",
-    "ConfigError",
     "ScaleRange",
     "ShiftFlags",
     "ShiftName",
     "ShiftSchedule",
     "ShiftWrapper",
     "ShiftingVectorEnv",
+    "check_spaces",
     "check_env_id",
     "make_env",
     "make_vector_env",
+    "unused_flags",
 ]

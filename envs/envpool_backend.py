@@ -66,8 +66,8 @@ import numpy as np
 
 import envs
 from envs.physics import PhysicsShift
-from envs.schedule import ConfigError
 from envs.vector import wrap_shifts
+from validation import ConfigError
 
 INSTALL_HINT = "install it with: pip install -e '.[envpool]' (make test does)"
 

@@ -15,7 +15,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.schedule import ConfigError, ScaleRange, ShiftWrapper
+from envs.schedule import ScaleRange, ShiftWrapper
+from validation import ConfigError
 
 
 def _require_flat_box(env: gym.Env, shift_name: str) -> gym.spaces.Box:

@@ -17,7 +17,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.schedule import ConfigError, ScaleRange, ShiftWrapper
+from envs.schedule import ScaleRange, ShiftWrapper
+from validation import ConfigError
 
 
 class PhysicsShift(ShiftWrapper):

@@ -24,10 +24,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-
-class ConfigError(ValueError):
-    """A bad user configuration. train.py prints the message as one line and exits with 2,
-    so every message is one line that names the offending flag."""
+from validation import ConfigError
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from envs.datasets import Dataset, load_dataset
-from envs.schedule import ConfigError, task_rng
+from envs.schedule import task_rng
+from validation import ConfigError
 
 StreamName = Literal[
     "permuted-mnist",
@@ -341,6 +342,15 @@ _DATASETS_ALLOWED = {
 }
 
 
+def load_data(name: str, data_dir: str | None, download: bool) -> Dataset:
+    """`load_dataset`, with a missing, unreadable or malformed file as a ConfigError (one line
+    naming the file and what to pass instead)."""
+    try:
+        return load_dataset(name, data_dir, download)
+    except (OSError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+
+
 def make_stream(
     name: StreamName,
     num_tasks: int,
@@ -377,7 +387,7 @@ def make_stream(
     if name == "slowly-changing-regression":
         return SlowlyChangingRegression(num_tasks, examples_per_task, seed)
     if name == "permuted-fashion-mnist":
-        dataset = load_dataset("fashion-mnist", data_dir, download)
+        dataset = load_data("fashion-mnist", data_dir, download)
         return PermutedStream(name, dataset, num_tasks, examples_per_task, seed)
 
     dataset_name = stream_options.get("dataset", "mnist")
@@ -386,7 +396,7 @@ def make_stream(
             f"--dataset {dataset_name!r} is not available for {name}; choose one of "
             f"{', '.join(_DATASETS_ALLOWED[name])}"
         )
-    dataset = load_dataset(dataset_name, data_dir, download)
+    dataset = load_data(dataset_name, data_dir, download)
     if name == "permuted-mnist":
         return PermutedStream(name, dataset, num_tasks, examples_per_task, seed)
     if name == "random-label-mnist":

@@ -17,7 +17,8 @@ import numpy as np
 # The registry of shift kinds (envs.SHIFTS) and ShiftFlags live in envs/__init__.py, which
 # imports this module; they are read at call time, when the package is fully imported.
 import envs
-from envs.schedule import ConfigError, ShiftSchedule
+from envs.schedule import ShiftSchedule
+from validation import ConfigError
 
 
 def check_env_id(env_id: str) -> None:
@@ -27,6 +28,27 @@ def check_env_id(env_id: str) -> None:
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
     hint = f"did you mean: {', '.join(close)}?" if close else "see gymnasium.pprint_registry()"
     raise ConfigError(f"unknown --env-id {env_id!r}; {hint}")
+
+
+def check_spaces(
+    envs: gym.vector.VectorEnv, env_id: str, learner: str, bounded_actions: bool
+) -> None:
+    """Raise ConfigError unless the env's observations are flat vectors and its actions a Box
+    (with finite bounds if `bounded_actions`): PPO's Gaussian policy and SAC's squashed one
+    act in continuous spaces, and every network here is an MLP."""
+    obs_space, action_space = envs.single_observation_space, envs.single_action_space
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+        raise ConfigError(
+            f"--env-id {env_id}: {learner} needs flat vector observations (a 1-D Box), and this "
+            f"env's are {obs_space}"
+        )
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ConfigError(
+            f"--env-id {env_id}: {learner} needs continuous (Box) actions, and this env's are "
+            f"{type(action_space).__name__}"
+        )
+    if bounded_actions and not np.isfinite([action_space.low, action_space.high]).all():
+        raise ConfigError(f"--env-id {env_id}: {learner} needs a bounded Box action space")
 
 
 def check_shift_flags(flags: envs.ShiftFlags, total_timesteps: int, num_envs: int) -> ShiftSchedule:
@@ -101,7 +123,7 @@ class ShiftingVectorEnv(gym.vector.VectorWrapper):
         self.task = 0
         """Index of the task in effect."""
         self.shift_events: list[dict[str, Any]] = []
-        """Every task change: {"event": "task_start" | "shift" | "resume", "step", "task",
+        """Every task change: {"event": "task_start" | "shift" | "task_resume", "step", "task",
         "params"}."""
         self._task_applied = False
 
@@ -132,7 +154,7 @@ class ShiftingVectorEnv(gym.vector.VectorWrapper):
                 f"{self.num_envs}, got {step}"
             )
         self.global_step = step
-        self._apply_task(self.schedule.task_at(step), event="resume")
+        self._apply_task(self.schedule.task_at(step), event="task_resume")
 
     def _apply_task(self, task: int, event: str) -> dict[str, Any]:
         params: dict[str, Any] = {}

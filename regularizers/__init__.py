@@ -2,14 +2,15 @@
 
 A learner's Args inherits `RegularizerFlags`, so every method's flags appear flat on its
 command line, e.g. `--regularizer l2-er --l2.weight-decay 1e-3 --erank.lr 1e-2`, and builds its
-method with `build_regularizer(args)`. Adding a method is one file, one config field here and
-one line in `REGULARIZERS`.
+method with `build_regularizer(args)`. Adding a method is one file, one config field here, one
+line in `REGULARIZERS` and one in `METHOD_FLAGS` (the flags it reads: a flag of a method that
+is not selected is refused rather than silently ignored).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from regularizers.base import Combined, Regularizer
@@ -23,6 +24,7 @@ from regularizers.redo import ReDo, ReDoConfig
 from regularizers.reset import Reset
 from regularizers.shrink_perturb import ShrinkPerturb, ShrinkPerturbConfig
 from regularizers.spectral import Spectral, SpectralConfig
+from validation import ConfigError, require_all
 
 RegularizerName = Literal[
     "none",
@@ -85,46 +87,67 @@ REGULARIZERS: dict[str, Callable[[RegularizerFlags], Regularizer]] = {
     "parseval": lambda flags: Parseval(flags.parseval),
 }
 
-
-RULES: dict[str, Callable[[float], bool]] = {
-    ">= 0": lambda value: value >= 0,
-    ">= 1": lambda value: value >= 1,
-    "in (0, 1]": lambda value: 0 < value <= 1,
-    "in [0, 1]": lambda value: 0 <= value <= 1,
-    "in [0, 1)": lambda value: 0 <= value < 1,
+METHOD_FLAGS: dict[str, tuple[str, ...]] = {
+    # --regularizer name: the RegularizerFlags fields its builder above reads
+    "none": (),
+    "l2": ("l2",),
+    "l2-init": ("l2_init",),
+    "erank": ("erank",),
+    "l2-er": ("l2", "erank"),
+    "shrink-perturb": ("shrink_perturb",),
+    "cbp": ("cbp",),
+    "cbp-l2": ("l2", "cbp"),
+    "redo": ("redo",),
+    "layernorm-l2": ("layernorm_l2",),
+    "spectral": ("spectral",),
+    "reset": (),
+    "parseval": ("parseval",),
 }
 
 
 def check_flags(flags: RegularizerFlags) -> None:
-    """Raise ValueError naming the first flag no method can run with (NaN breaks every rule)."""
-    checks = [
-        ("--l2.weight-decay", flags.l2.weight_decay, ">= 0"),
-        ("--l2-init.strength", flags.l2_init.strength, ">= 0"),
-        ("--erank.lr", flags.erank.lr, ">= 0"),
-        ("--erank.every", flags.erank.every, ">= 0"),
-        ("--shrink-perturb.shrink", flags.shrink_perturb.shrink, "in (0, 1]"),
-        ("--shrink-perturb.noise", flags.shrink_perturb.noise, ">= 0"),
-        ("--shrink-perturb.every", flags.shrink_perturb.every, ">= 0"),
-        ("--cbp.replacement-rate", flags.cbp.replacement_rate, "in [0, 1]"),
-        ("--cbp.maturity", flags.cbp.maturity, ">= 0"),
-        ("--cbp.decay", flags.cbp.decay, "in [0, 1)"),
-        ("--redo.tau", flags.redo.tau, ">= 0"),
-        ("--redo.every", flags.redo.every, ">= 1"),
-        ("--layernorm-l2.weight-decay", flags.layernorm_l2.weight_decay, ">= 0"),
-        ("--spectral.strength", flags.spectral.strength, ">= 0"),
-        ("--spectral.target", flags.spectral.target, ">= 0"),
-        ("--spectral.power-iterations", flags.spectral.power_iterations, ">= 1"),
-        ("--parseval.strength", flags.parseval.strength, ">= 0"),
-    ]
-    for flag, value, rule in checks:
-        if not RULES[rule](value):
-            raise ValueError(f"{flag} must be {rule}, got {value}")
+    """Raise ConfigError naming the first flag no method can run with (NaN breaks every rule)."""
+    require_all(
+        [
+            ("--l2.weight-decay", flags.l2.weight_decay, ">= 0"),
+            ("--l2-init.strength", flags.l2_init.strength, ">= 0"),
+            ("--erank.lr", flags.erank.lr, ">= 0"),
+            ("--erank.every", flags.erank.every, ">= 0"),
+            ("--shrink-perturb.shrink", flags.shrink_perturb.shrink, "in (0, 1]"),
+            ("--shrink-perturb.noise", flags.shrink_perturb.noise, ">= 0"),
+            ("--shrink-perturb.every", flags.shrink_perturb.every, ">= 0"),
+            ("--cbp.replacement-rate", flags.cbp.replacement_rate, "in [0, 1]"),
+            ("--cbp.maturity", flags.cbp.maturity, ">= 0"),
+            ("--cbp.decay", flags.cbp.decay, "in [0, 1)"),
+            ("--redo.tau", flags.redo.tau, ">= 0"),
+            ("--redo.every", flags.redo.every, ">= 1"),
+            ("--layernorm-l2.weight-decay", flags.layernorm_l2.weight_decay, ">= 0"),
+            ("--spectral.strength", flags.spectral.strength, ">= 0"),
+            ("--spectral.target", flags.spectral.target, ">= 0"),
+            ("--spectral.power-iterations", flags.spectral.power_iterations, ">= 1"),
+            ("--parseval.strength", flags.parseval.strength, ">= 0"),
+        ]
+    )
+
+
+def unused_flags(flags: RegularizerFlags) -> dict[str, str]:
+    """{config field: why it has no effect} for the flags of the methods not selected."""
+    used = set(METHOD_FLAGS.get(flags.regularizer, ()))
+    unused = {}
+    for f in fields(RegularizerFlags):
+        if f.name != "regularizer" and f.name not in used:
+            users = [name for name, reads in METHOD_FLAGS.items() if f.name in reads]
+            unused[f.name] = (
+                f"it is a flag of --regularizer {' / '.join(users)}, and this run uses "
+                f"--regularizer {flags.regularizer}"
+            )
+    return unused
 
 
 def build_regularizer(flags: RegularizerFlags) -> Regularizer:
     """The method `flags.regularizer` names, built from its flags (after checking them)."""
     if flags.regularizer not in REGULARIZERS:
-        raise ValueError(
+        raise ConfigError(
             f"--regularizer must be one of {list(REGULARIZERS)}, got {flags.regularizer!r}"
         )
     check_flags(flags)
@@ -132,6 +155,7 @@ def build_regularizer(flags: RegularizerFlags) -> Regularizer:
 
 
 __all__ = [
+    "METHOD_FLAGS",
     "REGULARIZERS",
     "CBP",
     "CBPConfig",
@@ -159,4 +183,5 @@ __all__ = [
     "build_regularizer",
     "check_flags",
     "effective_rank",
+    "unused_flags",
 ]

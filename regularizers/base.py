@@ -54,7 +54,7 @@ from __future__ import annotations
 import copy
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -262,19 +262,16 @@ def reset_optimizer_state(
 class UnitLayer:
     """One hidden layer's units, as the parameters around them (for methods that replace units).
 
-    `incoming` hold the units on their first axis after `prefix`: the rows of the weight that
-    computes them, their biases (and a LayerNorm's gain and shift). `outgoing` hold them on
-    their last axis: the columns of the next layer's weight, which reads them. `prefix` selects
-    one network in parameters that stack several on leading axes (two Q networks as one: (k,));
-    () for a plain layer.
+    `incoming` hold the units on their first axis: the rows of the weight that computes them,
+    their biases (and a LayerNorm's gain and shift). `outgoing` hold them on their last axis:
+    the columns of the next layer's weight, which reads them.
     """
 
     incoming: list[nn.Parameter]
     outgoing: list[nn.Parameter]
-    prefix: tuple[int, ...] = field(default_factory=tuple)
 
     def width(self) -> int:
-        return self.incoming[0][self.prefix].shape[0]
+        return self.incoming[0].shape[0]
 
 
 def unit_layers(name: str, net: nn.Module) -> list[UnitLayer]:
@@ -297,10 +294,10 @@ def replace_units(
     if units.numel() == 0:
         return
     for param, new in zip(layer.incoming, fresh.incoming, strict=True):
-        index = (*layer.prefix, units.to(param.device))
-        param[index] = new[(*layer.prefix, units.cpu())].to(param.device, param.dtype)
+        index = units.to(param.device)
+        param[index] = new[units.cpu()].to(param.device, param.dtype)
         reset_optimizer_state(optimizer, param, index)
     for param in layer.outgoing:
-        index = (*layer.prefix, Ellipsis, units.to(param.device))
+        index = (Ellipsis, units.to(param.device))
         param[index] = 0
         reset_optimizer_state(optimizer, param, index)

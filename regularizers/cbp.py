@@ -60,7 +60,7 @@ class CBPConfig:
 
 def outgoing_magnitude(layer: UnitLayer) -> Tensor:
     """sum_k |w_out[k, i]| per unit i, over every parameter reading the layer."""
-    return sum(param[layer.prefix].detach().abs().flatten(0, -2).sum(0) for param in layer.outgoing)
+    return sum(param.detach().abs().flatten(0, -2).sum(0) for param in layer.outgoing)
 
 
 class CBP(Regularizer):

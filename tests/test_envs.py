@@ -19,7 +19,6 @@ import tyro
 from envs import (
     SHIFTS,
     SLIPPERY_ANT,
-    ConfigError,
     ScaleRange,
     ShiftFlags,
     ShiftName,
@@ -28,6 +27,7 @@ from envs import (
     make_env,
     make_vector_env,
 )
+from validation import ConfigError
 
 
 def single_env(env_id: str, *shift: str, seed: int = 0, env_index: int = 0, **flags) -> gym.Env:
@@ -271,7 +271,7 @@ def test_set_global_step_resumes_in_the_right_task_without_a_shift():
     resumed.reset(seed=0)
     assert resumed.task == 2
     assert resumed.shift_events == [
-        {"event": "resume", "step": 24, "task": 2, "params": task_2_params}
+        {"event": "task_resume", "step": 24, "task": 2, "params": task_2_params}
     ]
     for first_index in (24, 26, 28):
         assert resumed.global_step == first_index

@@ -70,11 +70,11 @@ def test_sac_on_the_gpu_across_a_shift_with_diagnostics(tmp_path):
 
 
 def test_supervised_fused_step_on_the_gpu_learns(tmp_path):
+    import train
     from agents import supervised
 
-    args = dataclasses.replace(
-        supervised.preset_args("demo"), num_tasks=2, runs_dir=str(tmp_path), cuda=True
-    )
+    _, demo = train.parse("supervised", ["--preset", "demo"])
+    args = dataclasses.replace(demo, num_tasks=2, runs_dir=str(tmp_path), cuda=True)
     run_dir = supervised.train(args)
     tasks = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "charts/online_accuracy" in m]
     assert tasks and tasks[0]["charts/online_accuracy"] > 0.5  # 10 classes: chance is 0.1

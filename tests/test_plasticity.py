@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 
 from agents import ppo, supervised
 from agents.networks import MLP, Critic, GaussianActor
-from agents.run import RunLogger, TrackingFlags
+from agents.run import RunLogger
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics.plasticity import (
     optimization_readiness,
@@ -250,7 +250,7 @@ def test_the_probe_continues_the_learners_optimizer_on_copies(float64, optimizer
 def make_hook(tmp_path: Path, measures=("probe", "readiness"), optimizers=True, **config):
     net, optimizer = trained("adam")
     flags = DiagnosticsFlags(diagnostics=measures, diag=DiagnosticsConfig(**config))
-    logger = RunLogger(tmp_path / "run", {}, TrackingFlags(), group="g", tags=[])
+    logger = RunLogger(tmp_path / "run")
     hook = Diagnostics(flags, logger, seed=0)
     hook.attach({"model": net}, [optimizer] if optimizers else None)
     return hook, logger, net, optimizer
@@ -326,11 +326,16 @@ def test_a_bad_probe_steps_flag_gets_one_clear_error():
 
 
 def supervised_args(tmp_path: Path, measures) -> supervised.Args:
+    # only the settings the measures read (any other --diag.* would be refused as unused)
+    diag = DiagnosticsConfig()
+    if measures != ("none",):
+        diag = DiagnosticsConfig(batch_size=100, probe_steps=5)
+    if {"hessian", "ggn"} & set(measures):
+        diag = dataclasses.replace(diag, lanczos_order=10, top_k=3)
     return dataclasses.replace(
         supervised.Args(), dataset="digits", num_tasks=2, examples_per_task=100,
         hidden_sizes=(16,), optimizer="adam", learning_rate=1e-3, runs_dir=str(tmp_path),
-        checkpoint_every=0, torch_threads=1, diagnostics=measures,
-        diag=DiagnosticsConfig(batch_size=100, lanczos_order=10, top_k=3, probe_steps=5),
+        checkpoint_every=0, torch_threads=1, diagnostics=measures, diag=diag,
     )  # fmt: skip
 
 
@@ -370,7 +375,8 @@ def test_ppo_run_measures_probe_and_readiness_and_trains_as_without_them(tmp_pat
             ppo.Args(), env_id="HalfCheetah-v5", total_timesteps=1024, num_steps=256,
             num_minibatches=2, update_epochs=1, hidden_sizes=(8,), shift=("friction",),
             shift_at=(512,), runs_dir=str(tmp_path / measures[0]), checkpoint_every=0,
-            diagnostics=measures, diag=DiagnosticsConfig(batch_size=256, probe_steps=5),
+            diagnostics=measures,
+            diag=DiagnosticsConfig(**({} if measures == ("none",) else dict(batch_size=256, probe_steps=5))),
         )  # fmt: skip
         runs.append(ppo.train(args))
         finals.append(torch.load(runs[-1] / "checkpoints" / "latest.pt", weights_only=False))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from agents import ppo
 from agents.run import load_checkpoint
 
@@ -186,7 +187,7 @@ def test_sigterm_leaves_logs_and_a_resumable_checkpoint(tmp_path):
             ["ppo", "--shift", "friction", "--shift-every", "5000000", "--total-timesteps", "4096"],
             "no shift",
         ),
-        (["ppo", "--preset", "nope"], "unknown preset"),
+        (["ppo", "--preset", "nope"], "unknown --preset"),
         (["pop"], "unknown mode"),
         (["ppo", "--regularizer", "l2-er", "--erank.lr", "-1"], "--erank.lr"),
         (["ppo", "--num-minibatches", "3"], "--num-minibatches"),
@@ -237,7 +238,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_logs(tmp_path):
 
 
 def test_presets_resolve_to_the_paper_setting():
-    args = ppo.preset_args("slippery-ant")
+    _, args = train.parse("ppo", ["--preset", "slippery-ant"])
     assert (args.env_id, args.shift, args.shift_every) == ("Ant-v5", ("friction",), 2_000_000)
     assert (args.friction.low, args.friction.high) == (0.02, 2.0)
     assert (args.hidden_sizes, args.activation, args.adam_betas, args.learning_rate) == (

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from agents import sac
-from agents.networks import MLP
+from agents.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor, TwinCritic
+from agents.replay import ReplayBuffer
 from agents.run import load_checkpoint
 from diagnostics import DiagnosticsConfig
-from envs import ConfigError
 from regularizers import CBPConfig, ERankConfig, L2Config, ParsevalConfig, ReDoConfig
+from validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,75 +107,53 @@ def only_run_dir(runs_dir: Path) -> Path:
 # --- The pieces, against their formulas -------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer_norm", [False, True])
-def test_twin_q_equals_two_separate_mlps_values_features_and_gradients(layer_norm):
+def test_frozen_critic_gives_the_same_q_values_and_gradients_only_to_its_input():
     torch.manual_seed(0)
-    members = [
-        MLP(7, (32, 24), 1, "relu", "torch-default", layer_norm=layer_norm) for _ in range(2)
-    ]
-    if layer_norm:  # gains and shifts away from their initial 1 and 0
-        for mlp in members:
-            for norm in mlp.norms:
-                torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
-                torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
-    twin = sac.TwinQ(5, 2, (32, 24), "relu", "torch-default", layer_norm=layer_norm)
-    twin.set_members(members)
-    x = torch.randn(64, 7)
-    q, features = twin(x)
-    assert q.shape == (2, 64) and len(features) == 4
-    for k, mlp in enumerate(members):
-        value, hidden = mlp(x)
-        torch.testing.assert_close(q[k], value.squeeze(-1), rtol=1e-5, atol=1e-6)
-        for h_twin, h_mlp in zip(features[2 * k : 2 * k + 2], hidden, strict=True):
-            torch.testing.assert_close(h_twin, h_mlp, rtol=1e-5, atol=1e-6)
-    # the same gradients: the loss of both through the stacked weights, and of each separately
-    q.square().sum().backward()
-    for mlp in members:
-        mlp(x)[0].square().sum().backward()
-    for layer, (weight, bias) in enumerate(zip(twin.weights, twin.biases, strict=True)):
-        for k, mlp in enumerate(members):
-            linear = [*mlp.hidden, mlp.out][layer]
-            torch.testing.assert_close(weight.grad[k], linear.weight.grad, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(bias.grad[k], linear.bias.grad, rtol=1e-4, atol=1e-5)
-    if layer_norm:
-        for i, norm in enumerate(twin.norms):
-            for k, mlp in enumerate(members):
-                torch.testing.assert_close(norm.weight.grad[k], mlp.norms[i].weight.grad)
-    # member() hands the weights back out
-    torch.testing.assert_close(twin.member(1)(x)[0].squeeze(-1), q[1], rtol=1e-5, atol=1e-6)
+    critic = TwinCritic(5, 2, (32, 24), "relu", "torch-default", layer_norm=True)
+    x = torch.randn(16, 7, requires_grad=True)
+    q, features = critic(x)
+    assert q.shape == (2, 16) and [h.shape[1] for h in features] == [32, 24, 32, 24]
+    torch.testing.assert_close(q[0], critic.q1(x)[0].squeeze(-1))
+    torch.testing.assert_close(q[1], critic.q2(x)[0].squeeze(-1))
+    frozen = critic.frozen(x)
+    torch.testing.assert_close(frozen, q)
+    frozen.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters())
 
 
-def test_twin_q_unit_layers_select_each_networks_units_in_the_order_of_its_features():
+def test_twin_critic_unit_layers_select_each_networks_units_in_the_order_of_its_features():
     torch.manual_seed(6)
-    twin = sac.TwinQ(3, 1, (8, 6), "relu", "torch-default", layer_norm=True)
+    critic = TwinCritic(3, 1, (8, 6), "relu", "torch-default", layer_norm=True)
     x = torch.randn(32, 4)
-    layers = twin.unit_layers()
+    layers = critic.unit_layers()
     with torch.no_grad():
-        before = twin(x)[1]
+        before = critic(x)[1]
     assert [layer.width() for layer in layers] == [h.shape[1] for h in before] == [8, 6, 8, 6]
     for i, layer in enumerate(layers):
         with torch.no_grad():
             # unit 2's weight row, bias, LayerNorm gain and shift: relu(0 * norm - 1) = 0
             for param, value in zip(layer.incoming, (0.0, 0.0, 0.0, -1.0), strict=True):
-                param[(*layer.prefix, 2)] = value
-            after = twin(x)[1]
+                param[2] = value
+            after = critic(x)[1]
         assert (after[i][:, 2] == 0).all() and (before[i][:, 2] != 0).any(), i
         network = i // 2
         for j in range(4):
             if j // 2 != network:  # the other Q network is untouched
                 torch.testing.assert_close(after[j], before[j])
-        twin.reset_parameters()
+        critic.reset_parameters()
         with torch.no_grad():
-            before = twin(x)[1]
+            before = critic(x)[1]
 
 
 def test_reset_draws_two_different_networks_each_like_an_mlp():
     torch.manual_seed(1)
-    twin = sac.TwinQ(11, 3, (256, 256), "relu", "torch-default")
-    first = twin.weights[1]
-    assert not torch.equal(first[0], first[1])
+    critic = TwinCritic(11, 3, (256, 256), "relu", "torch-default")
+    first, second = critic.q1.hidden[1].weight, critic.q2.hidden[1].weight
+    assert not torch.equal(first, second)
     bound = 1 / math.sqrt(256)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    assert first.abs().max() <= bound and first.abs().max() > 0.95 * bound
+    for weight in (first, second):
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
 
 
 def test_squashed_log_prob_matches_torch_distributions():
@@ -192,11 +172,11 @@ def test_squashed_log_prob_matches_torch_distributions():
 
 
 def test_actor_log_std_is_bounded_like_cleanrl():
-    actor = sac.SquashedGaussianActor(4, 2, (8,), "relu", "torch-default", -np.ones(2), np.ones(2))
+    actor = SquashedGaussianActor(4, 2, (8,), "relu", "torch-default", -np.ones(2), np.ones(2))
     with torch.no_grad():
         actor.trunk.out.bias[2:] = torch.tensor([-100.0, 100.0])
     out, features = actor(torch.zeros(1, 4))
-    torch.testing.assert_close(out[0, 2:], torch.tensor([sac.LOG_STD_MIN, sac.LOG_STD_MAX]))
+    torch.testing.assert_close(out[0, 2:], torch.tensor([LOG_STD_MIN, LOG_STD_MAX]))
     assert len(features) == 1 and features[0].shape == (1, 8)
 
 
@@ -230,10 +210,10 @@ def test_alpha_rises_when_entropy_is_below_target_and_falls_when_above(log_std, 
     # entropy ~ +0.5 per dimension, above it.
     torch.manual_seed(4)
     act_dim = 3
-    actor = sac.SquashedGaussianActor(
+    actor = SquashedGaussianActor(
         5, act_dim, (16,), "relu", "torch-default", -np.ones(act_dim), np.ones(act_dim)
     )
-    raw = math.atanh((log_std - sac.LOG_STD_MIN) / (0.5 * (sac.LOG_STD_MAX - sac.LOG_STD_MIN)) - 1)
+    raw = math.atanh((log_std - LOG_STD_MIN) / (0.5 * (LOG_STD_MAX - LOG_STD_MIN)) - 1)
     with torch.no_grad():
         actor.trunk.out.weight.zero_()
         actor.trunk.out.bias[:act_dim] = 0.0
@@ -258,7 +238,7 @@ def test_alpha_rises_when_entropy_is_below_target_and_falls_when_above(log_std, 
 
 
 def test_replay_buffer_wraps_around_and_returns_the_latest_rows_in_order():
-    buffer = sac.ReplayBuffer(5, obs_dim=2, act_dim=1, device=torch.device("cpu"))
+    buffer = ReplayBuffer(5, obs_dim=2, act_dim=1, device=torch.device("cpu"))
     for step in range(4):  # 2 transitions per step: 8 written, the last 5 kept
         values = torch.arange(2.0) + 2 * step
         buffer.add(
@@ -272,7 +252,7 @@ def test_replay_buffer_wraps_around_and_returns_the_latest_rows_in_order():
     fields = buffer.unpack(buffer.recent(2))
     assert fields["obs_actions"].shape == (2, 3) and fields["next_obs"].tolist() == [[6, 6], [7, 7]]
     saved = buffer.state_dict()
-    restored = sac.ReplayBuffer(5, 2, 1, torch.device("cpu"))
+    restored = ReplayBuffer(5, 2, 1, torch.device("cpu"))
     restored.load_state_dict(saved)
     assert torch.equal(restored.recent(5), buffer.recent(5))
     buffer.clear()
@@ -286,7 +266,7 @@ def test_buffer_holds_every_transition_with_its_real_next_observation(tmp_path):
     run = sac.train(tiny_args(tmp_path, num_envs=2, total_timesteps=120, save_buffer=True))
     state = load_checkpoint(run)
     rows = state["buffer"]["rows"]
-    buffer = sac.ReplayBuffer(len(rows), 2, 1, torch.device("cpu"))
+    buffer = ReplayBuffer(len(rows), 2, 1, torch.device("cpu"))
     buffer.load_state_dict(state["buffer"])
     data = buffer.unpack(rows)
     obs, next_obs, terminated = data["obs"], data["next_obs"], data["terminated"]
@@ -303,10 +283,8 @@ def test_buffer_holds_every_transition_with_its_real_next_observation(tmp_path):
 
     # Targets from these rows: termination does not bootstrap, truncation does, from the real
     # final observation (t = 5, which no reset ever returns).
-    actor = sac.SquashedGaussianActor(
-        2, 1, (16, 16), "relu", "torch-default", -np.ones(1), np.ones(1)
-    )
-    target_critic = sac.TwinQ(2, 1, (16, 16), "relu", "torch-default")
+    actor = SquashedGaussianActor(2, 1, (16, 16), "relu", "torch-default", -np.ones(1), np.ones(1))
+    target_critic = TwinCritic(2, 1, (16, 16), "relu", "torch-default")
     actor.load_state_dict(state["actor"])
     target_critic.load_state_dict(state["critic_target"])
     with torch.no_grad():
@@ -415,9 +393,11 @@ def test_shrink_perturb_shrinks_both_networks_at_a_shift(tmp_path):
     ],
 )
 def test_every_regularizer_runs_on_both_networks(tmp_path, method, overrides, reports):
+    if method in ("erank", "l2-er"):
+        overrides = {**overrides, "erank": ERankConfig(every=5)}
     args = tiny_args(
         tmp_path, regularizer=method, total_timesteps=100, learning_starts=16, log_every=10,
-        shift=("reward-sign",), shift_at=(50,), erank=ERankConfig(every=5), **overrides,
+        shift=("reward-sign",), shift_at=(50,), **overrides,
     )  # fmt: skip
     run = sac.train(args)
     state = load_checkpoint(run)
@@ -522,8 +502,8 @@ def test_sigterm_leaves_logs_and_a_resumable_checkpoint(tmp_path):
     )  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline:
-        runs = list(tmp_path.iterdir())
-        if runs and "losses/qf1_loss" in (runs[0] / "metrics.jsonl").read_text():
+        found = list(tmp_path.glob("*/metrics.jsonl"))
+        if found and "losses/qf1_loss" in found[0].read_text():
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -557,7 +537,6 @@ def test_a_diverging_run_stops_with_one_error_and_keeps_its_logs(tmp_path):
         (dict(policy_frequency=0), "--policy-frequency"),
         (dict(diag=DiagnosticsConfig(joint=True), diagnostics=("hessian",)), "--diag.joint"),
         (dict(env_id="Hoper-v5"), "did you mean"),
-        (dict(regularizer="spectral", layer_norm=True), "--layer-norm"),
         (dict(regularizer="parseval", parseval=ParsevalConfig(last_layer_only=True)), "last-layer"),
     ],
 )
@@ -578,7 +557,7 @@ def test_cli_help_and_errors(tmp_path):
 
 
 def test_demo_preset_resolves():
-    args = sac.preset_args("demo")
+    _, args = train.parse("sac", ["--preset", "demo"])
     assert (args.env_id, args.shift, args.regularizer) == ("Hopper-v5", ("friction",), "l2-er")
     assert args.shift_at[0] < args.total_timesteps and args.learning_starts < args.shift_at[0]
 
@@ -594,7 +573,9 @@ def test_diagnostics_do_not_change_training(tmp_path):
                 diagnostics=measures,
                 shift=("reward-sign",),
                 shift_at=(100,),
-                diag=DiagnosticsConfig(
+                diag=DiagnosticsConfig()
+                if measures == ("none",)
+                else DiagnosticsConfig(
                     batch_size=64,
                     lanczos_order=10,
                     top_k=2,
@@ -627,31 +608,32 @@ def test_diagnostics_do_not_change_training(tmp_path):
     assert torch.equal(off["log_alpha"], on["log_alpha"])
 
 
-def test_snapshot_optimizers_step_each_q_network_as_the_stacked_adam_steps_it():
-    """The plasticity probe trains a snapshot's Q networks as separate MLPs with per-network
-    copies of the stacked critic's Adam: one step of each equals one step of the stacked one."""
+def test_snapshot_optimizers_step_the_copies_as_the_live_optimizers_step_the_networks():
+    """The plasticity probe trains a snapshot's networks with copies of the live optimizers:
+    one step of a copy on its networks equals one step of the live optimizer on the live ones,
+    and the live ones are untouched by it."""
     torch.manual_seed(3)
-    actor = sac.SquashedGaussianActor(3, 2, (8,), "relu", "torch-default", -np.ones(2), np.ones(2))
-    critic = sac.TwinQ(3, 2, (8, 8), "relu", "torch-default")
+    actor = SquashedGaussianActor(3, 2, (8,), "relu", "torch-default", -np.ones(2), np.ones(2))
+    critic = TwinCritic(3, 2, (8, 8), "relu", "torch-default")
     nets = sac.Nets(actor, critic, copy.deepcopy(critic), torch.tensor(0.1))
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=1e-2)
     q_optimizer = torch.optim.Adam(critic.parameters(), lr=1e-2)
     x, y = torch.randn(16, 5), torch.randn(16)
-    for _ in range(3):  # give Adam a history worth copying
-        q_optimizer.zero_grad()
-        (critic(x)[0] - y).square().mean(1).sum().backward()
-        q_optimizer.step()
-    snap = nets.snapshot(actor_optimizer, q_optimizer)
-    q_optimizer.zero_grad()
-    (critic(x)[0] - y).square().mean(1).sum().backward()
-    q_optimizer.step()
-    for k, (member, optimizer) in enumerate(zip(snap.members, snap.optimizers[1:], strict=True)):
+
+    def q_step(net, optimizer):
         optimizer.zero_grad()
-        (member(x)[0].squeeze(-1) - y).square().mean().backward()
+        (net(x)[0] - y).square().mean(1).sum().backward()
         optimizer.step()
-        expected = critic.member(k)
-        for (name, got), want in zip(member.named_parameters(), expected.parameters(), strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=name)
+
+    for _ in range(3):  # give Adam a history worth copying
+        q_step(critic, q_optimizer)
+    snap = nets.snapshot(actor_optimizer, q_optimizer)
+    q_step(snap.critic, snap.optimizers[1])
+    copied = [p.detach().clone() for p in snap.critic.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(copied, critic.parameters(), strict=True))
+    q_step(critic, q_optimizer)
+    for got, want in zip(copied, critic.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     actor_copy = snap.optimizers[0]
     assert {id(p) for g in actor_copy.param_groups for p in g["params"]} == {
         id(p) for p in snap.actor.parameters()
@@ -660,14 +642,12 @@ def test_snapshot_optimizers_step_each_q_network_as_the_stacked_adam_steps_it():
 
 def test_loss_closures_are_the_training_losses():
     torch.manual_seed(5)
-    actor = sac.SquashedGaussianActor(
-        3, 2, (8, 8), "relu", "torch-default", -np.ones(2), np.ones(2)
-    )
-    critic = sac.TwinQ(3, 2, (8, 8), "relu", "torch-default")
+    actor = SquashedGaussianActor(3, 2, (8, 8), "relu", "torch-default", -np.ones(2), np.ones(2))
+    critic = TwinCritic(3, 2, (8, 8), "relu", "torch-default")
     nets = sac.Nets(
-        actor, critic, sac.TwinQ(3, 2, (8, 8), "relu", "torch-default"), torch.tensor(0.1)
+        actor, critic, TwinCritic(3, 2, (8, 8), "relu", "torch-default"), torch.tensor(0.1)
     )
-    buffer = sac.ReplayBuffer(64, 3, 2, torch.device("cpu"))
+    buffer = ReplayBuffer(64, 3, 2, torch.device("cpu"))
     buffer.add(
         torch.randn(64, 3),
         torch.rand(64, 2),
@@ -717,7 +697,7 @@ def test_sac_learns_inverted_pendulum(tmp_path):
     # On real MuJoCo: a terminated transition ends at the real final state (the pole past
     # 0.2 rad, which is why it terminated), and the next row starts a fresh episode near 0.
     rows = load_checkpoint(run_dir)["buffer"]["rows"]
-    data = sac.ReplayBuffer(len(rows), 4, 1, torch.device("cpu")).unpack(rows)
+    data = ReplayBuffer(len(rows), 4, 1, torch.device("cpu")).unpack(rows)
     ended = torch.nonzero(data["terminated"][:-1] == 1).squeeze(1)
     assert len(ended) > 20
     assert (data["next_obs"][ended, 1].abs() > 0.2).all()

@@ -19,8 +19,8 @@ import torch
 
 from envs import datasets
 from envs.datasets import IDX_FILES, load_dataset, read_idx
-from envs.schedule import ConfigError
 from envs.streams import make_stream
+from validation import ConfigError
 
 IDX_TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
 
@@ -138,7 +138,7 @@ def test_fashion_mnist_without_data_says_how_to_get_it(tmp_path, monkeypatch):
         load_dataset("fashion-mnist")
     message = str(error.value)
     assert "--data-dir" in message and "dataset-fashion-mnist" in message and "\n" not in message
-    with pytest.raises(FileNotFoundError, match="--data-dir"):
+    with pytest.raises(ConfigError, match="--data-dir"):  # the stream: one line for train.py
         make_stream("permuted-fashion-mnist", 2, 10, seed=0)
 
 

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from agents import supervised
 from agents.networks import MLP
 from diagnostics import DiagnosticsConfig
-from envs import ConfigError
+from envs.streams import STREAMS
 from regularizers import REGULARIZERS, ERankConfig
+from validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def small_args(tmp_path: Path, **overrides) -> supervised.Args:
     base = dict(
-        dataset="digits",
         num_tasks=2,
         examples_per_task=300,
         hidden_sizes=(32,),
@@ -43,6 +44,8 @@ def small_args(tmp_path: Path, **overrides) -> supervised.Args:
         diagnostics=("none",),
     )
     base.update(overrides)
+    if "dataset" in STREAMS[base.get("stream", "permuted-mnist")]:
+        base.setdefault("dataset", "digits")  # the 8x8 digits: fast
     return dataclasses.replace(supervised.Args(), **base)
 
 
@@ -116,7 +119,7 @@ def test_missing_fashion_mnist_gets_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_presets_resolve():
-    paper = supervised.preset_args("permuted-mnist")
+    _, paper = train.parse("supervised", ["--preset", "permuted-mnist"])
     assert paper.hidden_sizes == (1000, 1000, 1000) and paper.batch_size == 1
     assert paper.learning_rate == 0.01 and paper.optimizer == "sgd"
     assert paper.regularizer == "l2-er" and paper.erank.every == 100 and paper.erank.lr == 1e-2
