@@ -68,9 +68,8 @@ class PPOFlags:
     torch_threads: int = 1
     """CPU threads for torch (0 = torch's default); small networks run fastest on one"""
     compile: bool = False
-    """torch.compile the minibatch loss (its forward and backward graphs): on CPU at CleanRL's
-    sizes the update runs ~1.4x faster, a whole run 1.1-1.2x, after 5-15 s of compiling at the
-    first update (benchmarks/throughput.py)"""
+    """torch.compile the minibatch loss (its forward and backward graphs): a faster update after
+    some seconds of compiling at the first one (measured in the README's Speed section)"""
 
     # Environment
     env_id: str = "HalfCheetah-v5"
@@ -138,8 +137,10 @@ class PPOFlags:
 
 @dataclass
 class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, ShiftFlags, PPOFlags):
-    """Every flag of `train.py ppo`: PPO's own, then the shifts', the regularizer's, the
-    diagnostics' and the run's (a dataclass lists its bases' fields last base first)."""
+    """train.py ppo: PPO's own flags first, then the shift, regularizer, diagnostics and run
+    flags."""
+
+    # --help follows the fields' order, and a dataclass takes its bases' fields last base first.
 
 
 PRESETS: dict[str, dict] = {

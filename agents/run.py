@@ -62,7 +62,7 @@ from tqdm import tqdm
 from validation import ConfigError, flag_name, require_all
 
 RECORD_FILES = ("metrics.jsonl", "events.jsonl")
-WANDB_INIT_TIMEOUT = 30  # seconds W&B may take to start before the run goes on offline
+WANDB_INIT_TIMEOUT = 20  # seconds W&B may take to start online before the run goes on offline
 
 
 @dataclass
@@ -450,6 +450,7 @@ def start_wandb(run_dir: Path, config: Any, flags: RunFlags, group: str, tags: l
             f"warning: W&B failed to start online ({first_line}); {offline_note}", file=sys.stderr
         )
         try:
+            wandb.teardown()  # the half-started online run holds the id until its service stops
             run = init("offline")
         except Exception as offline_error:  # noqa: BLE001
             print(

@@ -159,8 +159,10 @@ class SACFlags:
 
 @dataclass
 class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, ShiftFlags, SACFlags):
-    """Every flag of `train.py sac`: SAC's own, then the shifts', the regularizer's, the
-    diagnostics' and the run's (a dataclass lists its bases' fields last base first)."""
+    """train.py sac: SAC's own flags first, then the shift, regularizer, diagnostics and run
+    flags."""
+
+    # --help follows the fields' order, and a dataclass takes its bases' fields last base first.
 
     # The ER step's cadence: SAC has no passes over its data, so every=0 would mean one step
     # after every update of each network (an SVD per hidden layer each time); one step every

@@ -121,8 +121,10 @@ class SupervisedFlags:
 
 @dataclass
 class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, SupervisedFlags):
-    """Every flag of `train.py supervised`: the learner's own, then the regularizer's, the
-    diagnostics' and the run's (a dataclass lists its bases' fields last base first)."""
+    """train.py supervised: the stream's and the learner's flags first, then the regularizer, diagnostics and run
+    flags."""
+
+    # --help follows the fields' order, and a dataclass takes its bases' fields last base first.
 
 
 PRESETS: dict[str, dict] = {

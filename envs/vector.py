@@ -147,14 +147,17 @@ class ShiftingVectorEnv(gym.vector.VectorWrapper):
         return obs, rewards, terminations, truncations, infos
 
     def set_global_step(self, step: int) -> None:
-        """Resume a run at global step `step`: apply the task in effect there (not a shift)."""
+        """Resume a run that has taken `step` global steps: apply the task of its last
+        transition (index step - 1), recorded as a "task_resume" event, not a shift. If `step`
+        itself starts a new task, the next step() shifts there, exactly as the uninterrupted
+        run's did: with its event, and the learner's own moments at a shift."""
         if step < 0 or step % self.num_envs != 0:
             raise ValueError(
                 f"a resumed global step must be a non-negative multiple of num_envs "
                 f"{self.num_envs}, got {step}"
             )
         self.global_step = step
-        self._apply_task(self.schedule.task_at(step), event="task_resume")
+        self._apply_task(self.schedule.task_at(max(step - 1, 0)), event="task_resume")
 
     def _apply_task(self, task: int, event: str) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -351,7 +351,7 @@ def test_resume_and_reset_with_new_physics_rebuild_the_pool_before_resetting():
     make_kwargs = dict(reset_noise_scale=0.0)
     run = shifting_envpool_run("HalfCheetah-v5", flags, seed=3, **make_kwargs)
     reference = gymnasium_reference("HalfCheetah-v5", 2, flags, 3, **make_kwargs)
-    run.set_global_step(80)  # resumed in task 2
+    run.set_global_step(90)  # resumed in task 2, past its first step
     (event,) = run.shift_events
     assert (event["event"], event["task"]) == ("task_resume", 2)
     assert event["params"] == reference.call("set_task", 2)[0]

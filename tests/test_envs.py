@@ -282,6 +282,15 @@ def test_set_global_step_resumes_in_the_right_task_without_a_shift():
     with pytest.raises(ValueError):
         resumed.set_global_step(25)
 
+    # Resumed exactly where a task starts (a checkpoint at the end of the last rollout of a
+    # task): the next step is the shift, as in the run that was never stopped.
+    at_shift = make_vector_env("HalfCheetah-v5", 2, flags, seed=0, total_timesteps=100)
+    at_shift.set_global_step(30)
+    at_shift.reset(seed=0)
+    assert at_shift.task == 2
+    *_, infos = at_shift.step(at_shift.action_space.sample())
+    assert infos["shift"]["step"] == 30 and infos["shift"]["task"] == 3
+
 
 def test_slippery_ant_preset_changes_ant_friction_at_a_shift():
     args = dataclasses.replace(Args(), **SLIPPERY_ANT)
