@@ -44,7 +44,7 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 
 def parse(mode: str, argv: list[str]) -> tuple[Any, Any]:
     """The mode's module and its Args: defaults <- preset or resumed config <- flags."""
-    from agents.run import newest_checkpoint, preset_defaults
+    from agents.run import check_mode, newest_checkpoint, preset_defaults
 
     module = importlib.import_module(MODES[mode])
     defaults = module.Args()
@@ -55,12 +55,7 @@ def parse(mode: str, argv: list[str]) -> tuple[Any, Any]:
             "--preset cannot be combined with --resume: a resumed run starts from its saved config"
         )
     if resume is not None:
-        defaults = newest_checkpoint(resume, keep=True).state["args"]
-        saved_mode = type(defaults).__module__.rsplit(".", 1)[-1]
-        if saved_mode != mode:
-            raise ConfigError(
-                f"--resume {resume} is a {saved_mode} run; resume it with train.py {saved_mode} --resume"
-            )
+        defaults = check_mode(newest_checkpoint(resume, keep=True).state["args"], mode, resume)
     elif preset is not None:
         defaults = preset_defaults(module.Args, module.LEARNER, preset)
     return module, tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")

@@ -41,7 +41,7 @@ from agents.run import (
 )
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
-from envs import SHIFTS, SLIPPERY_ANT, ShiftFlags, check_spaces, make_vector_env
+from envs import SHIFTS, SLIPPERY_ANT, ShiftFlags, learner_envs
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from regularizers import RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all
@@ -396,33 +396,20 @@ def train(args: Args) -> Path:
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     regularizer = build_regularizer(args)
-    envs = make_vector_env(
-        args.env_id,
-        args.num_envs,
+    envs = learner_envs(args, "PPO", bounded_actions=False)
+    shifts = "+".join(args.shift) or "stationary"
+    run = Run.start(
         args,
-        args.seed,
-        args.total_timesteps,
-        backend=args.env_backend,
-        envpool_threads=args.envpool_threads,
+        LEARNER,
+        title=args.env_id,
+        group=f"{args.env_id}__{shifts}",
+        tags=[args.regularizer, shifts],
+        seed=args.seed,
+        threads=args.torch_threads,
+        cuda=args.cuda,
+        deterministic=args.torch_deterministic,
+        closers=(envs.close,),
     )
-    try:
-        check_spaces(envs, args.env_id, "PPO", bounded_actions=False)
-        shifts = "+".join(args.shift) or "stationary"
-        run = Run.start(
-            args,
-            LEARNER,
-            title=args.env_id,
-            group=f"{args.env_id}__{shifts}",
-            tags=[args.regularizer, shifts],
-            seed=args.seed,
-            threads=args.torch_threads,
-            cuda=args.cuda,
-            deterministic=args.torch_deterministic,
-        )
-    except BaseException:
-        envs.close()
-        raise
-    run.on_close(envs.close)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]

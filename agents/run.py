@@ -294,8 +294,11 @@ class RunLogger:
         self.wandb = wandb_run
         self.wandb_floor = wandb_floor
         self.wandb_step = wandb_floor
+        self.last_step = 0
+        """the highest step of a record written so far (where a failure is recorded)"""
 
     def _write(self, name: str, record: dict) -> None:
+        self.last_step = max(self.last_step, record["step"])
         try:
             self.files[name].write(json.dumps(record) + "\n")
             self.files[name].flush()
@@ -362,19 +365,6 @@ class RunLogger:
             except Exception as error:  # noqa: BLE001 - W&B never takes a run down
                 print(f"warning: W&B did not finish cleanly ({error})", file=sys.stderr)
             self.wandb = None
-
-
-def read_records(path: Path) -> list[dict]:
-    """The complete lines of a record file (a line cut short by a crash is left out)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def wandb_unreachable() -> str | None:
@@ -523,6 +513,16 @@ def newest_checkpoint(run_dir: str | Path, keep: bool = False) -> LoadedCheckpoi
     )
 
 
+def check_mode(saved_args: Any, mode: str, run_dir: str | Path) -> Any:
+    """`saved_args` (a checkpoint's config), if it is the config of a `mode` run."""
+    saved_mode = type(saved_args).__module__.rsplit(".", 1)[-1]
+    if saved_mode != mode:
+        raise ConfigError(
+            f"--resume {run_dir} is a {saved_mode} run; resume it with train.py {saved_mode} --resume"
+        )
+    return saved_args
+
+
 def load_checkpoint(run_dir: str | Path) -> dict:
     """The state of the newest checkpoint of a run directory that loads."""
     return newest_checkpoint(run_dir).state
@@ -578,12 +578,25 @@ class Run:
         threads: int,
         cuda: bool,
         deterministic: bool = True,
+        closers: tuple[Callable[[], None], ...] = (),
     ) -> Run:
         """Check the run's flags, make (or reopen) its directory, seed, pick the device, start
         the records and W&B; on a resume also load the checkpoint and apply the new flags.
 
         `title` starts the run name (the env id or the stream); `threads` is the torch thread
-        count (0: torch's default)."""
+        count (0: torch's default); `closers` close what the learner opened before (its envs),
+        when the run ends or fails to start."""
+        try:
+            run = cls._start(args, learner, title, group, tags, seed, threads, cuda, deterministic)
+        except BaseException:
+            for closer in closers:
+                closer()
+            raise
+        run.closers.extend(closers)
+        return run
+
+    @classmethod
+    def _start(cls, args, learner, title, group, tags, seed, threads, cuda, deterministic) -> Run:
         require_all(
             [
                 ("--seed", seed, "a seed in [0, 2**32)"),
@@ -594,13 +607,7 @@ class Run:
         )
         loaded = newest_checkpoint(args.resume) if args.resume else None
         if loaded is not None:
-            saved = loaded.state["args"]
-            if type(saved).__module__ != type(args).__module__:
-                raise ConfigError(
-                    f"--resume {args.resume}: that is a {type(saved).__module__.split('.')[-1]} run; "
-                    f"resume it with train.py {type(saved).__module__.split('.')[-1]} --resume"
-                )
-            baseline = saved
+            baseline = check_mode(loaded.state["args"], learner.mode, args.resume)
         elif getattr(args, "preset", "none") != "none":
             baseline = preset_defaults(type(args), learner, args.preset)
         else:
@@ -637,9 +644,8 @@ class Run:
         except BaseException:
             lock.release()
             raise
-        run = cls(
-            args, learner, run_dir, logger, device, loaded and loaded.state, lock, loaded is None
-        )
+        state = loaded.state if loaded is not None else None
+        run = cls(args, learner, run_dir, logger, device, state, lock, new=loaded is None)
         if loaded is not None:
             run.checkpoint_path = loaded.path
             for line in loaded.skipped:
@@ -798,11 +804,9 @@ class Run:
             self.lock.release()
 
     def _safe_event(self, kind: str, step: int | None = None, **data: Any) -> None:
+        """Record how the run ended, if the disk still takes it."""
         try:
-            last = read_records(self.dir / "metrics.jsonl")
-            self.event(
-                step if step is not None else (last[-1]["step"] if last else 0), kind, **data
-            )
+            self.event(self.logger.last_step if step is None else step, kind, **data)
         except OSError:
             pass
 

@@ -57,7 +57,7 @@ from agents.run import (
 )
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
-from envs import SHIFTS, ShiftFlags, check_spaces, make_vector_env
+from envs import SHIFTS, ShiftFlags, learner_envs
 from regularizers import ERankConfig, RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all
 
@@ -437,33 +437,20 @@ def train(args: Args) -> Path:
     """Run SAC as configured; return the run directory."""
     check_args(args)
     regularizers = {"actor": build_regularizer(args), "critic": build_regularizer(args)}
-    envs = make_vector_env(
-        args.env_id,
-        args.num_envs,
+    envs = learner_envs(args, "SAC", bounded_actions=True)
+    shifts = "+".join(args.shift) or "stationary"
+    run = Run.start(
         args,
-        args.seed,
-        args.total_timesteps,
-        backend=args.env_backend,
-        envpool_threads=args.envpool_threads,
+        LEARNER,
+        title=args.env_id,
+        group=f"{args.env_id}__{shifts}",
+        tags=[args.regularizer, shifts],
+        seed=args.seed,
+        threads=args.torch_threads,
+        cuda=args.cuda,
+        deterministic=args.torch_deterministic,
+        closers=(envs.close,),
     )
-    try:
-        check_spaces(envs, args.env_id, "SAC", bounded_actions=True)
-        shifts = "+".join(args.shift) or "stationary"
-        run = Run.start(
-            args,
-            LEARNER,
-            title=args.env_id,
-            group=f"{args.env_id}__{shifts}",
-            tags=[args.regularizer, shifts],
-            seed=args.seed,
-            threads=args.torch_threads,
-            cuda=args.cuda,
-            deterministic=args.torch_deterministic,
-        )
-    except BaseException:
-        envs.close()
-        raise
-    run.on_close(envs.close)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]

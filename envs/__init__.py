@@ -23,6 +23,7 @@ from envs.vector import (
     ShiftingVectorEnv,
     check_env_id,
     check_spaces,
+    learner_envs,
     make_env,
     make_vector_env,
 )
@@ -98,8 +99,9 @@ __all__ = [
     "ShiftSchedule",
     "ShiftWrapper",
     "ShiftingVectorEnv",
-    "check_spaces",
     "check_env_id",
+    "check_spaces",
+    "learner_envs",
     "make_env",
     "make_vector_env",
     "unused_flags",

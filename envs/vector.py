@@ -212,3 +212,24 @@ def make_vector_env(
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     return ShiftingVectorEnv(vector_env, schedule)
+
+
+def learner_envs(args: Any, learner: str, bounded_actions: bool) -> ShiftingVectorEnv:
+    """An RL learner's envs, from its flags (env_id, num_envs, seed, total_timesteps,
+    env_backend, envpool_threads and the shift flags), with their spaces checked (see
+    `check_spaces`)."""
+    envs = make_vector_env(
+        args.env_id,
+        args.num_envs,
+        args,
+        args.seed,
+        args.total_timesteps,
+        backend=args.env_backend,
+        envpool_threads=args.envpool_threads,
+    )
+    try:
+        check_spaces(envs, args.env_id, learner, bounded_actions)
+    except BaseException:
+        envs.close()
+        raise
+    return envs
