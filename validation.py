@@ -51,6 +51,13 @@ def require_all(checks: Iterable[tuple[str, Any, str]]) -> None:
         require(flag, value, rule)
 
 
+def require_widths(flag: str, widths: tuple[int, ...]) -> None:
+    """Hidden layer widths: at least one layer, each at least one unit wide."""
+    if not widths:
+        raise ConfigError(f"{flag} needs at least one hidden layer")
+    require(flag, widths, ">= 1")
+
+
 def flag_name(field: str) -> str:
     """The command-line flag of a (dotted) config field: l2.weight_decay -> --l2.weight-decay."""
     return "--" + field.replace("_", "-")

@@ -44,7 +44,7 @@ from diagnostics import check_flags as check_diagnostics_flags
 from envs import SHIFTS, SLIPPERY_ANT, ShiftFlags, learner_envs
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from regularizers import RegularizerFlags, build_regularizer
-from validation import ConfigError, require, require_all
+from validation import ConfigError, require, require_all, require_widths
 
 LOG_2PI = math.log(2 * math.pi)
 PresetName = Literal["none", "demo", "slippery-ant"]
@@ -338,11 +338,9 @@ def check_args(args: Args) -> None:
             ("--vf-coef", args.vf_coef, ">= 0"),
             ("--max-grad-norm", args.max_grad_norm, "> 0"),
             ("--envpool-threads", args.envpool_threads, ">= 0"),
-            ("--hidden-sizes", args.hidden_sizes, ">= 1"),
         ]
     )
-    if not args.hidden_sizes:
-        raise ConfigError("--hidden-sizes needs at least one hidden layer")
+    require_widths("--hidden-sizes", args.hidden_sizes)
     if args.target_kl is not None:
         require("--target-kl", args.target_kl, "> 0")
     batch_size = args.num_envs * args.num_steps

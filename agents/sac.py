@@ -59,7 +59,7 @@ from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossCl
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import SHIFTS, ShiftFlags, learner_envs
 from regularizers import ERankConfig, RegularizerFlags, build_regularizer
-from validation import ConfigError, require, require_all
+from validation import ConfigError, require, require_all, require_widths
 
 LOG_2PI = math.log(2 * math.pi)
 PresetName = Literal["none", "demo"]
@@ -362,11 +362,9 @@ def check_args(args: Args) -> None:
             ("--tau", args.tau, "in (0, 1]"),
             ("--gamma", args.gamma, "in [0, 1]"),
             ("--envpool-threads", args.envpool_threads, ">= 0"),
-            ("--hidden-sizes", args.hidden_sizes, ">= 1"),
         ]
     )
-    if not args.hidden_sizes:
-        raise ConfigError("--hidden-sizes needs at least one hidden layer")
+    require_widths("--hidden-sizes", args.hidden_sizes)
     if args.target_entropy is not None:
         require("--target-entropy", args.target_entropy, "finite")
     if not 0 <= args.learning_starts <= args.buffer_size:

@@ -45,8 +45,8 @@ from agents.run import (
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
 from envs.streams import STREAMS, StreamName, Task, make_stream
-from regularizers import ERankConfig, Regularizer, RegularizerFlags, build_regularizer
-from validation import ConfigError, require_all
+from regularizers import ERankConfig, L2Config, Regularizer, RegularizerFlags, build_regularizer
+from validation import ConfigError, require_all, require_widths
 
 PresetName = Literal["none", "demo", "permuted-mnist"]
 
@@ -145,6 +145,7 @@ PRESETS: dict[str, dict] = {
         stream="permuted-mnist",
         num_tasks=800,
         regularizer="l2-er",
+        l2=L2Config(weight_decay=1e-3),
         erank=ERankConfig(lr=1e-2, every=100),
         diag_every_tasks=10,
         diag=DiagnosticsConfig(batch_size=2000, plot=True),
@@ -248,11 +249,9 @@ def check_args(args: Args) -> None:
             ("--diag-every-tasks", args.diag_every_tasks, ">= 1"),
             ("--subset", args.subset, ">= 1"),
             ("--classes-per-task", args.classes_per_task, ">= 1"),
-            ("--hidden-sizes", args.hidden_sizes, ">= 1"),
         ]
     )
-    if not args.hidden_sizes:
-        raise ConfigError("--hidden-sizes needs at least one hidden layer")
+    require_widths("--hidden-sizes", args.hidden_sizes)
     check_diagnostics_flags(args)
 
 
