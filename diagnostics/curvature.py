@@ -10,7 +10,11 @@ What is computed, following arXiv 2509.22335 (PAPER.md, "How the Hessian is meas
 - stochastic Lanczos quadrature (SLQ): per probe vector, the Ritz values theta_i and weights
   tau_i (squared first components of the Ritz vectors), a Gaussian-smoothed density
   sum_i tau_i N(theta_i, sigma^2) with sigma^2 = 1e-5 * max(1, range);
-- the epsilon-rank: the share of density mass with |lambda| > epsilon;
+- the epsilon-rank: the share of density mass with |lambda| > epsilon, in two conventions:
+  "exact" (ours: the Gaussian mixture's mass outside [-epsilon, epsilon], in closed form) and
+  "paper" (the paper's code: its density on its 10,000-point grid, then
+  trapz(density[|grid| > eps], grid[|grid| > eps]) / trapz(density, grid); the masked grid jumps
+  from -epsilon to +epsilon, so one trapezoid across the excluded band is counted as outside);
 - top-k / bottom-k eigenvalues, a Hutchinson trace with its standard error, the effective rank
   of the spectrum;
 - KFAC factors A = E[a a^T] and G = sum_n B_n H_nn B_n^T per linear layer, and the
@@ -300,9 +304,11 @@ class Spectrum:
     dim: int
     sigma: float
 
-    def epsilon_rank(self, epsilon: float) -> float:
-        """Share of the smoothed density's mass with |lambda| > epsilon, computed in closed form
-        from the Gaussian mixture (no grid error)."""
+    def epsilon_rank(self, epsilon: float, convention: EpsilonConvention = "exact") -> float:
+        """Share of the smoothed density's mass with |lambda| > epsilon: "exact" in closed form
+        from the Gaussian mixture (no grid error), "paper" as the paper's code integrates it."""
+        if convention == "paper":
+            return paper_epsilon_rank(*paper_density(self.ritz_values, self.ritz_weights), epsilon)
         return epsilon_rank(self.ritz_values, self.ritz_weights, epsilon, self.sigma)
 
     def effective_rank(self) -> float:
@@ -431,6 +437,46 @@ def epsilon_rank(
         (-epsilon - theta) / sigma
     )
     return float((weights * (1 - inside.numpy())).sum())
+
+
+EpsilonConvention = Literal["exact", "paper"]
+PAPER_GRID_EXPAND = 1e-2  # the paper's code pads its grid by this much on each side
+
+
+def paper_density(
+    ritz_values: np.ndarray, ritz_weights: np.ndarray, grid_len: int = 10_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density) as the paper's code makes them (lop-jax `eigv_to_density`, after
+    Ghorbani et al.'s spectral-density code): a `grid_len`-point grid from the probes' mean
+    smallest Ritz value - 0.01 to their mean largest + 0.01, a Gaussian of variance
+    1e-5 * max(1, grid span) at each Ritz value weighted by its Ritz weight, averaged over
+    probes and normalised so that sum(density) * spacing = 1."""
+    values = np.atleast_2d(np.asarray(ritz_values, dtype=np.float64))
+    weights = np.atleast_2d(np.asarray(ritz_weights, dtype=np.float64))
+    high = float(np.nanmean(np.nanmax(values, axis=1))) + PAPER_GRID_EXPAND
+    low = float(np.nanmean(np.nanmin(values, axis=1))) - PAPER_GRID_EXPAND
+    grid = np.linspace(low, high, grid_len)
+    variance = 1e-5 * max(1.0, high - low)
+    per_probe = [
+        smoothed_density(row[np.isfinite(row)], w[np.isfinite(row)], grid, math.sqrt(variance))
+        for row, w in zip(values, weights, strict=True)
+    ]
+    density = np.mean(per_probe, axis=0)
+    return grid, density / (density.sum() * (grid[1] - grid[0]))
+
+
+def paper_epsilon_rank(grid: np.ndarray, density: np.ndarray, epsilon: float) -> float:
+    """The paper's epsilon-rank of a density on a grid (lop-jax `calculate_epsilon_hessian_rank`):
+    trapz over the grid points with |x| > epsilon, over trapz over all of them. The masked
+    points are integrated as one sequence, so the trapezoid from the last point below -epsilon
+    to the first above +epsilon is counted too."""
+    outside = np.abs(grid) > epsilon
+    return trapezoid(density[outside], grid[outside]) / trapezoid(density, grid)
+
+
+def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    """The trapezoid rule over the points (x, y) in order (numpy's trapz / trapezoid)."""
+    return float(((y[1:] + y[:-1]) * np.diff(x)).sum() / 2)
 
 
 def spectral_effective_rank(ritz_values: np.ndarray, ritz_weights: np.ndarray, dim: int) -> float:

@@ -14,7 +14,8 @@ giving the hidden features on those samples. The hook never sees an agent.
 
 Each boundary writes scalars into the run's metrics (and W&B) as
 `shift/{phase}/{net}/{kind}/{measure}` and one `diagnostics/step_{step:010d}.npz` with the
-full spectra. A measure that fails (NaN, out of memory, anything) is logged as a
+full spectra. Epsilon-ranks come in two conventions (diagnostics/curvature.py): `eps_rank@E`
+is the exact mass outside [-E, E], `paper_eps_rank@E` the paper's code's grid integral. A measure that fails (NaN, out of memory, anything) is logged as a
 `diagnostic_skipped` event and the others go on. The training state is never touched:
 closures differentiate copies of the parameters, the random probes come from the hook's own
 generator, and the global random streams are restored after every call.
@@ -22,6 +23,7 @@ generator, and the global random streams are restored after every call.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -439,14 +441,25 @@ class Diagnostics:
             raise FloatingPointError("non-finite Ritz values (the loss or its curvature is NaN)")
         key = f"{phase}/{net}/{kind}"
         grid, density = result.density(config.grid_points)
+        # The paper's own density (its grid and smoothing), for its epsilon-rank convention.
+        paper_grid, paper_density = curvature.paper_density(
+            result.ritz_values, result.ritz_weights, config.grid_points
+        )
         arrays.update(
             {
                 f"{key}/ritz_values": result.ritz_values,
                 f"{key}/ritz_weights": result.ritz_weights,
                 f"{key}/top": result.top,
                 f"{key}/bottom": result.bottom,
+                # What re-integrating the spectrum later needs: our density on its grid with
+                # its Gaussian width, and the span and width of the paper's grid and kernels.
                 f"{key}/grid": grid,
                 f"{key}/density": density,
+                f"{key}/sigma": np.float64(result.sigma),
+                f"{key}/paper_grid_span": np.array([paper_grid[0], paper_grid[-1]]),
+                f"{key}/paper_sigma": np.float64(
+                    math.sqrt(1e-5 * max(1.0, paper_grid[-1] - paper_grid[0]))
+                ),
             }
         )
         prefix = f"shift/{key}"
@@ -459,6 +472,9 @@ class Diagnostics:
         scalars[f"{prefix}/erank"] = result.effective_rank()
         for epsilon in config.epsilons:
             scalars[f"{prefix}/eps_rank@{epsilon:g}"] = result.epsilon_rank(epsilon)
+            scalars[f"{prefix}/paper_eps_rank@{epsilon:g}"] = curvature.paper_epsilon_rank(
+                paper_grid, paper_density, epsilon
+            )
 
     def _kfac(
         self,

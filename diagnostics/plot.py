@@ -6,7 +6,10 @@ Reads what the trainer wrote into the run directory (metrics.jsonl, events.jsonl
 diagnostics/step_*.npz) and writes these figures, skipping any whose data is absent:
 
     spectra_{net}_{kind}.png  Hessian/GGN spectral density at every boundary, init and end side by side
-    eps_rank.png              epsilon-rank at the init and end of each task, under the return
+    eps_rank.png              Hessian/GGN epsilon-rank at the init and end of each task, a log panel
+                              per network and epsilon, under the return (exact convention)
+    eps_rank_paper.png        the same in the paper's convention (see diagnostics/curvature.py)
+    features_over_tasks.png   feature effective rank and dead-unit share per layer over tasks
     kfac_{net}.png            eigenvalues of each layer's KFAC factors A and G at every boundary
     features_{net}.png        singular values of each layer's features, and the Gram eigenvalues
     periodic.png              the diag/ measures logged every N updates, a panel per measure
@@ -37,14 +40,19 @@ from matplotlib.lines import Line2D
 from matplotlib.scale import SymmetricalLogTransform
 from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator
 
-from diagnostics.curvature import smoothed_density
+from diagnostics.curvature import (
+    epsilon_rank,
+    paper_density,
+    paper_epsilon_rank,
+    smoothed_density,
+)
 from diagnostics.plasticity import pearson, spearman
 
 PERFORMANCE_KEYS = ("charts/episodic_return", "charts/online_accuracy")
 PHASES = ("init", "end")
 RITZ_KEY = re.compile(r"^(init|end)/([^/]+)/(hessian|ggn)/ritz_values$")
-EPS_RANK_KEY = re.compile(r"^shift/(init|end)/([^/]+)/(hessian|ggn)/eps_rank@(.+)$")
 SHIFT_LINE = {"color": "0.5", "linestyle": ":", "linewidth": 0.9}
+MAX_SHIFT_LINES = 20
 # The density colour scale spans this many decades below its peak: an outlier eigenvalue's Ritz
 # weight is about 1/(number of parameters), tiny next to the spike at 0 but worth seeing.
 DENSITY_DECADES = 6
@@ -127,10 +135,12 @@ def natural_order(text: str) -> list:
 
 
 def step_axis(ax, run: Run) -> None:
-    """An env-step x axis (200k, 1M) with the task shifts as dotted vertical lines."""
+    """An env-step x axis (200k, 1M) with the task shifts as dotted vertical lines (with more
+    than MAX_SHIFT_LINES shifts, lines would hide the data: then none)."""
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    for step in run.shift_steps:
-        ax.axvline(step, **SHIFT_LINE)
+    if len(run.shift_steps) <= MAX_SHIFT_LINES:
+        for step in run.shift_steps:
+            ax.axvline(step, **SHIFT_LINE)
 
 
 # --- 1. spectral density at every boundary ------------------------------------------------------
@@ -218,55 +228,143 @@ def plot_spectra(run: Run, net: str, kind: str) -> Figure | None:
 
 # --- 2. epsilon-rank beside return --------------------------------------------------------------
 
+CONVENTIONS = {
+    # metric prefix -> what the figure says it shows
+    "eps_rank": "exact convention: the density's mass outside [-eps, eps]",
+    "paper_eps_rank": "paper's convention: its grid trapezoid (lop-jax), bridging [-eps, eps]",
+}
 
-def plot_eps_rank(run: Run) -> Figure | None:
-    ranks: dict[str, dict[tuple[str, str, float], str]] = {}  # net -> (phase, kind, eps) -> key
-    for key in run.metric_keys:
-        if match := EPS_RANK_KEY.match(key):
-            phase, net, kind, eps = match.groups()
-            ranks.setdefault(net, {})[(phase, kind, as_float(eps))] = key
+
+def performance_panel(ax, run: Run, performance: str) -> None:
+    """The run's performance metric with a moving mean, on a step axis."""
+    steps, values = run.series(performance)
+    window = max(1, len(values) // 20)
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+    ax.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8)
+    ax.plot(steps[window - 1 :], smooth, color="C0", linewidth=1.6)
+    ax.set_ylabel(performance.split("/")[-1].replace("_", " "))
+    smoothing = f", moving mean of {window}" if window > 1 else ""
+    ax.set_title(performance + smoothing, size=10)
+    step_axis(ax, run)
+
+
+def boundary_eps_ranks(run: Run, convention: str) -> dict[str, dict[tuple, list]]:
+    """net -> (phase, kind, eps) -> [(step, rank)], integrated from each boundary's saved Ritz
+    values and weights (so a run measured before a convention existed has it too)."""
+    ranks: dict[str, dict[tuple, list]] = {}
+    for boundary in run.boundaries:
+        epsilons = boundary.get("epsilons", np.array([0.1]))
+        for key in boundary:
+            if not (match := RITZ_KEY.match(key)):
+                continue
+            phase, net, kind = match.groups()
+            values, weights = boundary[key], boundary[f"{phase}/{net}/{kind}/ritz_weights"]
+            if convention == "paper_eps_rank":
+                grid, density = paper_density(values, weights)
+            for eps in epsilons:
+                rank = (
+                    paper_epsilon_rank(grid, density, float(eps))
+                    if convention == "paper_eps_rank"
+                    else epsilon_rank(values, weights, float(eps))
+                )
+                line = ranks.setdefault(net, {}).setdefault((phase, kind, float(eps)), [])
+                line.append((int(boundary["step"]), rank))
+    return ranks
+
+
+def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
+    """A panel per network and epsilon, each on a log axis (the ranks at 0.02 and at 0.1 differ
+    by a decade or more, and a collapse is a fall by a factor): the rank at the init of each
+    task (filled, solid) and at its end (open, dashed), Hessian and GGN; the run's performance
+    above them."""
+    ranks = boundary_eps_ranks(run, convention)
     if not ranks:
         return None
     epsilons = sorted({eps for by_line in ranks.values() for _, _, eps in by_line})
-    main_eps = min(epsilons, key=lambda eps: abs(math.log(eps / 0.1)) if eps > 0 else math.inf)
-    others = ", ".join(f"{eps:g}" for eps in epsilons if eps != main_eps)
     performance = next((key for key in PERFORMANCE_KEYS if key in run.metric_keys), None)
-
     nets = sorted(ranks)
-    panels = len(nets) + (performance is not None)
-    fig = Figure(figsize=(10, 1.2 + 2.4 * panels), layout="constrained")
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    rows = len(nets) + (performance is not None)
+    fig = Figure(figsize=(3.4 * len(epsilons) + 1.2, 1.4 + 2.5 * rows), layout="constrained")
+    grid = fig.add_gridspec(rows, len(epsilons))
     if performance is not None:
-        steps, values = run.series(performance)
-        window = max(1, len(values) // 20)
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        axes[0].plot(steps, values, color="C0", alpha=0.25, linewidth=0.8)
-        axes[0].plot(steps[window - 1 :], smooth, color="C0", linewidth=1.6)
-        axes[0].set_ylabel(performance.split("/")[-1].replace("_", " "))
-        smoothing = f", moving mean of {window}" if window > 1 else ""
-        axes[0].set_title(performance + smoothing, size=10)
-    for ax, net in zip(axes[panels - len(nets) :], nets, strict=True):
-        for (phase, kind, eps), key in sorted(ranks[net].items()):
-            main = eps == main_eps
-            ax.plot(
-                *run.series(key),
-                color="C1" if phase == "init" else "C3",
-                linestyle="-" if kind == "hessian" else "--",
-                linewidth=1.8 if main else 0.8,
-                alpha=1.0 if main else 0.5,
-                # init and end ranks at one boundary may coincide: a filled dot inside an open square
-                marker=("o" if phase == "init" else "s") if main else None,
-                markersize=3 if phase == "init" else 6,
-                markerfacecolor=None if phase == "init" else "none",
-                label=f"{phase} {kind}" if main else None,
-            )
-        ax.set_ylabel(f"{net} eps-rank")
-        legend_title = f"thick: eps={main_eps:g}" + (f"; thin: eps={others}" if others else "")
-        ax.legend(title=legend_title, fontsize=8, title_fontsize=8, handlelength=3)
-    for ax in axes:
-        step_axis(ax, run)
-    axes[-1].set_xlabel(f"{run.step_unit} (dotted: task shifts)")
-    fig.suptitle(f"epsilon-rank at task boundaries   {run.name}")
+        performance_panel(fig.add_subplot(grid[0, :]), run, performance)
+    axes = np.array(
+        [[fig.add_subplot(grid[rows - len(nets) + i, j]) for j in range(len(epsilons))]
+         for i in range(len(nets))]
+    )  # fmt: skip
+    colours = {("init", "hessian"): "C1", ("end", "hessian"): "C3", ("init", "ggn"): "C2",
+               ("end", "ggn"): "C4"}  # fmt: skip
+    for i, net in enumerate(nets):
+        for j, eps in enumerate(epsilons):
+            ax = axes[i, j]
+            for (phase, kind, line_eps), points in sorted(ranks[net].items()):
+                if line_eps != eps:
+                    continue
+                steps, values = np.array(sorted(points)).T
+                positive = values > 0  # a log axis cannot show a rank of 0
+                ax.plot(
+                    steps[positive],
+                    values[positive],
+                    color=colours[phase, kind],
+                    linestyle="-" if phase == "init" else "--",
+                    marker="o" if phase == "init" else "s",
+                    markersize=3.5 if phase == "init" else 5,
+                    markerfacecolor=None if phase == "init" else "none",
+                    linewidth=1.4,
+                    label=f"{phase} {kind}",
+                )
+            ax.set_yscale("log")
+            step_axis(ax, run)
+            ax.set_title(f"{net}, eps = {eps:g}", size=10)
+            if j == 0:
+                ax.set_ylabel("eps-rank (log)")
+            if i == len(nets) - 1:
+                ax.set_xlabel(run.step_unit)
+        axes[i, 0].legend(fontsize=7, handlelength=3)
+    fig.suptitle(
+        f"Hessian epsilon-rank at task boundaries ({CONVENTIONS[convention]})\n{run.name}",
+        size=10,
+    )
+    return fig
+
+
+def plot_features_over_tasks(run: Run) -> Figure | None:
+    """Per network: the effective rank of each hidden layer's features and its share of dead
+    units (never active on the batch), at the init (solid) and end (dashed) of every task."""
+    pattern = re.compile(r"^shift/(init|end)/([^/]+)/features/layer(\d+)/(erank|dead)$")
+    series: dict[str, dict[tuple[str, int, str], str]] = {}  # net -> (phase, layer, measure)
+    for key in run.metric_keys:
+        if match := pattern.match(key):
+            phase, net, layer, measure = match.groups()
+            series.setdefault(net, {})[(phase, int(layer), measure)] = key
+    if not series:
+        return None
+    nets = sorted(series)
+    fig = Figure(figsize=(11, 1.2 + 2.6 * len(nets)), layout="constrained")
+    axes = fig.subplots(len(nets), 2, squeeze=False)
+    titles = {"erank": "feature effective rank", "dead": "dead units (share of the layer)"}
+    for i, net in enumerate(nets):
+        for j, measure in enumerate(("erank", "dead")):
+            ax = axes[i, j]
+            for (phase, layer, line_measure), key in sorted(series[net].items()):
+                if line_measure != measure:
+                    continue
+                ax.plot(
+                    *run.series(key),
+                    color=f"C{layer}",
+                    linestyle="-" if phase == "init" else "--",
+                    marker="o" if phase == "init" else None,
+                    markersize=3,
+                    linewidth=1.3,
+                    label=f"layer {layer} {phase}",
+                )
+            step_axis(ax, run)
+            ax.set_title(f"{net}: {titles[measure]}", size=10)
+            ax.set_xlabel(run.step_unit)
+            if measure == "dead":
+                ax.set_ylim(bottom=0)
+        axes[i, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"hidden features at task boundaries   {run.name}", size=10)
     return fig
 
 
@@ -460,7 +558,9 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, dpi: int = 120) -> list
         {m.group(2, 3) for b in run.boundaries for key in b if (m := RITZ_KEY.match(key))}
     ):
         figures[f"spectra_{net}_{kind}"] = plot_spectra(run, net, kind)
-    figures["eps_rank"] = plot_eps_rank(run)
+    figures["eps_rank"] = plot_eps_rank(run, "eps_rank")
+    figures["eps_rank_paper"] = plot_eps_rank(run, "paper_eps_rank")
+    figures["features_over_tasks"] = plot_features_over_tasks(run)
     nets = sorted(
         {key.split("/")[1] for b in run.boundaries for key in b if key.startswith(PHASES)}
     )

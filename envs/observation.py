@@ -67,7 +67,9 @@ class ObsNoiseShift(ShiftWrapper):
     """Adds Gaussian noise to every observation; each task draws the noise's std.
 
     The per-step noise comes from this wrapper's own generator, seeded by (seed, env_index), so
-    sub-envs get independent noise and the global RNG of the run is never touched.
+    sub-envs get independent noise and the global RNG of the run is never touched; and reseeded
+    by `reset(seed=s)` from s (a vector env gives sub-env i the seed s + i), so that a reset with
+    a seed restarts every random stream of the env, as gymnasium's API promises.
     """
 
     name = "obs-noise"
@@ -76,8 +78,12 @@ class ObsNoiseShift(ShiftWrapper):
         super().__init__(env, config, seed, env_index=env_index)
         _require_flat_box(env, self.name)
         self.noise_std = 0.0
+        self.noise_rng = self.noise_stream([seed, env_index])
+
+    @staticmethod
+    def noise_stream(seed: list[int]) -> np.random.Generator:
         # The name in the seed keeps this stream apart from the task streams of task_rng.
-        self.noise_rng = np.random.default_rng([seed, env_index, zlib.crc32(b"obs-noise steps")])
+        return np.random.default_rng([*seed, zlib.crc32(b"obs-noise steps")])
 
     def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
         return {"obs_noise_std": self.config.draw(rng)}
@@ -90,6 +96,8 @@ class ObsNoiseShift(ShiftWrapper):
         return (obs + noise).astype(obs.dtype, copy=False)
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        if kwargs.get("seed") is not None:
+            self.noise_rng = self.noise_stream([kwargs["seed"]])
         obs, info = self.env.reset(**kwargs)
         return self.add_noise(obs), info
 

@@ -147,18 +147,22 @@ def task_rng(seed: int, task: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, task, zlib.crc32(name.encode())])
 
 
-class ShiftWrapper(gym.Wrapper):
+class ShiftWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Base of every shift kind: draws a task's parameters and applies them to the live env.
 
     Subclasses set `name` (the --shift value, also the key of the task's random stream) and
     implement `draw(rng, task)` -> JSON-serialisable dict and `apply(params)`. Until the first
-    `set_task` the wrapper must behave as the unshifted env.
+    `set_task` the wrapper must behave as the unshifted env. Its constructor arguments are
+    recorded (gymnasium's RecordConstructorArgs), so `env.spec` can rebuild the stack.
     """
 
     name: ClassVar[str]
 
     def __init__(self, env: gym.Env, config: Any, seed: int, *, env_index: int = 0):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(
+            self, config=config, seed=seed, env_index=env_index
+        )
+        gym.Wrapper.__init__(self, env)
         self.config = config
         self.seed = seed
         self.env_index = env_index

@@ -28,6 +28,8 @@ from diagnostics.curvature import (
     lanczos,
     loss_weighted_gram_eigenvalues,
     output_curvature,
+    paper_density,
+    paper_epsilon_rank,
     rademacher,
     smoothed_density,
     spectral_effective_rank,
@@ -254,6 +256,68 @@ def test_epsilon_rank_counts_the_spectral_mass_beyond_epsilon():
     # Over many probes the rank converges to the share of eigenvalues beyond epsilon.
     values, weights = probe_runs(A, 400)
     assert epsilon_rank(values, weights, 0.1, sigma=0) == pytest.approx(5 / 10, abs=0.03)
+
+
+def test_the_papers_epsilon_rank_bridges_the_excluded_band_with_one_trapezoid():
+    """The paper's formula on a density worked out by hand: 7 grid points, density 1 at each.
+    The points with |x| > 0.5 are -3 -2 -1 1 2 3; integrating them as one sequence counts the
+    interval [-1, 1] (a trapezoid of area 2) that holds the excluded band."""
+    grid, density = np.arange(-3.0, 4.0), np.ones(7)
+    assert paper_epsilon_rank(grid, density, 0.5) == pytest.approx(6 / 6)
+    fully_outside = 4.0  # [-3,-2], [-2,-1], [1,2], [2,3]
+    bridge = 2.0  # the trapezoid from -1 to 1
+    assert paper_epsilon_rank(grid, density, 0.5) - fully_outside / 6 == pytest.approx(bridge / 6)
+    # An epsilon that excludes no grid point: everything is outside, as the formula says.
+    assert paper_epsilon_rank(grid, density, 0.0) == 1.0
+
+
+def test_the_papers_density_is_its_codes_grid_and_smoothing():
+    """lop-jax's eigv_to_density for one probe with one Ritz value at 0.3: a 10,000-point grid
+    from 0.29 to 0.31, a Gaussian of variance 1e-5 * max(1, 0.02) = 1e-5, normalised so that
+    sum(density) * spacing = 1."""
+    grid, density = paper_density(np.array([[0.3]]), np.array([[1.0]]))
+    assert (
+        len(grid) == 10_000 and grid[0] == pytest.approx(0.29) and grid[-1] == pytest.approx(0.31)
+    )
+    gaussian = np.exp(-((grid - 0.3) ** 2) / (2 * 1e-5)) / math.sqrt(2 * math.pi * 1e-5)
+    np.testing.assert_allclose(
+        density, gaussian / (gaussian.sum() * (grid[1] - grid[0])), rtol=1e-12
+    )
+    # Two probes: the grid spans their mean extremes, the density is their mean, and a wide
+    # spectrum widens the kernels (variance 1e-5 * span).
+    values = np.array([[-1.0, 0.0, 3.0], [-3.0, 0.5, 5.0]])
+    weights = np.array([[0.2, 0.5, 0.3], [0.1, 0.6, 0.3]])
+    grid, density = paper_density(values, weights)
+    assert grid[0] == pytest.approx(-2.01) and grid[-1] == pytest.approx(4.01)
+    variance = 1e-5 * 6.02
+    mixture = (
+        sum(
+            w * np.exp(-((grid - v) ** 2) / (2 * variance)) / math.sqrt(2 * math.pi * variance)
+            for row_v, row_w in zip(values, weights, strict=True)
+            for v, w in zip(row_v, row_w, strict=True)
+        )
+        / 2
+    )
+    np.testing.assert_allclose(density, mixture / (mixture.sum() * (grid[1] - grid[0])), rtol=1e-10)
+
+
+def test_the_two_conventions_differ_by_the_trapezoid_across_the_band():
+    """On a real SLQ spectrum with mass near zero: paper - exact is the area of the trapezoid the
+    paper's formula lays across [-epsilon, epsilon] (to the grid spacing)."""
+    rng = np.random.default_rng(0)
+    values = np.sort(np.r_[rng.normal(0, 0.03, 60), rng.uniform(0.5, 3.0, 40)])[None]
+    weights = np.full((1, 100), 0.01)
+    grid, density = paper_density(values, weights)
+    spacing = grid[1] - grid[0]
+    sigma = math.sqrt(1e-5 * max(1.0, grid[-1] - grid[0]))
+    for epsilon in (0.02, 0.04):
+        paper = paper_epsilon_rank(grid, density, epsilon)
+        exact = epsilon_rank(values, weights, epsilon, sigma)
+        below, above = np.flatnonzero(grid < -epsilon)[-1], np.flatnonzero(grid > epsilon)[0]
+        total = np.trapezoid(density, grid)
+        band = (density[below] + density[above]) / 2 * (2 * epsilon) / total
+        assert paper - exact == pytest.approx(band, abs=3 * density.max() * spacing)
+        assert paper > exact + 0.1  # the difference matters at these epsilons
 
 
 def test_spectral_effective_rank_of_a_known_spectrum():

@@ -7,6 +7,7 @@ it line up step for step with an unwrapped copy; Hopper has the smallest observa
 import copy
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from typing import get_args
 
@@ -435,8 +436,29 @@ def test_obs_noise_std_is_recorded_and_matches_the_noise():
     other_sub_env = single_env("HalfCheetah-v5", "obs-noise", env_index=1, obs_noise=noise_range)
     assert other_sub_env.set_task(1)["obs_noise_std"] == std  # same task, same std
     obs_0, _ = env.reset(seed=0)
-    obs_1, _ = other_sub_env.reset(seed=0)
-    assert not np.allclose(obs_0, obs_1)  # but independent noise
+    obs_1, _ = other_sub_env.reset(seed=1)  # a vector env seeds sub-env i with seed + i
+    assert not np.allclose(obs_0, obs_1)  # independent noise
+
+    # reset(seed=s) restarts the noise stream too: the same seed, the same noisy rollout.
+    first = [env.reset(seed=5)[0], *[env.step(a)[0] for a in actions[:20]]]
+    again = [env.reset(seed=5)[0], *[env.step(a)[0] for a in actions[:20]]]
+    np.testing.assert_array_equal(np.array(first), np.array(again))
+    assert not np.allclose(env.reset(seed=6)[0], first[0])
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_every_shift_wrapper_passes_gymnasiums_env_checker(name, monkeypatch):
+    """gymnasium's check_env on each wrapper with a task applied: spaces, seeding (reset with a
+    seed is deterministic), step and reset signatures, that the wrapper stack can be rebuilt
+    from its spec, and that close can be called twice. Its render check is left out: it opens
+    a "human" window, which a headless machine does not have."""
+    from gymnasium.utils.env_checker import check_env
+
+    env = single_env("HalfCheetah-v5", name)
+    env.set_task(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes on MuJoCo's infinite bounds, the wrapper
+        check_env(env, skip_render_check=True)
 
 
 # --- reward shifts ----------------------------------------------------------------------------
