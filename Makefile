@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,envpool]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,envpool,video]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -14,8 +14,14 @@ from the saved config of a run directory instead, and the flags given replace it
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
+
+# MuJoCo chooses its OpenGL backend when it is first imported; on a Linux machine with no
+# display only offscreen EGL can render (--capture-video), so that is the default there.
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
 import tyro
 

@@ -27,6 +27,8 @@ from regularizers.base import UnitLayer
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # SAC's bounds of the policy's log-std (CleanRL)
 
 Activation = Literal["tanh", "relu", "leaky-relu", "gelu", "silu"]
+ARCHITECTURE_FLAGS = ("hidden_sizes", "activation", "init", "layer_norm")
+"""The flags every learner builds its networks from (a resumed run cannot change them)."""
 Init = Literal["orthogonal", "kaiming-uniform", "torch-default"]
 
 # Plain functions, not modules: calling a submodule costs a few microseconds of Python per

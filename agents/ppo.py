@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.networks import Activation, Critic, GaussianActor, Init
+from agents.networks import ARCHITECTURE_FLAGS, Activation, Critic, GaussianActor, Init
 from agents.run import (
     Diverged,
     EpisodeStats,
@@ -41,8 +41,11 @@ from agents.run import (
 )
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
-from envs import SHIFTS, SLIPPERY_ANT, ShiftFlags, learner_envs
+from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME
+from envs import SLIPPERY_ANT, PhysicsFlags, ShiftFlags, learner_envs
 from envs.normalize import ObservationNormalizer, RewardNormalizer
+from envs.video import ClipRecorder, VideoFlags, check_video_flags
+from envs.video import unused_flags as unused_video_flags
 from regularizers import RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all, require_widths
 
@@ -55,8 +58,9 @@ class PPOFlags:
     """PPO's own flags (listed first by --help)."""
 
     preset: PresetName = "none"
-    """a named set of defaults applied before the other flags: demo (make run: HalfCheetah-v5, friction
-    shifts every 50k steps, L2-ER, 200k steps), slippery-ant (the paper's PPO run on Ant-v5)"""
+    """a named set of defaults applied before the other flags: demo (make run: HalfCheetah-v5 with
+    RK4 physics, friction shifts every 50k steps, L2-ER, 200k steps, clips at the shifts),
+    slippery-ant (the paper's PPO run on Ant-v5)"""
     exp_name: str = "ppo"
     """the name of this experiment (part of the run name)"""
     seed: int = 1
@@ -136,7 +140,9 @@ class PPOFlags:
 
 
 @dataclass
-class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, ShiftFlags, PPOFlags):
+class Args(
+    RunFlags, DiagnosticsFlags, RegularizerFlags, VideoFlags, ShiftFlags, PhysicsFlags, PPOFlags
+):
     """train.py ppo: PPO's own flags first, then the shift, regularizer, diagnostics and run
     flags."""
 
@@ -145,14 +151,19 @@ class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, ShiftFlags, PPOFlags):
 
 PRESETS: dict[str, dict] = {
     "none": {},
+    # HalfCheetah integrates with semi-implicit Euler at 0.01 s, under which a flailing policy
+    # at low friction gains momentum no contact can supply (README, Physics); RK4 at the same
+    # step (Ant's own integrator) keeps it physical for ~10% of the run's time.
     "demo": dict(
         env_id="HalfCheetah-v5",
         total_timesteps=200_000,
         shift=("friction",),
         shift_every=50_000,
+        physics_integrator="rk4",
         regularizer="l2-er",
         checkpoint_every=50_000,
         diag=DiagnosticsConfig(plot=True),
+        capture_video=True,
     ),
     # The paper's Slippery Ant (PAPER.md): separate 1x256 ReLU actor and critic, Adam (0.99, 0.99)
     # at 1e-4, rollout 2048, 10 epochs, 128 minibatches, entropy 0.01, value coefficient 1.0, 1 env.
@@ -353,13 +364,15 @@ def check_args(args: Args) -> None:
             f"--total-timesteps {args.total_timesteps} is shorter than one rollout (num_envs * num_steps = {batch_size})"
         )
     check_diagnostics_flags(args)
+    check_video_flags(args)
 
 
 def unused_flags(args: Args) -> dict[str, str]:
     """{field: why it has no effect} for PPO's own flags."""
+    unused = unused_video_flags(args)
     if args.env_backend != "envpool":
-        return {"envpool_threads": "it sets envpool's threads, and --env-backend is gymnasium"}
-    return {}
+        unused["envpool_threads"] = "it sets envpool's threads, and --env-backend is gymnasium"
+    return unused
 
 
 LEARNER = Learner(
@@ -368,22 +381,9 @@ LEARNER = Learner(
     # What the checkpoint's tensors, the normalisation statistics and the tasks' parameters
     # depend on: a resume with another value would continue a different run.
     fixed_on_resume=(
-        "seed",
-        "env_id",
-        "num_envs",
-        "env_backend",
-        "norm_obs",
-        "norm_reward",
-        "hidden_sizes",
-        "activation",
-        "init",
-        "layer_norm",
-        "regularizer",
-        "shift",
-        "shift_every",
-        "shift_at",
-        *(field for _, field in SHIFTS.values() if field),
-    ),  # fmt: skip
+        *("seed", "norm_obs", "norm_reward", *ARCHITECTURE_FLAGS, "regularizer"),
+        *ENV_FIXED_ON_RESUME,
+    ),
     unused_flags=unused_flags,
 )
 
@@ -494,6 +494,18 @@ def train(args: Args) -> Path:
         to_device = HostToDevice((args.num_envs, obs_dim), device)  # pinned staging on CUDA
         next_obs = to_device(obs_normalizer(raw_obs, update=run.checkpoint is None))
         episodes = EpisodeStats(args.num_envs)
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            """The policy's mean action on one raw observation (what a clip films)."""
+            with torch.inference_mode():
+                x = torch.as_tensor(obs_normalizer(obs[None], update=False), device=device)
+                return np.clip(actor(x)[0][0].cpu().numpy(), action_low, action_high)
+
+        clips = None
+        if args.capture_video:
+            clips = ClipRecorder(args.env_id, args, args.seed, run.dir / "videos", run.logger.video)
+            if run.checkpoint is None:
+                clips.record(0, "start", envs.task, greedy)
         nonfinite_updates = 0
         bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
         run.on_close(bar.close)
@@ -556,6 +568,9 @@ def train(args: Args) -> Path:
                     shift = infos["shift"]
                     shift_in_rollout = {**shift, "index": step * args.num_envs}
                     run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
+                    if clips is not None:  # the parameters that end the old task, in both worlds
+                        clips.record(shift["step"], "end", shift["task"] - 1, greedy)
+                        clips.record(shift["step"], "start", shift["task"], greedy)
                     shift_metrics = regularizer.on_shift()
                     if shift_metrics:
                         run.log(
@@ -713,6 +728,8 @@ def train(args: Args) -> Path:
                 run.save(global_step, checkpoint_state())
         if previous_batch is not None:
             diagnostics.boundary(global_step, {"end": probe(previous_batch)}, envs.task, None)
+        if clips is not None:
+            clips.record(global_step, "end", envs.task, greedy)
         run.finish(global_step, checkpoint_state())
         diagnostics.finish(global_step)
     return run.dir

@@ -62,6 +62,7 @@ from tqdm import tqdm
 from validation import ConfigError, flag_name, require_all
 
 RECORD_FILES = ("metrics.jsonl", "events.jsonl")
+STEP_FILE_FOLDERS = ("diagnostics", "videos")  # step_<N>_... files written at boundaries
 WANDB_INIT_TIMEOUT = 20  # seconds W&B may take to start online before the run goes on offline
 
 
@@ -339,6 +340,14 @@ class RunLogger:
             import wandb
 
             self._to_wandb(step, {name: wandb.Image(str(path)) for name, path in paths.items()})
+
+    def video(self, step: int, label: str, path: Path) -> None:
+        """An MP4 clip (a task's "start" or "end") to W&B as videos/<label>, when tracking; the
+        file is already in the run directory."""
+        if self.wandb is not None:
+            import wandb
+
+            self._to_wandb(step, {f"videos/{label}": wandb.Video(str(path), format="mp4")})
 
     def table(self, step: int, name: str, csv_path: Path) -> None:
         """A CSV table (e.g. the plasticity correlation table) to W&B as a wandb.Table, when
@@ -692,16 +701,16 @@ class Run:
         --keep-checkpoints."""
         directory = self.dir / "checkpoints"
         directory.mkdir(exist_ok=True)
-        diagnostics = self.dir / "diagnostics"
         state = {
             **state,
             "args": self.args,
             "run": {
                 "step": step,
                 "records": self.logger.positions(),
-                "diagnostics": sorted(p.name for p in diagnostics.glob("*.npz"))
-                if diagnostics.is_dir()
-                else [],
+                "files": {
+                    folder: sorted(p.name for p in (self.dir / folder).glob("step_*"))
+                    for folder in STEP_FILE_FOLDERS
+                },
                 "wandb_step": self.logger.wandb_step,
             },
         }
@@ -887,10 +896,9 @@ def rewind_to_checkpoint(run_dir: Path, state: dict) -> dict[str, Any]:
                 dropped["records"].append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-    diagnostics = run_dir / "diagnostics"
-    if diagnostics.is_dir():
-        keep = set(recorded["diagnostics"])
-        for path in diagnostics.glob("*.npz"):
+    for folder in STEP_FILE_FOLDERS:
+        keep = set(recorded["files"].get(folder, ()))
+        for path in (run_dir / folder).glob("step_*"):
             if path.name not in keep:
                 path.unlink()
     for tmp in (run_dir / "checkpoints").glob(".*.tmp"):

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.networks import Activation, Init, SquashedGaussianActor, TwinCritic
+from agents.networks import ARCHITECTURE_FLAGS, Activation, Init, SquashedGaussianActor, TwinCritic
 from agents.replay import ReplayBuffer
 from agents.run import (
     Diverged,
@@ -57,7 +57,10 @@ from agents.run import (
 )
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
-from envs import SHIFTS, ShiftFlags, learner_envs
+from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME
+from envs import PhysicsFlags, ShiftFlags, learner_envs
+from envs.video import ClipRecorder, VideoFlags, check_video_flags
+from envs.video import unused_flags as unused_video_flags
 from regularizers import ERankConfig, RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all, require_widths
 
@@ -158,7 +161,9 @@ class SACFlags:
 
 
 @dataclass
-class Args(RunFlags, DiagnosticsFlags, RegularizerFlags, ShiftFlags, SACFlags):
+class Args(
+    RunFlags, DiagnosticsFlags, RegularizerFlags, VideoFlags, ShiftFlags, PhysicsFlags, SACFlags
+):
     """train.py sac: SAC's own flags first, then the shift, regularizer, diagnostics and run
     flags."""
 
@@ -390,11 +395,12 @@ def check_args(args: Args) -> None:
             "as outputs of the two networks; SAC measures the actor and critic separately"
         )
     check_diagnostics_flags(args)
+    check_video_flags(args)
 
 
 def unused_flags(args: Args) -> dict[str, str]:
     """{field: why it has no effect} for SAC's own flags."""
-    unused = {}
+    unused = unused_video_flags(args)
     if args.env_backend != "envpool":
         unused["envpool_threads"] = "it sets envpool's threads, and --env-backend is gymnasium"
     if not args.shift:
@@ -411,22 +417,7 @@ LEARNER = Learner(
     presets=PRESETS,
     # What the checkpoint's tensors, its replay buffer and the tasks' parameters depend on: a
     # resume with another value would continue a different run.
-    fixed_on_resume=(
-        "seed",
-        "env_id",
-        "num_envs",
-        "env_backend",
-        "hidden_sizes",
-        "activation",
-        "init",
-        "layer_norm",
-        "regularizer",
-        "autotune",
-        "shift",
-        "shift_every",
-        "shift_at",
-        *(field for _, field in SHIFTS.values() if field),
-    ),  # fmt: skip
+    fixed_on_resume=("seed", *ARCHITECTURE_FLAGS, "regularizer", "autotune", *ENV_FIXED_ON_RESUME),
     unused_flags=unused_flags,
 )
 
@@ -615,6 +606,19 @@ def train(args: Args) -> Path:
         width = torch.as_tensor(action_high - action_low, dtype=torch.float32, device=device)
         critic_params, target_params = list(critic.parameters()), list(critic_target.parameters())
         episodes = EpisodeStats(num_envs)
+
+        def greedy(obs: np.ndarray) -> np.ndarray:
+            """The policy's deterministic action tanh(mean), scaled (what a clip films)."""
+            with torch.inference_mode():
+                out = actor(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0]
+                squashed = torch.tanh(out[:, :act_dim]) * actor.action_scale + actor.action_bias
+                return squashed[0].cpu().numpy()
+
+        clips = None
+        if args.capture_video:
+            clips = ClipRecorder(args.env_id, args, args.seed, run.dir / "videos", run.logger.video)
+            if run.checkpoint is None:
+                clips.record(0, "start", envs.task, greedy)
         last: dict[str, Tensor] = {}  # the latest losses, read (one device sync) at log points
         regularizer_metrics: dict[str, float] = {}
         next_log = (global_step // args.log_every + 1) * args.log_every
@@ -642,6 +646,9 @@ def train(args: Args) -> Path:
             if "shift" in infos:
                 shift = infos["shift"]
                 run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
+                if clips is not None:  # the parameters that end the old task, in both worlds
+                    clips.record(shift["step"], "end", shift["task"] - 1, greedy)
+                    clips.record(shift["step"], "start", shift["task"], greedy)
                 end_probe = None
                 if diagnostics.enabled:
                     measure_pending()  # shifts closer than boundary_samples: init on fewer
@@ -847,6 +854,8 @@ def train(args: Args) -> Path:
             end_probe = task_probe(snapshot(), global_step)
             if end_probe is not None:
                 diagnostics.boundary(global_step, {"end": end_probe}, envs.task, None)
+        if clips is not None:
+            clips.record(global_step, "end", envs.task, greedy)
         run.finish(global_step, checkpoint_state())
         diagnostics.finish(global_step)
     return run.dir

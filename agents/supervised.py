@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.networks import MLP, Activation, Init
+from agents.networks import ARCHITECTURE_FLAGS, MLP, Activation, Init
 from agents.run import (
     Diverged,
     Learner,
@@ -284,19 +284,8 @@ LEARNER = Learner(
     # The task stream, the data a task is drawn from, the network and what a checkpoint's
     # position inside a task counts (steps of --batch-size) cannot change under a run.
     fixed_on_resume=(
-        "seed",
-        "stream",
-        "dataset",
-        "examples_per_task",
-        "subset",
-        "classes_per_task",
-        "hidden_sizes",
-        "activation",
-        "init",
-        "layer_norm",
-        "batch_size",
-        "optimizer",
-        "regularizer",
+        *("seed", "stream", "dataset", "examples_per_task", "subset", "classes_per_task"),
+        *(*ARCHITECTURE_FLAGS, "batch_size", "optimizer", "regularizer"),
     ),  # fmt: skip
     unused_flags=unused_flags,
 )

@@ -6,6 +6,8 @@ Reads what the trainer wrote into the run directory (metrics.jsonl, events.jsonl
 diagnostics/step_*.npz) and writes these figures, skipping any whose data is absent:
 
     spectra_{net}_{kind}.png  Hessian/GGN spectral density at every boundary, init and end side by side
+    tail_mass_{net}_{kind}.png  the spectrum's mass beyond |lambda| > t against t (the epsilon-rank
+                              at every epsilon), one curve per boundary: a collapse moves it down
     eps_rank.png              Hessian/GGN epsilon-rank at the init and end of each task, a log panel
                               per network and epsilon, under the return (exact convention)
     eps_rank_paper.png        the same in the paper's convention (see diagnostics/curvature.py)
@@ -223,6 +225,46 @@ def plot_spectra(run: Run, net: str, kind: str) -> Figure | None:
     axes[0].set_ylabel(f"boundary: {run.step_unit}, task")
     fig.colorbar(mesh, ax=axes, label="density (log)")
     fig.suptitle(f"{net} {kind} spectral density (SLQ)   {run.name}")
+    return fig
+
+
+def plot_tail_mass(run: Run, net: str, kind: str) -> Figure | None:
+    """The epsilon-rank as a function of epsilon: per boundary, the spectral mass beyond |lambda|
+    > t against t, both on log axes, coloured by the boundary's step (init and end side by
+    side). A collapse of the spectrum toward 0 moves a task's curve down: later tasks' curves
+    lie below the first ones' where plasticity is lost, and on them where it is kept."""
+    thresholds = np.logspace(-3, 1.5, 120)
+    rows = {
+        phase: [
+            (int(b["step"]), b[f"{phase}/{net}/{kind}/ritz_values"],
+             b[f"{phase}/{net}/{kind}/ritz_weights"])
+            for b in run.boundaries if f"{phase}/{net}/{kind}/ritz_values" in b
+        ]
+        for phase in PHASES
+    }  # fmt: skip
+    phases = [phase for phase in PHASES if rows[phase]]
+    if not phases:
+        return None
+    steps = [step for phase in phases for step, _, _ in rows[phase]]
+    norm, cmap = Normalize(min(steps), max(max(steps), min(steps) + 1)), colormaps["viridis"]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(phases), squeeze=False, sharey=True)[0]
+    epsilons = run.boundaries[0].get("epsilons", np.array([0.1]))
+    for ax, phase in zip(axes, phases, strict=True):
+        for step, values, weights in rows[phase]:
+            mass = np.array([epsilon_rank(values, weights, t) for t in thresholds])
+            positive = mass > 0
+            ax.plot(thresholds[positive], mass[positive], color=cmap(norm(step)), linewidth=1.3)
+        for eps in epsilons:
+            ax.axvline(float(eps), color="0.6", linestyle=":", linewidth=0.9)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=1e-6)  # below ~1/parameters the mass is single Ritz values' noise
+        ax.set_xlabel("threshold t (dotted: the run's epsilons)")
+        ax.set_title("init: start of a task" if phase == "init" else "end: end of a task", size=10)
+    axes[0].set_ylabel("mass of the spectrum beyond |lambda| > t")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes.tolist(), label=f"boundary ({run.step_unit})")
+    fig.suptitle(f"{net} {kind}: epsilon-rank at every epsilon (exact convention)   {run.name}")
     return fig
 
 
@@ -558,6 +600,7 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, dpi: int = 120) -> list
         {m.group(2, 3) for b in run.boundaries for key in b if (m := RITZ_KEY.match(key))}
     ):
         figures[f"spectra_{net}_{kind}"] = plot_spectra(run, net, kind)
+        figures[f"tail_mass_{net}_{kind}"] = plot_tail_mass(run, net, kind)
     figures["eps_rank"] = plot_eps_rank(run, "eps_rank")
     figures["eps_rank_paper"] = plot_eps_rank(run, "paper_eps_rank")
     figures["features_over_tasks"] = plot_features_over_tasks(run)

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from envs.observation import ObsNoiseShift, ObsPermuteShift
-from envs.physics import FrictionShift, GearShift, GravityShift, MassShift
+from envs.physics import (
+    FrictionShift,
+    GearShift,
+    GravityShift,
+    MassShift,
+    PhysicsFlags,
+    refine_physics,
+)
 from envs.reward import RewardScaleShift, RewardSignShift
 from envs.schedule import ScaleRange, ShiftSchedule, ShiftWrapper
 from envs.vector import (
@@ -71,6 +78,13 @@ class ShiftFlags:
     """reward-scale shift: factor that multiplies the reward."""
 
 
+FIXED_ON_RESUME: tuple[str, ...] = (
+    # The env flags a resumed RL run cannot change: its envs, their physics and its tasks.
+    "env_id", "num_envs", "env_backend", "physics_substeps", "physics_integrator",
+    "shift", "shift_every", "shift_at", *(field for _, field in SHIFTS.values() if field),
+)  # fmt: skip
+
+
 def unused_flags(flags: ShiftFlags) -> dict[str, str]:
     """{config field: why it has no effect}: the ranges of the shift kinds --shift does not name."""
     named = set(getattr(flags, "shift", ()))
@@ -91,8 +105,10 @@ SLIPPERY_ANT: dict = {
 }
 
 __all__ = [
+    "FIXED_ON_RESUME",
     "SHIFTS",
     "SLIPPERY_ANT",
+    "PhysicsFlags",
     "ScaleRange",
     "ShiftFlags",
     "ShiftName",
@@ -104,5 +120,6 @@ __all__ = [
     "learner_envs",
     "make_env",
     "make_vector_env",
+    "refine_physics",
     "unused_flags",
 ]

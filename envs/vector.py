@@ -17,6 +17,7 @@ import numpy as np
 # The registry of shift kinds (envs.SHIFTS) and ShiftFlags live in envs/__init__.py, which
 # imports this module; they are read at call time, when the package is fully imported.
 import envs
+from envs.physics import check_physics_flags, refine_physics, refines_physics
 from envs.schedule import ShiftSchedule
 from validation import ConfigError
 
@@ -88,7 +89,7 @@ def make_env(
     """
 
     def thunk() -> gym.Env:
-        return wrap_shifts(gym.make(env_id), flags, seed, env_index)
+        return wrap_shifts(refine_physics(gym.make(env_id), flags), flags, seed, env_index)
 
     return thunk
 
@@ -196,9 +197,16 @@ def make_vector_env(
     contract, except that a physics shift ends every episode at the shift step
     (envs/envpool_backend.py).
     """
+    if hasattr(flags, "physics_substeps"):  # a learner's flags (tests may pass ShiftFlags)
+        check_physics_flags(flags)
     if backend == "envpool":
         from envs.envpool_backend import EnvpoolVectorEnv, check_envpool_env_id
 
+        if refines_physics(flags):
+            raise ConfigError(
+                "--physics-substeps / --physics-integrator: the envpool backend builds its "
+                "MuJoCo models in C++ and takes neither; use --env-backend gymnasium"
+            )
         check_envpool_env_id(env_id)
         schedule = check_shift_flags(flags, total_timesteps, num_envs)
         pool = EnvpoolVectorEnv(env_id, num_envs, flags, seed, num_threads=envpool_threads)

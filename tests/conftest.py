@@ -1,6 +1,14 @@
 """Shared test settings."""
 
-import torch
+import os
+import sys
+
+# As train.py does: offscreen EGL rendering on a headless Linux machine (MuJoCo picks its GL
+# backend at import, so before any test imports it).
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
 
 # The tests use tiny networks, for which one thread is fastest, and a second thread only
 # contends with other work on a 2-core CI machine (measured: an 800-parameter Hessian-vector

@@ -20,6 +20,7 @@ import tyro
 from envs import (
     SHIFTS,
     SLIPPERY_ANT,
+    PhysicsFlags,
     ScaleRange,
     ShiftFlags,
     ShiftName,
@@ -512,3 +513,64 @@ def test_stacked_shifts_apply_together_and_merge_their_params():
     np.testing.assert_allclose(
         env.unwrapped.model.geom_friction[:, 0], base_friction * params["friction_scale"]
     )
+
+
+# --- Physics that stays physical ---------------------------------------------------------------
+
+
+@dataclass
+class EnvFlags(ShiftFlags, PhysicsFlags):
+    pass
+
+
+def flailing_momentum(substeps: int, integrator: str, steps: int = 400) -> tuple[float, float]:
+    """A scripted flail (every actuator a square wave at 3.69 Hz with its own phase, the
+    cheetah started on its back: the pattern of the policy that found the artefact) at friction
+    scale 0.07; returns (horizontal momentum gained, the most Coulomb friction can supply).
+
+    On flat ground the only horizontal force is contact friction, at most mu times the normal
+    force, and the normal impulse over the run is the weight's impulse plus the change of
+    vertical momentum: |dp_x| <= mu (M g T + |dp_z|), mu the largest geom friction."""
+    flags = EnvFlags(
+        shift=("friction",), friction=ScaleRange(0.07, 0.07, log_uniform=False),
+        physics_substeps=substeps, physics_integrator=integrator,
+    )  # fmt: skip
+    env = make_env("HalfCheetah-v5", flags, seed=0, env_index=0)()
+    env.set_task(1)
+    env.reset(seed=0)
+    model, data = env.unwrapped.model, env.unwrapped.data
+    assert env.unwrapped.dt == pytest.approx(0.05)  # the control period never changes
+    data.qpos[2], data.qpos[1] = np.pi, 0.3  # on its back
+    mujoco.mj_forward(model, data)
+    mass, mu = model.body_subtreemass[1], model.geom_friction[:, 0].max()
+    mujoco.mj_subtreeVel(model, data)
+    start = data.subtree_linvel[1] * mass
+    phases = np.array([4.59, 3.57, 5.65, 2.81, 2.55, 1.93])
+    for t in range(steps):
+        env.step(np.sign(np.sin(2 * np.pi * 3.69 * t * 0.05 + phases)))
+    mujoco.mj_subtreeVel(model, data)
+    change = data.subtree_linvel[1] * mass - start
+    return abs(change[0]), mu * (mass * 9.81 * steps * 0.05 + abs(change[2]))
+
+
+def test_halfcheetahs_default_integration_gains_momentum_friction_cannot_supply():
+    gained, bound = flailing_momentum(1, "model")
+    assert gained > 2 * bound, (gained, bound)  # unphysical: semi-implicit Euler at 0.01 s
+    for substeps, integrator in ((10, "model"), (1, "rk4")):
+        gained, bound = flailing_momentum(substeps, integrator)
+        assert gained < 0.2 * bound, (substeps, integrator, gained, bound)
+
+
+def test_refined_physics_keeps_the_control_period_and_is_refused_where_it_cannot_apply():
+    flags = EnvFlags(physics_substeps=4, physics_integrator="rk4")
+    env = make_env("HalfCheetah-v5", flags, seed=0, env_index=0)()
+    plain = gym.make("HalfCheetah-v5").unwrapped
+    assert env.unwrapped.dt == plain.dt and env.unwrapped.frame_skip == 4 * plain.frame_skip
+    assert env.unwrapped.model.opt.timestep == plain.model.opt.timestep / 4
+    assert env.unwrapped.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
+    with pytest.raises(ConfigError, match="need a MuJoCo env"):
+        make_env("CartPole-v1", flags, seed=0, env_index=0)()
+    with pytest.raises(ConfigError, match="--physics-substeps must be >= 1"):
+        make_vector_env("HalfCheetah-v5", 1, EnvFlags(physics_substeps=0), 0, 100)
+    with pytest.raises(ConfigError, match="envpool backend"):
+        make_vector_env("HalfCheetah-v5", 1, flags, 0, 100, backend="envpool")
