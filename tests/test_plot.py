@@ -122,6 +122,11 @@ def test_plot_run_writes_every_figure(full_run):
         "spectra_critic_hessian.png",
         "spectra_critic_ggn.png",
         "eps_rank.png",
+        "eps_rank_paper.png",
+        "tail_mass_actor_hessian.png",
+        "tail_mass_actor_ggn.png",
+        "tail_mass_critic_hessian.png",
+        "tail_mass_critic_ggn.png",
         "kfac_actor.png",
         "kfac_critic.png",
         "features_actor.png",
@@ -152,6 +157,9 @@ def test_missing_measures_skip_figures(tmp_path, capsys):
         "spectra_actor_hessian.png",
         "spectra_critic_hessian.png",
         "eps_rank.png",
+        "eps_rank_paper.png",
+        "tail_mass_actor_hessian.png",
+        "tail_mass_critic_hessian.png",
         "features_actor.png",
         "features_critic.png",
     }
@@ -186,4 +194,28 @@ def test_step_axis_names_what_a_step_counts(tmp_path, config, unit):
     (run_dir / "config.json").write_text(json.dumps(config))
     run = load_run(run_dir)
     assert run.step_unit == unit
-    assert plot_eps_rank(run).axes[-1].get_xlabel() == f"{unit} (dotted: task shifts)"
+    assert plot_eps_rank(run).axes[-1].get_xlabel() == unit
+
+
+def test_eps_rank_plots_integrate_the_saved_spectra_in_either_convention(tmp_path):
+    """The plotted ranks are those of each boundary's Ritz values and weights, in the convention
+    the figure names: the closed form, or the paper's grid integral of the paper's density."""
+    from diagnostics.curvature import epsilon_rank, paper_density, paper_epsilon_rank
+    from diagnostics.plot import boundary_eps_ranks, load_run
+
+    run = load_run(write_run(tmp_path / "run", ggn=False, kfac=False, periodic=False))
+    exact, paper = (boundary_eps_ranks(run, c) for c in ("eps_rank", "paper_eps_rank"))
+    measured = [b for b in run.boundaries if "init/critic/hessian/ritz_values" in b]
+    assert len(measured) >= 2
+    for boundary in measured:
+        values = boundary["init/critic/hessian/ritz_values"]
+        weights = boundary["init/critic/hessian/ritz_weights"]
+        step = int(boundary["step"])
+        for eps in EPSILONS:
+            assert dict(exact["critic"]["init", "hessian", eps])[step] == epsilon_rank(
+                values, weights, eps
+            )
+            grid, density = paper_density(values, weights)
+            assert dict(paper["critic"]["init", "hessian", eps])[step] == paper_epsilon_rank(
+                grid, density, eps
+            )
