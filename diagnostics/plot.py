@@ -5,7 +5,8 @@
 Reads what the trainer wrote into the run directory (metrics.jsonl, events.jsonl and
 diagnostics/step_*.npz) and writes these figures, skipping any whose data is absent:
 
-    spectra_{net}_{kind}.png  Hessian/GGN spectral density at every boundary, init and end side by side
+    spectra_{net}_{kind}.png  Hessian/GGN spectral density at every boundary, init and end side by
+                              side, and each task's init against the first task's (log ratio)
     tail_mass_{net}_{kind}.png  the spectrum's mass beyond |lambda| > t against t (the epsilon-rank
                               at every epsilon), one curve per boundary: a collapse moves it down
     eps_rank.png              Hessian/GGN epsilon-rank at the init and end of each task, a log panel
@@ -201,9 +202,10 @@ def plot_spectra(run: Run, net: str, kind: str) -> Figure | None:
 
     phases = [phase for phase in PHASES if rows[phase]]
     height = max(3.2, 1.6 + 0.28 * max(len(rows[phase]) for phase in phases))
-    fig = Figure(figsize=(12, height), layout="constrained")
-    axes = fig.subplots(1, len(phases), squeeze=False)[0]
-    for ax, phase in zip(axes, phases, strict=True):
+    relative = len(rows["init"]) > 1  # a third panel: each init against the run's first
+    fig = Figure(figsize=(12 + 5 * relative, height), layout="constrained")
+    axes = fig.subplots(1, len(phases) + relative, squeeze=False)[0]
+    for ax, phase in zip(axes, phases, strict=False):
         mesh = ax.pcolormesh(
             extent,
             np.arange(len(rows[phase]) + 1),
@@ -223,7 +225,34 @@ def plot_spectra(run: Run, net: str, kind: str) -> Figure | None:
         ax.set_xlabel("eigenvalue (symlog)")
         ax.set_title("init: start of a task" if phase == "init" else "end: end of a task", size=10)
     axes[0].set_ylabel(f"boundary: {run.step_unit}, task")
-    fig.colorbar(mesh, ax=axes, label="density (log)")
+    fig.colorbar(mesh, ax=axes[: len(phases)].tolist(), label="density (log)")
+    if relative:
+        # Where a task starts with less curvature than the run's first task did (blue) or more
+        # (red): a collapse toward 0 shows as blue away from 0, wherever the eye cannot tell a
+        # factor of 3 on a six-decade colour scale.
+        # Smoothed 4x wider than the heat maps: single Ritz values that move a little between
+        # tasks would otherwise paint stripes; the shift of mass is what is of interest here.
+        ax = axes[-1]
+        smooth = np.array(
+            [smoothed_density(to_axis(v), w, centres, 4 * sigma) for _, v, w in rows["init"]]
+        )
+        floor = smooth.max() * 10.0**-DENSITY_DECADES
+        ratio = np.log10(np.maximum(smooth, floor) / np.maximum(smooth[0], floor))
+        change = ax.pcolormesh(
+            extent, np.arange(len(rows["init"]) + 1), ratio, cmap="RdBu_r", vmin=-1.5, vmax=1.5
+        )
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=1.0)
+        ax.xaxis.set_major_locator(FixedLocator(symlog_ticks(extent, linthresh)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_yticks(
+            np.arange(len(rows["init"])) + 0.5,
+            [boundary_label(boundary, "init") for boundary, _, _ in rows["init"]],
+            fontsize=8,
+        )
+        ax.invert_yaxis()
+        ax.set_xlabel("eigenvalue (symlog)")
+        ax.set_title("init against the first task's init", size=10)
+        fig.colorbar(change, ax=ax, label="log10 density ratio (blue: less)")
     fig.suptitle(f"{net} {kind} spectral density (SLQ)   {run.name}")
     return fig
 
