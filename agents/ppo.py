@@ -395,19 +395,7 @@ def train(args: Args) -> Path:
     minibatch_size = batch_size // args.num_minibatches
     regularizer = build_regularizer(args)
     envs = learner_envs(args, "PPO", bounded_actions=False)
-    shifts = "+".join(args.shift) or "stationary"
-    run = Run.start(
-        args,
-        LEARNER,
-        title=args.env_id,
-        group=f"{args.env_id}__{shifts}",
-        tags=[args.regularizer, shifts],
-        seed=args.seed,
-        threads=args.torch_threads,
-        cuda=args.cuda,
-        deterministic=args.torch_deterministic,
-        closers=(envs.close,),
-    )
+    run = Run.start_rl(args, LEARNER, envs)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
@@ -501,11 +489,9 @@ def train(args: Args) -> Path:
                 x = torch.as_tensor(obs_normalizer(obs[None], update=False), device=device)
                 return np.clip(actor(x)[0][0].cpu().numpy(), action_low, action_high)
 
-        clips = None
-        if args.capture_video:
-            clips = ClipRecorder(args.env_id, args, args.seed, run.dir / "videos", run.logger.video)
-            if run.checkpoint is None:
-                clips.record(0, "start", envs.task, greedy)
+        clips = ClipRecorder.for_run(args, run.dir, run.logger.video)
+        if clips is not None and run.checkpoint is None:
+            clips.record(0, "start", envs.task, greedy)
         nonfinite_updates = 0
         bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
         run.on_close(bar.close)
@@ -568,9 +554,8 @@ def train(args: Args) -> Path:
                     shift = infos["shift"]
                     shift_in_rollout = {**shift, "index": step * args.num_envs}
                     run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
-                    if clips is not None:  # the parameters that end the old task, in both worlds
-                        clips.record(shift["step"], "end", shift["task"] - 1, greedy)
-                        clips.record(shift["step"], "start", shift["task"], greedy)
+                    if clips is not None:
+                        clips.shift(shift["step"], shift["task"], greedy)
                     shift_metrics = regularizer.on_shift()
                     if shift_metrics:
                         run.log(

@@ -678,6 +678,24 @@ class Run:
         )
         return run
 
+    @classmethod
+    def start_rl(cls, args: Any, learner: Learner, envs: Any) -> Run:
+        """`start` for an RL learner (PPO, SAC): named by its env, grouped in W&B by env and
+        shifts (so methods compare side by side), tagged with the method; closes its envs."""
+        shifts = "+".join(args.shift) or "stationary"
+        return cls.start(
+            args,
+            learner,
+            title=args.env_id,
+            group=f"{args.env_id}__{shifts}",
+            tags=[args.regularizer, shifts],
+            seed=args.seed,
+            threads=args.torch_threads,
+            cuda=args.cuda,
+            deterministic=args.torch_deterministic,
+            closers=(envs.close,),
+        )
+
     # --- records --------------------------------------------------------------------------------
 
     def log(self, step: int, values: dict[str, float]) -> None:

@@ -427,19 +427,7 @@ def train(args: Args) -> Path:
     check_args(args)
     regularizers = {"actor": build_regularizer(args), "critic": build_regularizer(args)}
     envs = learner_envs(args, "SAC", bounded_actions=True)
-    shifts = "+".join(args.shift) or "stationary"
-    run = Run.start(
-        args,
-        LEARNER,
-        title=args.env_id,
-        group=f"{args.env_id}__{shifts}",
-        tags=[args.regularizer, shifts],
-        seed=args.seed,
-        threads=args.torch_threads,
-        cuda=args.cuda,
-        deterministic=args.torch_deterministic,
-        closers=(envs.close,),
-    )
+    run = Run.start_rl(args, LEARNER, envs)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]
@@ -614,11 +602,9 @@ def train(args: Args) -> Path:
                 squashed = torch.tanh(out[:, :act_dim]) * actor.action_scale + actor.action_bias
                 return squashed[0].cpu().numpy()
 
-        clips = None
-        if args.capture_video:
-            clips = ClipRecorder(args.env_id, args, args.seed, run.dir / "videos", run.logger.video)
-            if run.checkpoint is None:
-                clips.record(0, "start", envs.task, greedy)
+        clips = ClipRecorder.for_run(args, run.dir, run.logger.video)
+        if clips is not None and run.checkpoint is None:
+            clips.record(0, "start", envs.task, greedy)
         last: dict[str, Tensor] = {}  # the latest losses, read (one device sync) at log points
         regularizer_metrics: dict[str, float] = {}
         next_log = (global_step // args.log_every + 1) * args.log_every
@@ -646,9 +632,8 @@ def train(args: Args) -> Path:
             if "shift" in infos:
                 shift = infos["shift"]
                 run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
-                if clips is not None:  # the parameters that end the old task, in both worlds
-                    clips.record(shift["step"], "end", shift["task"] - 1, greedy)
-                    clips.record(shift["step"], "start", shift["task"], greedy)
+                if clips is not None:
+                    clips.shift(shift["step"], shift["task"], greedy)
                 end_probe = None
                 if diagnostics.enabled:
                     measure_pending()  # shifts closer than boundary_samples: init on fewer

@@ -110,6 +110,19 @@ class ClipRecorder:
         self.on_clip = on_clip
         """called with (step, label, MP4 path) after each clip (e.g. to send it to W&B)"""
 
+    @classmethod
+    def for_run(cls, args: Any, run_dir: Path, on_clip: Callable) -> ClipRecorder | None:
+        """The recorder of an RL learner's run (None without --capture-video)."""
+        if not args.capture_video:
+            return None
+        return cls(args.env_id, args, args.seed, Path(run_dir) / "videos", on_clip)
+
+    def shift(self, step: int, task: int, policy: Policy) -> None:
+        """The pair of clips at the shift to `task`: the policy that ends the old task, in the
+        old world and in the new one."""
+        self.record(step, "end", task - 1, policy)
+        self.record(step, "start", task, policy)
+
     def record(self, step: int, label: str, task: int, policy: Policy) -> Path:
         """Film `policy` for one clip in task `task` ("start" or "end" of it, the label); write
         RUN_DIR/videos/step_<step>_<label>_task<task>.mp4 and return its path."""

@@ -584,7 +584,7 @@ def test_the_help_lists_the_learners_own_flags_first(tmp_path):
                              ("supervised", "--stream", "--regularizer")):  # fmt: skip
         lines = run_cli(mode, "--help").stdout.splitlines()
 
-        def row(flag: str) -> int:  # the line where the flag itself is listed
+        def row(flag: str, lines: list[str] = lines) -> int:  # where the flag itself is listed
             return next(i for i, line in enumerate(lines) if line.startswith(f"│ {flag} "))
 
         order = [row(own), row(later), row("--diagnostics"), row("--track, --no-track")]
