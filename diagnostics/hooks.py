@@ -331,7 +331,7 @@ class Diagnostics:
                 with torch.no_grad():
                     by_net = probe.features(size)
                 for net, feats in by_net.items():
-                    measured = representation.feature_measures(
+                    measured, spectra = representation.feature_measures(
                         feats,
                         srank_delta=config.srank_delta,
                         epsilons=config.epsilons,
@@ -340,10 +340,8 @@ class Diagnostics:
                     for key, value in measured.items():
                         scalars[f"{prefix}/{net}/features/{key}"] = value
                     if curvature_too:
-                        for layer, h in enumerate(feats):
-                            arrays[f"{phase}/{net}/features/layer{layer}/singular_values"] = (
-                                representation.singular_values(h)
-                            )
+                        for layer, sigma in enumerate(spectra):
+                            arrays[f"{phase}/{net}/features/layer{layer}/singular_values"] = sigma
 
             self._guarded(step, f"{phase}/features", features)
 

@@ -63,7 +63,11 @@ def srank(features: Tensor, delta: float = 0.01) -> int:
     """srank_delta (Kumar et al. 2021, "Implicit under-parameterization inhibits data-efficient
     deep RL"): the smallest k with sum_{i<=k} sigma_i / sum_i sigma_i >= 1 - delta, singular
     values sorted descending; 0 for an all-zero matrix."""
-    sigma = singular_values(features)
+    return srank_of(singular_values(features), delta)
+
+
+def srank_of(sigma: np.ndarray, delta: float) -> int:
+    """`srank` from the singular values (descending)."""
     total = sigma.sum()
     if total <= 0:
         return 0
@@ -76,8 +80,21 @@ def srank(features: Tensor, delta: float = 0.01) -> int:
 def feature_epsilon_rank(features: Tensor, epsilon: float) -> int:
     """Number of singular values of features / sqrt(batch) above epsilon, i.e. eigenvalues of
     the feature second-moment matrix H^T H / batch above epsilon^2."""
-    sigma = singular_values(features) / np.sqrt(features.shape[0])
-    return int((sigma > epsilon).sum())
+    return epsilon_rank_of(singular_values(features), features.shape[0], epsilon)
+
+
+def epsilon_rank_of(sigma: np.ndarray, batch: int, epsilon: float) -> int:
+    """`feature_epsilon_rank` from the singular values of a (batch, width) matrix."""
+    return int((sigma / np.sqrt(batch) > epsilon).sum())
+
+
+def effective_rank_of(sigma: np.ndarray) -> float:
+    """`effective_rank` from the singular values (the same formula, in float64 numpy)."""
+    total = sigma.sum()
+    if total <= 0:
+        return 0.0
+    p = sigma[sigma > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 @torch.no_grad()
@@ -124,19 +141,21 @@ def feature_measures(
     srank_delta: float,
     epsilons: Sequence[float],
     dormant_tau: float,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[np.ndarray]]:
     """Every feature measure per hidden layer (`layer{l}/...`), plus the mean effective rank
-    and the dormant and dead shares over all units of all layers."""
+    and the dormant and dead shares over all units of all layers; and each layer's singular
+    values. One SVD per layer serves every rank measure (they are all functions of it)."""
     out: dict[str, float] = {}
-    eranks, dormant, dead, units = [], 0.0, 0.0, 0
+    eranks, spectra, dormant, dead, units = [], [], 0.0, 0.0, 0
     for layer, h in enumerate(features):
         h = h.detach()
-        erank = float(effective_rank(h))
-        eranks.append(erank)
-        out[f"layer{layer}/erank"] = erank
-        out[f"layer{layer}/srank"] = srank(h, srank_delta)
+        sigma = singular_values(h)
+        spectra.append(sigma)
+        eranks.append(effective_rank_of(sigma))
+        out[f"layer{layer}/erank"] = eranks[-1]
+        out[f"layer{layer}/srank"] = srank_of(sigma, srank_delta)
         for epsilon in epsilons:
-            out[f"layer{layer}/eps_rank@{epsilon:g}"] = feature_epsilon_rank(h, epsilon)
+            out[f"layer{layer}/eps_rank@{epsilon:g}"] = epsilon_rank_of(sigma, h.shape[0], epsilon)
         out[f"layer{layer}/dormant"] = dormant_ratio(h, dormant_tau)
         out[f"layer{layer}/dead"] = dead_ratio(h)
         dormant += out[f"layer{layer}/dormant"] * h.shape[1]
@@ -146,4 +165,4 @@ def feature_measures(
         out["erank"] = float(np.mean(eranks))
         out["dormant"] = dormant / units
         out["dead"] = dead / units
-    return out
+    return out, spectra

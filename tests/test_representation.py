@@ -98,9 +98,14 @@ def test_weight_norm_and_distance_from_init():
 def test_feature_measures_agree_with_the_single_measures():
     layers = [with_singular_values([3.0, 1.0, 0.0]).float(), torch.relu(torch.randn(20, 4))]
     layers[1][:, 0] = 0  # one dead unit
-    out = feature_measures(layers, srank_delta=0.01, epsilons=(0.1, 0.5), dormant_tau=0.025)
+    out, spectra = feature_measures(
+        layers, srank_delta=0.01, epsilons=(0.1, 0.5), dormant_tau=0.025
+    )
     for index, h in enumerate(layers):
-        assert out[f"layer{index}/erank"] == pytest.approx(float(effective_rank(h)))
+        np.testing.assert_allclose(
+            spectra[index], np.linalg.svd(h.double().numpy())[1], rtol=1e-5, atol=1e-6
+        )
+        assert out[f"layer{index}/erank"] == pytest.approx(float(effective_rank(h)), rel=1e-5)
         assert out[f"layer{index}/srank"] == srank(h, 0.01)
         assert out[f"layer{index}/eps_rank@0.5"] == feature_epsilon_rank(h, 0.5)
         assert out[f"layer{index}/dormant"] == dormant_ratio(h, 0.025)
