@@ -417,7 +417,7 @@ def train(args: Args) -> Path:
             lr=args.learning_rate,
             betas=args.adam_betas,
             eps=args.adam_eps,
-            fused=device.type in ("cpu", "cuda"),
+            fused=True,  # CPU and CUDA; its found_inf also skips a non-finite step (below)
         )
         regularizer.attach({"actor": actor, "critic": critic}, optimizer, args.seed)
         obs_normalizer = ObservationNormalizer(obs_dim, enabled=args.norm_obs)
@@ -492,7 +492,7 @@ def train(args: Args) -> Path:
         clips = ClipRecorder.for_run(args, run.dir, run.logger.video)
         if clips is not None and run.checkpoint is None:
             clips.record(0, "start", envs.task, greedy)
-        nonfinite_updates = 0
+        nonfinite = torch.zeros((), device=device)  # minibatch steps skipped in this update
         bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
         run.on_close(bar.close)
         start_time, start_step = time.time(), global_step
@@ -644,20 +644,24 @@ def train(args: Args) -> Path:
                     )
                     loss = out["loss"] + penalty
 
-                    if not torch.isfinite(loss):
-                        # Skip the step rather than write NaN into the weights; logged below.
-                        nonfinite_updates += 1
-                        continue
+                    # A loss that is not finite skips its step rather than write NaN into the
+                    # weights, with no host read: fused Adam's found_inf (GradScaler's hook)
+                    # leaves parameters and moments as they were. Counted, read with the
+                    # update's statistics below.
+                    skipped = (~torch.isfinite(loss.detach())).float()
+                    nonfinite = nonfinite + skipped
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
                     regularizer.before_step()  # L2's decay, after clipping (as weight_decay)
+                    optimizer.found_inf = skipped
                     optimizer.step()
                     pass_end = start + minibatch_size >= batch_size
                     regularizer_metrics.update(
                         regularizer.after_update(features_on_rollout, pass_end)
                     )
 
+                # (A host read per epoch, only with --target-kl: early stopping needs it.)
                 if args.target_kl is not None and out["approx_kl"] > args.target_kl:
                     break
 
@@ -667,40 +671,44 @@ def train(args: Args) -> Path:
                 if diagnostics.due(updates):
                     diagnostics.periodic(global_step, probe(batch))
 
-            # --- Logging, divergence check, checkpoints.
-            if nonfinite_updates:
+            # --- Logging, divergence check, checkpoints: the update's statistics in one read.
+            with torch.no_grad():
+                var_returns = batch["returns"].var()
+                unexplained = (batch["returns"] - batch["values"]).var() / var_returns
+                explained = torch.where(var_returns > 0, 1 - unexplained, torch.nan)
+                names = ("v_loss", "pg_loss", "entropy", "old_approx_kl", "approx_kl")
+                stats = torch.stack(
+                    [*(out[k].detach() for k in names), torch.stack(clipfracs).mean(),
+                     explained, penalty.detach(), nonfinite]
+                ).tolist()  # fmt: skip
+            *losses, clipfrac, explained_var, penalty_value, skipped_steps = stats
+            if skipped_steps:
                 run.event(
                     global_step,
                     "warning",
-                    message=f"{nonfinite_updates} minibatch losses were not finite; skipped",
+                    message=f"{skipped_steps:.0f} minibatch losses were not finite; skipped",
                 )
                 if not all(torch.isfinite(p).all() for p in parameters):
                     raise Diverged(global_step, "parameters became non-finite")
-                if nonfinite_updates >= args.update_epochs * args.num_minibatches:
+                if skipped_steps >= len(clipfracs):
                     raise Diverged(global_step, "every minibatch loss of the update was not finite")
-                nonfinite_updates = 0
-            explained_var = float("nan")
-            with torch.no_grad():
-                var_returns = batch["returns"].var()
-                if var_returns > 0:
-                    explained_var = float(
-                        1 - (batch["returns"] - batch["values"]).var() / var_returns
-                    )
+            nonfinite = torch.zeros((), device=device)
             sps = int((global_step - start_step) / (time.time() - start_time))
+            value_loss, policy_loss, entropy, old_approx_kl, approx_kl = losses
             run.log(
                 global_step,
                 {
                     "charts/learning_rate": optimizer.param_groups[0]["lr"],
                     "charts/SPS": sps,
                     "charts/task": envs.task,
-                    "losses/value_loss": out["v_loss"].item(),
-                    "losses/policy_loss": out["pg_loss"].item(),
-                    "losses/entropy": out["entropy"].item(),
-                    "losses/old_approx_kl": out["old_approx_kl"].item(),
-                    "losses/approx_kl": out["approx_kl"].item(),
-                    "losses/clipfrac": torch.stack(clipfracs).mean().item(),
+                    "losses/value_loss": value_loss,
+                    "losses/policy_loss": policy_loss,
+                    "losses/entropy": entropy,
+                    "losses/old_approx_kl": old_approx_kl,
+                    "losses/approx_kl": approx_kl,
+                    "losses/clipfrac": clipfrac,
                     "losses/explained_variance": explained_var,
-                    "regularizer/penalty": penalty.item(),
+                    "regularizer/penalty": penalty_value,
                     **{f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
                 },
             )

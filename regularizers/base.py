@@ -114,11 +114,11 @@ class Regularizer:
         """Between backward (and clipping) and the optimizer step: add c * theta to each `.grad`."""
         decay = self.coupled_decay()
         if decay:
+            # dict.fromkeys: a parameter two nets share is decayed once, not twice. One foreach
+            # call for all of them: one kernel launch per device, not one per parameter.
+            params = [p for p in dict.fromkeys(self.parameters()) if p.grad is not None]
             with torch.no_grad():
-                # dict.fromkeys: a parameter two nets share is decayed once, not twice.
-                for param in dict.fromkeys(self.parameters()):
-                    if param.grad is not None:
-                        param.grad.add_(param, alpha=decay)
+                torch._foreach_add_([p.grad for p in params], params, alpha=decay)
 
     def after_update(self, features_fn: FeaturesFn, pass_end: bool) -> dict[str, float]:
         """Act after an optimizer step (an extra ascent step, shrink-perturb, ...); return metrics."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -84,10 +85,10 @@ class CBP(Regularizer):
                 torch.zeros(layer.width(), device=w.device, dtype=w.dtype)
                 for layer, w in zip(layers, weights, strict=True)
             ]
-            self.age[name] = [
-                torch.zeros(layer.width(), device=w.device, dtype=torch.long)
-                for layer, w in zip(layers, weights, strict=True)
-            ]
+            # Ages live on the host: which units are mature, and how many to replace, is then
+            # known without reading the device after every update (a sync per layer per step
+            # on a GPU); the device is read only on the rare steps that replace units.
+            self.age[name] = [np.zeros(layer.width(), dtype=np.int64) for layer in layers]
             self.due[name] = [0.0 for _ in layers]
         self.replaced = 0
         self.activity: dict[str, list[Tensor]] | None = None
@@ -122,29 +123,31 @@ class CBP(Regularizer):
                 age += 1
                 contribution = activity[name][i].to(utility.dtype) * outgoing_magnitude(layer)
                 utility.mul_(config.decay).add_(contribution, alpha=1 - config.decay)
-                eligible = torch.nonzero(age > config.maturity).flatten()
-                if eligible.numel() == 0:
+                eligible = np.flatnonzero(age > config.maturity)
+                if eligible.size == 0:
                     continue
-                self.due[name][i] += config.replacement_rate * eligible.numel()
+                self.due[name][i] += config.replacement_rate * eligible.size
                 count = int(self.due[name][i])
                 self.due[name][i] -= count
-                count = min(count, eligible.numel())
+                count = min(count, eligible.size)
                 if count == 0:
                     continue
-                corrected = utility[eligible] / (1 - config.decay ** age[eligible].double())
-                units = eligible[torch.topk(-corrected, count).indices]
+                on_device = torch.from_numpy(eligible).to(utility.device)
+                bias = 1 - config.decay ** torch.from_numpy(age[eligible]).double()
+                corrected = utility[on_device] / bias.to(utility.device)
+                units = on_device[torch.topk(-corrected, count).indices]
                 if fresh is None:  # one fresh draw of the net serves all its layers
                     fresh = unit_layers(name, self.draws.draw(self.nets[name]))
                 replace_units(layer, fresh[i], units, self.optimizer)
                 utility[units] = 0.0
-                age[units] = 0
+                age[units.cpu().numpy()] = 0
                 self.replaced += count
         return {"cbp/replaced": float(self.replaced)}
 
     def state_dict(self) -> dict:
         return {
             "utility": {name: [u.clone() for u in us] for name, us in self.utility.items()},
-            "age": {name: [a.clone() for a in ages] for name, ages in self.age.items()},
+            "age": {name: [torch.from_numpy(a.copy()) for a in ages] for name, ages in self.age.items()},
             "due": {name: list(due) for name, due in self.due.items()},
             "replaced": self.replaced,
             "rng_state": self.draws.rng_state,
@@ -156,10 +159,7 @@ class CBP(Regularizer):
                 u.to(layer.incoming[0].device).clone()
                 for u, layer in zip(state["utility"][name], layers, strict=True)
             ]
-            self.age[name] = [
-                a.to(layer.incoming[0].device).clone()
-                for a, layer in zip(state["age"][name], layers, strict=True)
-            ]
+            self.age[name] = [np.asarray(a, dtype=np.int64).copy() for a in state["age"][name]]
             self.due[name] = list(state["due"][name])
         self.replaced = state["replaced"]
         self.draws.load_state(state["rng_state"])

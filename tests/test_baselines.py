@@ -202,7 +202,7 @@ def test_cbp_replaces_the_lowest_utility_mature_units_and_resets_them():
 
     # Layer 0: units 0-3 mature (age 10 -> 11), units 4 and 5 immature but with the lowest
     # utility of all; layer 1: nothing mature. Expected: round(0.5 * 4) = 2 replaced in layer 0.
-    cbp.age["model"][0][:] = torch.tensor([10, 10, 10, 10, 0, 0])
+    cbp.age["model"][0][:] = [10, 10, 10, 10, 0, 0]  # ages are kept on the host
     cbp.utility["model"][0][:] = torch.tensor([0.3, 0.02, 0.2, 0.01, 0.0, 0.0])
     activity = [h.detach().abs().mean(0) for h in net(x)[1]]
     assert cbp.penalty({"model": net(x)[1]}).item() == 0.0 and cbp.only_coupled_decay()
@@ -224,11 +224,11 @@ def test_cbp_replaces_the_lowest_utility_mature_units_and_resets_them():
     assert_replaced(net, before, fresh, state_before, optimizer, {0: expected_units})
     replaced = torch.zeros(6, dtype=torch.bool)
     replaced[expected_units] = True
-    assert torch.equal(cbp.age["model"][0], torch.where(replaced, 0, ages))
+    assert torch.equal(torch.from_numpy(cbp.age["model"][0]), torch.where(replaced, 0, ages))
     torch.testing.assert_close(
         cbp.utility["model"][0], torch.where(replaced, 0.0, utility), rtol=1e-12, atol=0
     )
-    assert torch.equal(cbp.age["model"][1], torch.ones(5, dtype=torch.long))
+    assert cbp.age["model"][1].tolist() == [1] * 5
 
 
 def test_cbp_accumulates_fractional_replacements_and_resets_sgd_momentum():
@@ -252,7 +252,7 @@ def test_cbp_accumulates_fractional_replacements_and_resets_sgd_momentum():
     ever_replaced = torch.zeros(6, dtype=torch.bool)
     for _ in range(5):
         totals.append(cbp.after_update(features_fn, False)["cbp/replaced"])
-        ever_replaced |= cbp.age["model"][0] == 0  # age 0: replaced by this update
+        ever_replaced |= torch.from_numpy(cbp.age["model"][0] == 0)  # replaced by this update
         assert momentum[ever_replaced].abs().sum() == 0
         assert momentum[~ever_replaced].abs().sum(1).min() > 0
     assert totals == [0.0, 2.0, 3.0, 5.0, 6.0] and len(calls) == 5 and ever_replaced.any()
@@ -400,6 +400,32 @@ def test_spectral_penalty_and_gradient_match_dense_singular_values():
             assert grad is None or grad.abs().sum() == 0  # log-std: untouched
         else:
             torch.testing.assert_close(grad, dense, rtol=1e-6, atol=1e-8)  # u, v to ~1e-8
+
+
+def test_spectral_one_power_iteration_per_step_follows_sigma_max_as_training_moves_it():
+    """The default: vectors converged when the method attaches, then one round per step. After
+    many Adam steps (which move the weights, and sigma_max with them), the estimate u^T W v of
+    every matrix still equals its dense top singular value."""
+    torch.manual_seed(2)
+    net = mlp(hidden=(16, 12))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    perturb(net)  # orthogonal init: every singular value equal, no top one to follow
+    reg = Spectral(SpectralConfig(strength=0.1, target=4.0))  # power_iterations=1
+    reg.attach({"model": net}, optimizer, seed=0)
+    x = torch.randn(32, 3, dtype=torch.float64)
+    start = {key: float(torch.linalg.matrix_norm(w, 2)) for key, w in reg.matrices.items()}
+    for _ in range(200):
+        out, _ = net(x)
+        loss = (out - 1).square().mean() + reg.penalty({})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, weight in reg.matrices.items():
+        dense = float(torch.linalg.matrix_norm(weight.detach(), 2))
+        moved = abs(dense - start[key])
+        assert moved > 0.05, key  # training did move it
+        estimate = float(torch.einsum("i,ij,j->", reg.u[key], weight.detach(), reg.v[key]))
+        assert estimate == pytest.approx(dense, rel=1e-3), (key, estimate, dense)
 
 
 def test_spectral_penalty_is_zero_at_the_target_and_kept_vectors_resume_exactly():

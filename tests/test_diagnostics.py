@@ -224,3 +224,14 @@ def test_an_init_with_too_few_post_shift_samples_waits_for_the_next_rollout(tmp_
     metrics = read_jsonl(run / "metrics.jsonl")
     late = next(m for m in metrics if "shift/init/updates_since_shift" in m)
     assert late["step"] == 1024 and late["shift/init/updates_since_shift"] == 1
+
+
+def test_a_resumed_runs_initial_weights_go_to_the_networks_device(tmp_path):
+    """A checkpoint is loaded onto the CPU; on a GPU run the distance from init would subtract a
+    CPU tensor from a CUDA one at every boundary. Provoked here with the meta device."""
+    diagnostics, _, net = make_hook(tmp_path)
+    state = diagnostics.state_dict()
+    resumed, _, _ = make_hook(tmp_path / "resumed")
+    resumed.attach({"model": net.to("meta")})
+    resumed.load_state_dict(state)
+    assert all(t.device.type == "meta" for t in resumed.initial["model"])

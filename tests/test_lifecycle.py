@@ -600,3 +600,26 @@ def test_presets_go_through_one_function(tmp_path):
         3,
     )
     assert ppo.LEARNER.presets is ppo.PRESETS
+
+
+def test_cuda_random_states_are_restored_for_the_devices_this_host_has(monkeypatch):
+    """A checkpoint from a host with more GPUs restores the states it can, by index, instead of
+    failing (torch.cuda.set_rng_state_all would index past this host's devices). Only the
+    CUDA calls are stand-ins here: this machine has no GPU."""
+    from agents import run as lifecycle
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append(index))
+    state = (
+        lifecycle.rng_state.__wrapped__() if hasattr(lifecycle.rng_state, "__wrapped__") else None
+    )
+    saved = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": [torch.zeros(8, dtype=torch.uint8)] * 4,  # four GPUs' states
+    }
+    lifecycle.set_rng_state(saved)
+    assert restored == [0]
