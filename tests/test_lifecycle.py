@@ -612,9 +612,6 @@ def test_cuda_random_states_are_restored_for_the_devices_this_host_has(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append(index))
-    state = (
-        lifecycle.rng_state.__wrapped__() if hasattr(lifecycle.rng_state, "__wrapped__") else None
-    )
     saved = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
