@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench plot clean
+.PHONY: run test lint bench plot clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ppo_throughput.py
 
+# The GPU check (README, "The GPU path"): `make gpu-wheels` here, where there is a package index,
+# then carry .gpu-wheels/ to the GPU machine and run `benchmarks/gpu_check.sh OUT_DIR` there.
+gpu-wheels: $(STAMP)
+	$(PY) benchmarks/gpu_wheels.py --out .gpu-wheels
+
+# The same check on this machine's CPU at tiny sizes, installed from the folder alone.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_wheels.py --python-version $$($(PY) -c 'import sys; print(f"{sys.version_info.major}.{sys.version_info.minor}")') --out .gpu-wheels-local
+	WHEELS=.gpu-wheels-local benchmarks/gpu_check.sh gpu-check --dry-run
+
 clean:
-	rm -rf $(VENV) runs wandb .pytest_cache
+	rm -rf $(VENV) runs wandb .pytest_cache .gpu-wheels .gpu-wheels-local gpu-check

@@ -68,7 +68,8 @@ class PPOFlags:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
-    """use CUDA when it is available"""
+    """use CUDA when it is available (whether a GPU is faster than the CPU for these small
+    networks is what the GPU check's throughput rows measure: README, The GPU path)"""
     torch_threads: int = 1
     """CPU threads for torch (0 = torch's default); small networks run fastest on one"""
     compile: bool = False

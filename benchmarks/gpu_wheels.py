@@ -1,0 +1,114 @@
+"""Download the wheels the GPU machine lacks into one folder, for the GPU check to install offline.
+
+The GPU machine has no network. Its Python (3.12) comes with torch, triton, numpy, scipy,
+matplotlib, pytest, imageio and pandas (and their dependencies); everything else this project
+imports must travel with the working tree, 64 MiB in all. This script takes the dependency
+closure of the project's runtime requirements as installed in this environment (so the
+versions are the ones the test suite ran with), leaves out what the GPU machine has, and
+mujoco-studio (MuJoCo's GUI: headless rendering needs only mujoco-core), and downloads each
+remaining package's wheel for the target Python and platform with --no-deps, pinned, together
+with a requirements.txt the check installs from.
+
+    make gpu-wheels                                            # .gpu-wheels/ for the GPU machine
+    python benchmarks/gpu_wheels.py --python-version 3.11 --out /tmp/w   # for a dry run here
+
+envpool (740 MB) and imageio-ffmpeg (70 MB) cannot travel: the GPU rows use the gymnasium
+backend and no clips.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import tyro
+from packaging.requirements import Requirement
+
+ROOTS = ("gymnasium", "mujoco", "tyro", "wandb", "tqdm", "mlxtend", "scikit-learn")
+"""the project's runtime requirements (pyproject.toml) that the GPU machine does not have"""
+ON_THE_GPU_MACHINE = {
+    "torch", "triton", "numpy", "scipy", "matplotlib", "pytest", "imageio", "pandas",
+    # and what those depend on
+    "pillow", "kiwisolver", "fonttools", "cycler", "contourpy", "packaging", "python-dateutil",
+    "pyparsing", "pytz", "tzdata", "iniconfig", "pluggy", "filelock", "sympy", "networkx",
+    "jinja2", "fsspec", "typing-extensions", "mpmath", "markupsafe", "six", "setuptools",
+}  # fmt: skip
+LEFT_OUT = {"mujoco-studio"}  # MuJoCo's GUI and web viewer: `import mujoco` does not need it
+
+
+@dataclass
+class Args:
+    out: Path = Path(".gpu-wheels")
+    """the folder to fill (emptied first)"""
+    python_version: str = "3.12"
+    """the target Python (the GPU machine's)"""
+    platforms: tuple[str, ...] = (
+        "manylinux_2_28_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+    )
+    """platform tags pip may pick wheels for"""
+    max_mib: float = 58.0
+    """refuse a folder larger than this (the working tree and it travel in 64 MiB)"""
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(python_version: str) -> dict[str, str]:
+    """{package: installed version} of everything ROOTS need, for the target Python."""
+    markers = {"python_version": python_version, "python_full_version": f"{python_version}.0",
+               "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+               "implementation_name": "cpython", "os_name": "posix", "extra": ""}  # fmt: skip
+    found: dict[str, str] = {}
+    stack = list(ROOTS)
+    while stack:
+        name = canonical(stack.pop())
+        if name in found or name in ON_THE_GPU_MACHINE or name in LEFT_OUT:
+            continue
+        if name.startswith("nvidia-"):
+            continue
+        dist = metadata.distribution(name)
+        found[name] = dist.version
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(markers):
+                stack.append(requirement.name)
+    return dict(sorted(found.items()))
+
+
+def main(args: Args) -> None:
+    packages = closure(args.python_version)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    pins = [f"{name}=={version}" for name, version in packages.items()]
+    platforms = [flag for platform in args.platforms for flag in ("--platform", platform)]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+               "--only-binary=:all:", "--implementation", "cp", "--python-version",
+               args.python_version, *platforms, "--dest", str(args.out), *pins]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")]
+        raise SystemExit(f"error: pip download failed: {' '.join(lines[-3:])}")
+    (args.out / "requirements.txt").write_text("\n".join(pins) + "\n")
+    wheels = sorted(args.out.glob("*.whl"), key=lambda p: -p.stat().st_size)
+    total = sum(p.stat().st_size for p in wheels) / 2**20
+    print("| wheel | MiB |\n|---|---|")
+    for wheel in wheels[:8]:
+        print(f"| {wheel.name} | {wheel.stat().st_size / 2**20:.1f} |")
+    print(f"| ... {len(wheels)} wheels in all for Python {args.python_version} | {total:.1f} |")
+    if len(wheels) != len(pins):
+        raise SystemExit(f"error: {len(pins)} packages but {len(wheels)} wheels in {args.out}")
+    if total > args.max_mib:
+        raise SystemExit(f"error: {args.out} holds {total:.1f} MiB, over --max-mib {args.max_mib}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,67 @@
+"""The GPU check's install-and-run path, proven here on the CPU with the network blocked.
+
+A Python holding only what the GPU machine's has (torch, numpy, scipy, matplotlib, pytest,
+imageio, pandas) stands in for it; benchmarks/gpu_wheels.py prepares the wheel folder for this
+machine's Python, and benchmarks/gpu_check.sh --dry-run installs from that folder alone and
+runs every part at tiny sizes inside `unshare -rn` (a network namespace with no interface up:
+nothing can be reached, not even the package index). What would break a GPU window (a missing
+wheel, a part that does not run, a table that is not written) breaks this test first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+THE_GPU_MACHINES_PACKAGES = ["torch", "numpy", "scipy", "matplotlib", "pytest", "imageio", "pandas"]
+
+
+def unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs unshare -rn to block the network")
+def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_path):
+    base = tmp_path / "machine"
+    interpreter = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([interpreter, "-m", "venv", str(base)], check=True)
+    python = base / "bin" / "python"
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "-c", REPO / "constraints.txt",
+         *THE_GPU_MACHINES_PACKAGES],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        pytest.skip(f"no package index to build the stand-in machine: {installed.stderr[-300:]}")
+
+    wheels = tmp_path / "wheels"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    prepared = subprocess.run(
+        [sys.executable, REPO / "benchmarks" / "gpu_wheels.py", "--python-version", version,
+         "--out", wheels],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    assert (wheels / "requirements.txt").exists()
+
+    out = tmp_path / "out"
+    checked = subprocess.run(
+        ["unshare", "-rn", "env", f"WHEELS={wheels}", f"PYTHON={python}",
+         REPO / "benchmarks" / "gpu_check.sh", out, "--dry-run"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    summary = (out / "summary.md").read_text()
+    for part in ("gpu-tests", "rl-throughput", "supervised", "hessian", "ppo-1m", "suite"):
+        assert f"| {part} | ok |" in summary, summary
+        assert (out / f"{part}.md").read_text().count("|") > 8, part
+    # The packages came from the folder, not from the stand-in's own site-packages.
+    assert (out / "site" / "gymnasium").is_dir() and (out / "site" / "wandb").is_dir()
+    assert "passed" in (out / "gpu-tests.md").read_text()
