@@ -147,7 +147,9 @@ class CBP(Regularizer):
     def state_dict(self) -> dict:
         return {
             "utility": {name: [u.clone() for u in us] for name, us in self.utility.items()},
-            "age": {name: [torch.from_numpy(a.copy()) for a in ages] for name, ages in self.age.items()},
+            "age": {
+                name: [torch.from_numpy(a.copy()) for a in ages] for name, ages in self.age.items()
+            },
             "due": {name: list(due) for name, due in self.due.items()},
             "replaced": self.replaced,
             "rng_state": self.draws.rng_state,
