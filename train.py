@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -34,8 +35,10 @@ MODES = {
 }
 
 USAGE = f"""usage: train.py MODE [--preset NAME] [--resume RUN_DIR] [FLAGS]
+       train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
 
-modes: {", ".join(MODES)}   (python train.py MODE --help lists every flag)"""
+modes: {", ".join(MODES)}   (python train.py MODE --help lists every flag; a sweep is a grid
+of ordinary runs of one mode, resumed by running the same command again)"""
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:
@@ -71,12 +74,28 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
+    if argv[0] == "sweep":
+        from agents.run import Interrupted
+        from experiments import sweep
+
+        try:
+            sweep.run(argv[1:])
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except Interrupted as stop:
+            print(f"interrupted: {stop}", file=sys.stderr)
+            raise SystemExit(130) from None
+        return
     if argv[0] not in MODES:
         raise SystemExit(
             f"error: unknown mode '{argv[0]}'; choose one of: {', '.join(MODES)}\n{USAGE}"
         )
     from agents.run import Interrupted
 
+    # Until the run installs its own handlers (which stop it at a consistent point), SIGTERM
+    # is Ctrl-C: a scheduler's stop during set-up ends with one line and exit status 130.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         module, args = parse(argv[0], argv[1:])
         run_dir = module.train(args)

@@ -797,6 +797,7 @@ class Run:
         )
         try:
             yield stop
+            self._safe_event("finished")  # the run ended normally: what a sweep looks for
         except Interrupted:
             raise
         except KeyboardInterrupt:
@@ -866,8 +867,18 @@ def check_fixed_flags(learner: Learner, changes: dict[str, tuple[Any, Any]]) -> 
                 )
 
 
-def check_unused_flags(args: Any, learner: Learner, given: set[str]) -> None:
-    """Refuse a flag that was given but has no effect in this configuration."""
+def unused_given_flags(args: Any, learner: Learner, given: set[str]) -> dict[str, str]:
+    """{flag: why it has no effect} for the given flags that have none in this configuration."""
+    return {
+        flag: why
+        for key, why in unused_fields(args, learner).items()
+        for flag in sorted(given)
+        if flag == flag_name(key) or flag.startswith(flag_name(key) + ".")
+    }
+
+
+def unused_fields(args: Any, learner: Learner) -> dict[str, str]:
+    """{config field: why it has no effect} in this configuration, whatever its value."""
     from diagnostics import unused_flags as unused_diagnostics_flags
     from envs import unused_flags as unused_shift_flags
     from regularizers import unused_flags as unused_method_flags
@@ -885,10 +896,13 @@ def check_unused_flags(args: Any, learner: Learner, given: set[str]) -> None:
                 "it is a W&B flag and --track is off",
             )
         )
-    for key, why in unused.items():
-        for flag in sorted(given):
-            if flag == flag_name(key) or flag.startswith(flag_name(key) + "."):
-                raise ConfigError(f"{flag} has no effect here: {why}")
+    return unused
+
+
+def check_unused_flags(args: Any, learner: Learner, given: set[str]) -> None:
+    """Refuse a flag that was given but has no effect in this configuration."""
+    for flag, why in unused_given_flags(args, learner, given).items():
+        raise ConfigError(f"{flag} has no effect here: {why}")
 
 
 def rewind_to_checkpoint(run_dir: Path, state: dict) -> dict[str, Any]:

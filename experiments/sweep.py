@@ -1,0 +1,349 @@
+"""A sweep: a grid of ordinary runs of one mode, each in its own run directory, resumable.
+
+    python train.py sweep supervised --preset demo --grid regularizer=none,l2,l2-er seed=1,2,3
+    python train.py sweep ppo --total-timesteps 200000 --grid seed=1,2 --workers 2
+    python train.py sweep --config sweep.toml
+
+Every cell is exactly the run `train.py MODE <base flags> <its axis flags>` makes, through the
+same code path, in `SWEEP_DIR/cells/<cell>/`. Cells are checked before any starts (a bad flag
+is one `error:` line for the whole sweep), and an axis flag that has no effect in a cell (an L2
+strength for `--regularizer none`) is left out of that cell, so cells that would be the same
+run are one cell. SWEEP_DIR/manifest.json lists the cells, their flags, status, run directory
+and error line, the command and the code version. The sweep directory is named after what the
+sweep runs (mode, base flags, axes), so running the same command again resumes it: finished
+cells are skipped, interrupted ones resumed from their checkpoints, failed ones listed with
+their error line (run again only with --retry-failed). With --track every cell of a sweep is
+in one W&B group, tagged with its axis values.
+
+A TOML file says the same: mode = "supervised", base = ["--preset", "demo"], and a [grid]
+table of key = [values].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from validation import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+USAGE = """usage: train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
+                      [--sweep-dir DIR] [--retry-failed]
+       train.py sweep --config SWEEP.toml [--workers N] [--sweep-dir DIR] [--retry-failed]"""
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: its axis values and the flags they become."""
+
+    id: str
+    values: dict[str, str]
+    flags: list[str]
+
+
+@dataclass
+class Sweep:
+    mode: str
+    base: list[str]
+    axes: dict[str, list[str]]
+    directory: Path
+    workers: int
+    retry_failed: bool = False
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.directory / "cells" / cell.id
+
+
+def parse_argv(argv: list[str]) -> Sweep:
+    """The sweep a command line describes (raises ConfigError with one line)."""
+    options: dict[str, Any] = {"grid": [], "workers": None, "sweep_dir": None, "retry": False}
+    rest, config = [], None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--grid":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                options["grid"].append(argv[i])
+                i += 1
+            continue
+        if arg in ("--workers", "--sweep-dir", "--config", "--launcher"):
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{arg} needs a value")
+            value = argv[i + 1]
+            if arg == "--workers":
+                options["workers"] = value
+            elif arg == "--sweep-dir":
+                options["sweep_dir"] = value
+            elif arg == "--config":
+                config = value
+            elif value != "local":
+                raise ConfigError(f"--launcher {value!r}: only local is built so far")
+            i += 2
+            continue
+        if arg == "--retry-failed":
+            options["retry"] = True
+            i += 1
+            continue
+        rest.append(arg)
+        i += 1
+    if config is not None:
+        mode, base, axes = read_config(Path(config))
+        if rest:
+            raise ConfigError(f"--config {config}: give the other flags in the file, not {rest}")
+    else:
+        if not rest or rest[0].startswith("-"):
+            raise ConfigError(f"train.py sweep needs a mode first\n{USAGE}")
+        mode, base = rest[0], rest[1:]
+        axes = parse_grid(options["grid"])
+    from train import MODES
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r} for a sweep; choose one of: {', '.join(MODES)}")
+    for flag in ("--resume", "--runs-dir"):
+        if flag in base:
+            raise ConfigError(
+                f"{flag} is the sweep's to set, per cell; leave it out of the base flags"
+            )
+    workers = options["workers"]
+    try:
+        workers = int(workers) if workers is not None else max(1, os.cpu_count() or 1)
+    except ValueError:
+        raise ConfigError(f"--workers must be a number, got {workers!r}") from None
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    directory = Path(options["sweep_dir"] or Path("sweeps") / sweep_name(mode, base, axes))
+    return Sweep(mode, base, axes, directory, workers, options["retry"])
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    if not items:
+        raise ConfigError("a sweep needs --grid KEY=V1,V2 ... (e.g. --grid seed=1,2,3)")
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--grid {item!r}: write KEY=V1,V2 (e.g. regularizer=none,l2-er)")
+        key = key.removeprefix("--").replace("_", "-")  # the flag's own spelling
+        if key in axes:
+            raise ConfigError(f"--grid names {key} twice")
+        axes[key] = values.split(",")
+    return axes
+
+
+def read_config(path: Path) -> tuple[str, list[str], dict[str, list[str]]]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        raise ConfigError("--config needs Python 3.11 or later (tomllib)") from None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"--config {path}: {error}") from None
+    if "mode" not in data or "grid" not in data:
+        raise ConfigError(f'--config {path}: needs mode = "..." and a [grid] table')
+    base = [str(flag) for flag in data.get("base", [])]
+    axes = {
+        str(k).removeprefix("--").replace("_", "-"): [str(v) for v in vs]
+        for k, vs in data["grid"].items()
+    }
+    return str(data["mode"]), base, axes
+
+
+def sweep_name(mode: str, base: list[str], axes: dict[str, list[str]]) -> str:
+    """A name a rerun of the same command finds again: the mode and a digest of the rest."""
+    digest = hashlib.sha1(json.dumps([mode, base, axes]).encode()).hexdigest()[:8]
+    return f"{mode}__{'-'.join(axes)}__{digest}"
+
+
+def cell_id(values: dict[str, str]) -> str:
+    return "__".join(f"{key}={value}" for key, value in values.items()).replace("/", "-")
+
+
+def build_cells(sweep: Sweep) -> list[Cell]:
+    """Every combination of the axes, checked as train.py would check it; axis flags with no
+    effect in a cell are left out of it and cells that become the same run are merged."""
+    import train
+    from agents.run import changed_flags, check_unused_flags, preset_defaults, unused_fields
+    from validation import flag_name
+
+    def as_flags(values: dict[str, str]) -> list[str]:
+        return [item for key, value in values.items() for item in (f"--{key}", value)]
+
+    def parsed(values: dict[str, str]) -> tuple[Any, Any, set[str]]:
+        module, args = train.parse(sweep.mode, [*sweep.base, *as_flags(values)])
+        baseline = module.Args()
+        if args.preset != "none":
+            baseline = preset_defaults(module.Args, module.LEARNER, args.preset)
+        return module, args, set(changed_flags(baseline, args))
+
+    cells: dict[tuple, Cell] = {}
+    for combination in itertools.product(*sweep.axes.values()):
+        values = dict(zip(sweep.axes, combination, strict=True))
+        module, args, _ = parsed(values)
+        unused = [flag_name(field) for field in unused_fields(args, module.LEARNER)]
+        kept = {
+            key: value
+            for key, value in values.items()
+            if not any(f"--{key}" == flag or f"--{key}".startswith(flag + ".") for flag in unused)
+        }
+        module, args, given = parsed(kept)
+        module.check_args(args)  # what the run would refuse, refused before any cell starts
+        check_unused_flags(args, module.LEARNER, given)
+        cells.setdefault(tuple(sorted(kept.items())), Cell(cell_id(kept), kept, as_flags(kept)))
+    return list(cells.values())
+
+
+def code_version() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+# --- the state of a cell, read from its directory -----------------------------------------------
+
+
+def run_dir_of(cell_dir: Path) -> Path | None:
+    runs = [p for p in cell_dir.iterdir() if p.is_dir()] if cell_dir.is_dir() else []
+    return runs[0] if len(runs) == 1 else None
+
+
+def cell_state(cell_dir: Path) -> str:
+    """pending (nothing yet), finished, interrupted (resumable: it has a checkpoint) or stale
+    (a run that stopped before its first checkpoint: started again from scratch)."""
+    run_dir = run_dir_of(cell_dir)
+    if run_dir is None:
+        return "pending"
+    events = run_dir / "events.jsonl"
+    lines = events.read_text().splitlines() if events.exists() else []
+    if any('"event": "finished"' in line for line in lines):
+        return "finished"
+    if list((run_dir / "checkpoints").glob("step_*.pt")):
+        return "interrupted"
+    return "stale"
+
+
+class Manifest:
+    """SWEEP_DIR/manifest.json: the sweep, its cells and their status; written atomically."""
+
+    def __init__(self, sweep: Sweep, command: list[str]):
+        self.sweep = sweep
+        self.data: dict[str, Any] = {
+            "mode": sweep.mode,
+            "base": sweep.base,
+            "axes": sweep.axes,
+            "command": command,
+            "code": code_version(),
+            "cells": {},
+        }
+        old = {}
+        if sweep.manifest_path.exists():
+            saved = json.loads(sweep.manifest_path.read_text())
+            if [saved["mode"], saved["base"], saved["axes"]] != [
+                sweep.mode,
+                sweep.base,
+                sweep.axes,
+            ]:
+                raise ConfigError(
+                    f"{sweep.directory} holds another sweep ({saved['command']}); give another "
+                    "--sweep-dir"
+                )
+            old = saved["cells"]
+        for cell in sweep.cells:
+            entry = old.get(cell.id, {"status": "pending", "run_dir": None, "error": None})
+            self.data["cells"][cell.id] = {**entry, "values": cell.values, "flags": cell.flags}
+
+    def update(self, cell: Cell, **fields: Any) -> None:
+        self.data["cells"][cell.id].update(fields)
+        self.write()
+
+    def entry(self, cell: Cell) -> dict[str, Any]:
+        return self.data["cells"][cell.id]
+
+    def write(self) -> None:
+        path = self.sweep.manifest_path
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        tmp.replace(path)
+
+
+def cell_command(sweep: Sweep, cell: Cell, state: str) -> list[str]:
+    """How a cell's process is started: its flags on a fresh run, --resume on an interrupted
+    one (the saved config is then the run's; the flags are already in it)."""
+    train_py = [sys.executable, str(REPO / "train.py"), sweep.mode]
+    if state == "interrupted":
+        return [*train_py, "--resume", str(run_dir_of(sweep.cell_dir(cell)))]
+    extra = []
+    if "--track" in sweep.base:  # one W&B group per sweep, each run tagged with its values
+        extra = ["--wandb-group", sweep.directory.name, "--wandb-tags",
+                 *(f"{k}={v}" for k, v in cell.values.items())]  # fmt: skip
+    return [*train_py, *sweep.base, *cell.flags, *extra, "--runs-dir", str(sweep.cell_dir(cell))]
+
+
+def error_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if line.startswith("error:")]
+    if lines:
+        return lines[-1]
+    tail = [line for line in log.splitlines() if line.strip()]
+    return tail[-1] if tail else "no output"
+
+
+def run(argv: list[str]) -> None:
+    """train.py sweep ...: build the cells, then run every cell still to run."""
+    from experiments.launchers import run_local
+
+    sweep = parse_argv(argv)
+    sweep.cells = build_cells(sweep)
+    sweep.directory.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(sweep, ["train.py", "sweep", *argv])
+    todo = []
+    for cell in sweep.cells:
+        state = cell_state(sweep.cell_dir(cell))
+        entry = manifest.entry(cell)
+        if state == "finished":
+            manifest.data["cells"][cell.id].update(status="finished", error=None,
+                                                   run_dir=str(run_dir_of(sweep.cell_dir(cell))))  # fmt: skip
+            continue
+        if entry["status"] == "failed" and not sweep.retry_failed:
+            continue
+        if state == "stale":
+            shutil.rmtree(sweep.cell_dir(cell))
+            state = "pending"
+        todo.append((cell, state))
+    manifest.write()
+    failed = [c for c in sweep.cells if manifest.entry(c)["status"] == "failed" and
+              not sweep.retry_failed]  # fmt: skip
+    print(f"sweep {sweep.directory}: {len(sweep.cells)} cells, {len(todo)} to run "
+          f"({sum(s == 'interrupted' for _, s in todo)} to resume), {len(failed)} failed before "
+          f"(--retry-failed runs them), {sweep.workers} workers", file=sys.stderr)  # fmt: skip
+    started = time.time()
+    interrupted = run_local(sweep, manifest, todo)
+    statuses = [manifest.entry(c)["status"] for c in sweep.cells]
+    for cell in sweep.cells:
+        entry = manifest.entry(cell)
+        if entry["status"] == "failed":
+            print(f"failed: {cell.id}: {entry['error']}", file=sys.stderr)
+    summary = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    print(f"sweep {sweep.directory}: {summary} ({time.time() - started:.0f} s)")
+    if interrupted:
+        from agents.run import Interrupted
+
+        raise Interrupted(
+            f"the sweep stopped; run the same command again to resume {sweep.directory}"
+        )

@@ -1,0 +1,153 @@
+"""train.py sweep with the local launcher: real processes, real run directories, a real kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from run_helpers import REPO, assert_records_once, cli_env, error_line, run_cli, train_command
+
+from agents.run import load_checkpoint
+
+# 2 methods x 2 seeds x 3 tasks of the 8x8 digits
+TINY = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "32",
+        "--diagnostics", "none", "--checkpoint-every", "1"]  # fmt: skip
+GRID = ["--grid", "regularizer=none,l2", "seed=1,2"]
+
+
+def manifest(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "manifest.json").read_text())
+
+
+def test_a_sweep_runs_each_cell_as_the_run_its_flags_make_by_hand(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir), "--workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = manifest(sweep_dir)["cells"]
+    assert sorted(cells) == ["regularizer=l2__seed=1", "regularizer=l2__seed=2",
+                             "regularizer=none__seed=1", "regularizer=none__seed=2"]  # fmt: skip
+    assert {c["status"] for c in cells.values()} == {"finished"}
+    assert manifest(sweep_dir)["code"]["commit"]
+    # The same run by hand: bit-identical weights (the supervised stream is deterministic).
+    entry = cells["regularizer=l2__seed=2"]
+    by_hand = run_cli(
+        *TINY, "--regularizer", "l2", "--seed", "2", "--runs-dir", str(tmp_path / "hand")
+    )
+    assert by_hand.returncode == 0, by_hand.stderr[-2000:]
+    (hand_dir,) = (tmp_path / "hand").iterdir()
+    swept, hand = load_checkpoint(entry["run_dir"]), load_checkpoint(hand_dir)
+    for name, value in hand["model"].items():
+        assert torch.equal(swept["model"][name], value), name
+    assert json.loads((Path(entry["run_dir"]) / "config.json").read_text())["regularizer"] == "l2"
+
+    # Run again: nothing to do.
+    again = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir))
+    assert again.returncode == 0 and "4 cells, 0 to run" in again.stderr
+    assert all(c["attempts"] == 1 for c in manifest(sweep_dir)["cells"].values())
+
+
+def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    slow = ["supervised", "--dataset", "digits", "--num-tasks", "5", "--hidden-sizes", "256", "256",
+            "--diagnostics", "none", "--checkpoint-every", "1"]  # fmt: skip
+    argv = [
+        "sweep",
+        *slow,
+        "--grid",
+        "seed=1,2,3,4",
+        "--sweep-dir",
+        str(sweep_dir),
+        "--workers",
+        "2",
+    ]
+    process = subprocess.Popen(train_command(*argv), cwd=REPO, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until some cell has a checkpoint, and none has finished all
+        if list(sweep_dir.glob("cells/*/*/checkpoints/step_*.pt")):
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "run the same command again" in stderr, stderr[-2000:]
+    first = manifest(sweep_dir)["cells"]
+    assert "interrupted" in {c["status"] for c in first.values()}, first
+
+    rerun = run_cli(*argv)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    cells = manifest(sweep_dir)["cells"]
+    assert {c["status"] for c in cells.values()} == {"finished"}
+    for cell_id, cell in cells.items():
+        runs = [p for p in (sweep_dir / "cells" / cell_id).iterdir() if p.is_dir()]
+        assert len(runs) == 1, runs  # one run directory per cell
+        metrics, _ = assert_records_once(runs[0])  # no record written twice
+        assert [m["charts/task"] for m in metrics if "charts/online_accuracy" in m] == list(
+            range(5)
+        )
+        if first[cell_id]["status"] == "finished":
+            assert cell["attempts"] == 1, cell_id  # never run again
+
+
+def test_unused_axis_flags_are_left_out_and_cells_that_are_one_run_merged(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("sweep", *TINY, "--num-tasks", "1", "--grid", "regularizer=none,l2",
+                     "l2.weight-decay=1e-4,1e-3", "--sweep-dir", str(sweep_dir))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(manifest(sweep_dir)["cells"]) == [
+        "regularizer=l2__l2.weight-decay=1e-3",
+        "regularizer=l2__l2.weight-decay=1e-4",
+        "regularizer=none",
+    ]
+
+
+def test_a_cell_that_fails_is_listed_with_its_error_and_retried_only_when_asked(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    argv = ["sweep", *TINY, "--num-tasks", "1", "--grid", "learning-rate=0.01,1e30",
+            "--sweep-dir", str(sweep_dir)]  # fmt: skip
+    result = run_cli(*argv)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cells = manifest(sweep_dir)["cells"]
+    assert cells["learning-rate=0.01"]["status"] == "finished"
+    failed = cells["learning-rate=1e30"]
+    assert failed["status"] == "failed" and failed["error"].startswith("error: training diverged")
+    assert "failed: learning-rate=1e30: error: training diverged" in result.stderr
+    assert "1 failed before" in run_cli(*argv).stderr  # listed, not run again
+    assert manifest(sweep_dir)["cells"]["learning-rate=1e30"]["attempts"] == 1
+    run_cli(*argv, "--retry-failed")
+    assert manifest(sweep_dir)["cells"]["learning-rate=1e30"]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sweep"], "needs a mode first"),
+        (["sweep", "supervised", "--num-tasks", "1"], "a sweep needs --grid"),
+        (["sweep", "supervised", "--grid", "seed"], "write KEY=V1,V2"),
+        (["sweep", "nope", "--grid", "seed=1"], "unknown mode 'nope'"),
+        (["sweep", "supervised", "--grid", "learning-rate=0.1,-1"], "--learning-rate must be > 0"),
+        (["sweep", "supervised", "--grid", "seed=1", "--workers", "0"], "--workers must be >= 1"),
+        (["sweep", "supervised", "--resume", "x", "--grid", "seed=1"], "--resume is the sweep's"),
+    ],
+)
+def test_bad_sweeps_are_one_error_line_before_any_cell_starts(tmp_path, argv, message):
+    result = run_cli(*argv, "--sweep-dir", str(tmp_path / "sweep"))
+    assert result.returncode == 2
+    assert message in error_line(result.stderr)
+    assert not (tmp_path / "sweep" / "cells").exists()
+
+
+def test_a_toml_file_describes_the_same_sweep(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        'mode = "supervised"\n'
+        f"base = {json.dumps([*TINY[1:], '--num-tasks', '1'])}\n"
+        "[grid]\nseed = [1, 2]\n"
+    )
+    result = run_cli("sweep", "--config", str(config), "--sweep-dir", str(tmp_path / "sweep"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(manifest(tmp_path / "sweep")["cells"]) == ["seed=1", "seed=2"]
