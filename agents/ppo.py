@@ -676,40 +676,31 @@ def train(args: Args) -> Path:
             with torch.no_grad():
                 var_returns = batch["returns"].var()
                 unexplained = (batch["returns"] - batch["values"]).var() / var_returns
-                explained = torch.where(var_returns > 0, 1 - unexplained, torch.nan)
-                names = ("v_loss", "pg_loss", "entropy", "old_approx_kl", "approx_kl")
-                stats = torch.stack(
-                    [*(out[k].detach() for k in names), torch.stack(clipfracs).mean(),
-                     explained, penalty.detach(), nonfinite]
-                ).tolist()  # fmt: skip
-            *losses, clipfrac, explained_var, penalty_value, skipped_steps = stats
-            if skipped_steps:
-                run.event(
-                    global_step,
-                    "warning",
-                    message=f"{skipped_steps:.0f} minibatch losses were not finite; skipped",
-                )
+                stats = {
+                    "losses/value_loss": out["v_loss"], "losses/policy_loss": out["pg_loss"],
+                    "losses/entropy": out["entropy"], "losses/old_approx_kl": out["old_approx_kl"],
+                    "losses/approx_kl": out["approx_kl"], "losses/clipfrac": torch.stack(clipfracs).mean(),
+                    "losses/explained_variance": torch.where(var_returns > 0, 1 - unexplained, torch.nan),
+                    "regularizer/penalty": penalty, "skipped": nonfinite,
+                }  # fmt: skip
+                read = torch.stack([value.detach().float() for value in stats.values()]).tolist()
+                stats = dict(zip(stats, read, strict=True))
+            if skipped := stats.pop("skipped"):
+                message = f"{skipped:.0f} minibatch losses were not finite; skipped"
+                run.event(global_step, "warning", message=message)
                 if not all(torch.isfinite(p).all() for p in parameters):
                     raise Diverged(global_step, "parameters became non-finite")
-                if skipped_steps >= len(clipfracs):
+                if skipped >= len(clipfracs):
                     raise Diverged(global_step, "every minibatch loss of the update was not finite")
             nonfinite = torch.zeros((), device=device)
             sps = int((global_step - start_step) / (time.time() - start_time))
-            value_loss, policy_loss, entropy, old_approx_kl, approx_kl = losses
             run.log(
                 global_step,
                 {
                     "charts/learning_rate": optimizer.param_groups[0]["lr"],
                     "charts/SPS": sps,
                     "charts/task": envs.task,
-                    "losses/value_loss": value_loss,
-                    "losses/policy_loss": policy_loss,
-                    "losses/entropy": entropy,
-                    "losses/old_approx_kl": old_approx_kl,
-                    "losses/approx_kl": approx_kl,
-                    "losses/clipfrac": clipfrac,
-                    "losses/explained_variance": explained_var,
-                    "regularizer/penalty": penalty_value,
+                    **stats,
                     **{f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
                 },
             )
