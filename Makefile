@@ -1,12 +1,14 @@
 # Two commands do everything; each sets the environment up on first use.
 #   make run    a short nonstationary PPO run (HalfCheetah, friction shifts, L2-ER) -> runs/<name>/
 #   make test   the test suite
+#   make reproduce  the paper code's small permuted-MNIST sweep (4 methods x 3 seeds), then its
+#               report: sweeps/permuted-mnist-small-cpu/report/report.md (~30 min on 2 cores)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench plot clean gpu-wheels gpu-check
+.PHONY: run test reproduce lint bench plot clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest -q
+
+reproduce: $(STAMP)
+	$(PY) train.py sweep --config permuted-mnist-small-cpu
+	$(PY) train.py report sweeps/permuted-mnist-small-cpu
 
 # make plot RUN=runs/<name>: the diagnostics' PNGs into runs/<name>/plots/
 plot: $(STAMP)
@@ -41,4 +47,4 @@ gpu-check: $(STAMP)
 	WHEELS=.gpu-wheels-local benchmarks/gpu_check.sh gpu-check --dry-run
 
 clean:
-	rm -rf $(VENV) runs wandb .pytest_cache .gpu-wheels .gpu-wheels-local gpu-check
+	rm -rf $(VENV) runs sweeps report wandb .pytest_cache .gpu-wheels .gpu-wheels-local gpu-check

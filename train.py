@@ -36,9 +36,12 @@ MODES = {
 
 USAGE = f"""usage: train.py MODE [--preset NAME] [--resume RUN_DIR] [FLAGS]
        train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
+       train.py sweep --config NAME|SWEEP.toml     (named sweeps: experiments/sweeps/)
+       train.py report SWEEP_DIR | RUN_DIR... [--out DIR]
 
 modes: {", ".join(MODES)}   (python train.py MODE --help lists every flag; a sweep is a grid
-of ordinary runs of one mode, resumed by running the same command again)"""
+of ordinary runs of one mode, resumed by running the same command again; a report reads run
+directories and answers, across methods and seeds, whether a method keeps plasticity)"""
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:
@@ -86,6 +89,15 @@ def main(argv: list[str]) -> None:
         except Interrupted as stop:
             print(f"interrupted: {stop}", file=sys.stderr)
             raise SystemExit(130) from None
+        return
+    if argv[0] == "report":
+        from experiments import report
+
+        try:
+            report.main(argv[1:])
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         return
     if argv[0] not in MODES:
         raise SystemExit(

@@ -41,9 +41,11 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -118,6 +120,26 @@ def preset_defaults(args_type: type, learner: Learner, preset: str) -> Any:
 
 
 # --- JSON, seeds, devices ---------------------------------------------------------------------
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of this checkout and whether it has uncommitted changes (None, False
+    outside a git checkout): recorded by every run and sweep, shown by the report."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(["git", *argv], cwd=repo, capture_output=True, text=True)
+        except OSError:  # no git on this machine
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+def command_line() -> str:
+    """How this process was started, as a shell would take it back."""
+    return shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else ""
 
 
 def jsonable(value: Any) -> Any:
@@ -655,7 +677,10 @@ class Run:
             raise
         state = loaded.state if loaded is not None else None
         run = cls(args, learner, run_dir, logger, device, state, lock, new=loaded is None)
-        if loaded is not None:
+        provenance = {"command": command_line(), "code": code_version()}
+        if loaded is None:
+            logger.event(0, "start", **provenance)
+        else:
             run.checkpoint_path = loaded.path
             for line in loaded.skipped:
                 print(f"warning: skipped checkpoint {line}", file=sys.stderr)
@@ -669,6 +694,7 @@ class Run:
                 dropped_metrics=dropped.get("metrics.jsonl", 0),
                 dropped_events=dropped.get("events.jsonl", 0),
                 changed={flag: [old, new] for flag, (old, new) in changes.items()},
+                **provenance,
             )
         step = loaded.state.get("run", {}).get("step", 0) if loaded is not None else 0
         run.next_checkpoint = (

@@ -16,7 +16,11 @@ their error line (run again only with --retry-failed). With --track every cell o
 in one W&B group, tagged with its axis values.
 
 A TOML file says the same: mode = "supervised", base = ["--preset", "demo"], and a [grid]
-table of key = [values].
+table of key = [values]. There an axis can also be a table of named flag sets, one per value
+(`[grid.method]` with `l2 = ["--regularizer", "l2", "--l2.weight-decay", "1e-4"]`): a method is
+then its own best settings, not one row of a full grid. `--config NAME` with no such file reads
+the named sweep experiments/sweeps/NAME.toml (the paper's setups; README, Experiments), whose
+sweep directory is sweeps/NAME.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import hashlib
 import itertools
 import json
 import os
+import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,9 +40,11 @@ from typing import Any
 from validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+NAMED_SWEEPS = REPO / "experiments" / "sweeps"
 USAGE = """usage: train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
-                      [--sweep-dir DIR] [--retry-failed]
-       train.py sweep --config SWEEP.toml [--workers N] [--sweep-dir DIR] [--retry-failed]"""
+                      [--sweep-dir DIR] [--retry-failed] [--dry-run]
+       train.py sweep --config SWEEP.toml|NAME [EXTRA FLAGS] [--workers N] [--sweep-dir DIR]
+                      [--retry-failed] [--dry-run]"""
 
 
 @dataclass
@@ -54,10 +60,13 @@ class Cell:
 class Sweep:
     mode: str
     base: list[str]
-    axes: dict[str, list[str]]
+    axes: dict[str, list[str] | dict[str, list[str]]]
+    """axis -> its values (each the flag --axis VALUE), or -> {value name: the flags it sets}"""
     directory: Path
     workers: int
     retry_failed: bool = False
+    dry_run: bool = False
+    """--dry-run: check every cell and print its command; run nothing, write nothing"""
     cells: list[Cell] = field(default_factory=list)
 
     @property
@@ -70,7 +79,15 @@ class Sweep:
 
 def parse_argv(argv: list[str]) -> Sweep:
     """The sweep a command line describes (raises ConfigError with one line)."""
-    options: dict[str, Any] = {"grid": [], "workers": None, "sweep_dir": None, "retry": False}
+    from train import MODES
+
+    options: dict[str, Any] = {
+        "grid": [],
+        "workers": None,
+        "sweep_dir": None,
+        "retry": False,
+        "dry_run": False,
+    }
     rest, config = [], None
     i = 0
     while i < len(argv):
@@ -95,23 +112,28 @@ def parse_argv(argv: list[str]) -> Sweep:
                 raise ConfigError(f"--launcher {value!r}: only local is built so far")
             i += 2
             continue
-        if arg == "--retry-failed":
-            options["retry"] = True
+        if arg in ("--retry-failed", "--dry-run"):
+            options["retry" if arg == "--retry-failed" else "dry_run"] = True
             i += 1
             continue
         rest.append(arg)
         i += 1
+    named = None
     if config is not None:
-        mode, base, axes = read_config(Path(config))
-        if rest:
-            raise ConfigError(f"--config {config}: give the other flags in the file, not {rest}")
+        path = Path(config)
+        if not path.exists() and (NAMED_SWEEPS / f"{config}.toml").exists():
+            named, path = config, NAMED_SWEEPS / f"{config}.toml"
+        mode, base, axes = read_config(path)
+        if rest and rest[0] in MODES:
+            raise ConfigError(f"--config {config}: the file names the mode; give only flags")
+        base = [*base, *rest]  # extra flags (e.g. --data-dir) go after the file's base flags
+        if named and rest:  # another sweep than the named one: a directory of its own
+            named = f"{named}__{sweep_name(mode, base, axes).rsplit('__', 1)[1]}"
     else:
         if not rest or rest[0].startswith("-"):
             raise ConfigError(f"train.py sweep needs a mode first\n{USAGE}")
         mode, base = rest[0], rest[1:]
         axes = parse_grid(options["grid"])
-    from train import MODES
-
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r} for a sweep; choose one of: {', '.join(MODES)}")
     for flag in ("--resume", "--runs-dir"):
@@ -126,8 +148,9 @@ def parse_argv(argv: list[str]) -> Sweep:
         raise ConfigError(f"--workers must be a number, got {workers!r}") from None
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    directory = Path(options["sweep_dir"] or Path("sweeps") / sweep_name(mode, base, axes))
-    return Sweep(mode, base, axes, directory, workers, options["retry"])
+    default = Path("sweeps") / (named or sweep_name(mode, base, axes))
+    directory = Path(options["sweep_dir"] or default)
+    return Sweep(mode, base, axes, directory, workers, options["retry"], options["dry_run"])
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -153,14 +176,25 @@ def read_config(path: Path) -> tuple[str, list[str], dict[str, list[str]]]:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"--config {path}: {error}") from None
+        names = ", ".join(sorted(p.stem for p in NAMED_SWEEPS.glob("*.toml")))
+        raise ConfigError(f"--config {path}: {error} (named sweeps: {names})") from None
     if "mode" not in data or "grid" not in data:
         raise ConfigError(f'--config {path}: needs mode = "..." and a [grid] table')
     base = [str(flag) for flag in data.get("base", [])]
-    axes = {
-        str(k).removeprefix("--").replace("_", "-"): [str(v) for v in vs]
-        for k, vs in data["grid"].items()
-    }
+    axes: dict[str, list[str] | dict[str, list[str]]] = {}
+    # named flag sets first: a cell reads method=l2-er__seed=1
+    for key, values in sorted(data["grid"].items(), key=lambda item: not isinstance(item[1], dict)):
+        key = str(key).removeprefix("--").replace("_", "-")
+        if isinstance(values, dict):
+            if not values or not all(isinstance(v, list) for v in values.values()):
+                raise ConfigError(
+                    f"--config {path}: [grid.{key}] maps each name to a list of flags"
+                )
+            axes[key] = {str(name): [str(flag) for flag in flags] for name, flags in values.items()}
+        elif isinstance(values, list) and values:
+            axes[key] = [str(v) for v in values]
+        else:
+            raise ConfigError(f"--config {path}: grid {key} needs a list of values or a table")
     return str(data["mode"]), base, axes
 
 
@@ -182,7 +216,11 @@ def build_cells(sweep: Sweep) -> list[Cell]:
     from validation import flag_name
 
     def as_flags(values: dict[str, str]) -> list[str]:
-        return [item for key, value in values.items() for item in (f"--{key}", value)]
+        flags = []
+        for key, value in values.items():
+            axis = sweep.axes[key]
+            flags += axis[value] if isinstance(axis, dict) else [f"--{key}", value]
+        return flags
 
     def parsed(values: dict[str, str]) -> tuple[Any, Any, set[str]]:
         module, args = train.parse(sweep.mode, [*sweep.base, *as_flags(values)])
@@ -196,24 +234,17 @@ def build_cells(sweep: Sweep) -> list[Cell]:
         values = dict(zip(sweep.axes, combination, strict=True))
         module, args, _ = parsed(values)
         unused = [flag_name(field) for field in unused_fields(args, module.LEARNER)]
-        kept = {
+        kept = {  # a named flag set is kept whole: its flags were written for this method
             key: value
             for key, value in values.items()
-            if not any(f"--{key}" == flag or f"--{key}".startswith(flag + ".") for flag in unused)
+            if isinstance(sweep.axes[key], dict)
+            or not any(f"--{key}" == flag or f"--{key}".startswith(flag + ".") for flag in unused)
         }
         module, args, given = parsed(kept)
         module.check_args(args)  # what the run would refuse, refused before any cell starts
         check_unused_flags(args, module.LEARNER, given)
         cells.setdefault(tuple(sorted(kept.items())), Cell(cell_id(kept), kept, as_flags(kept)))
     return list(cells.values())
-
-
-def code_version() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
 
 
 # --- the state of a cell, read from its directory -----------------------------------------------
@@ -243,6 +274,8 @@ class Manifest:
     """SWEEP_DIR/manifest.json: the sweep, its cells and their status; written atomically."""
 
     def __init__(self, sweep: Sweep, command: list[str]):
+        from agents.run import code_version
+
         self.sweep = sweep
         self.data: dict[str, Any] = {
             "mode": sweep.mode,
@@ -310,6 +343,11 @@ def run(argv: list[str]) -> None:
 
     sweep = parse_argv(argv)
     sweep.cells = build_cells(sweep)
+    if sweep.dry_run:
+        for cell in sweep.cells:
+            print(f"{cell.id}: {shlex.join(cell_command(sweep, cell, 'pending')[1:])}")
+        print(f"sweep {sweep.directory}: {len(sweep.cells)} cells (--dry-run: none started)")
+        return
     sweep.directory.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(sweep, ["train.py", "sweep", *argv])
     todo = []

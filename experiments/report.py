@@ -1,0 +1,747 @@
+"""One report across runs: does a method keep plasticity here?
+
+    python train.py report sweeps/permuted-mnist-small-cpu          # a sweep directory
+    python train.py report runs/run_a runs/run_b runs/               # run directories (or folders of them)
+    python train.py report SWEEP_DIR --out DIR
+
+Reads run directories only (config.json, metrics.jsonl, events.jsonl, diagnostics/step_*.npz;
+never W&B), so it can be rerun while a sweep is still going: a run counts for the tasks it has
+finished. It writes REPORT_DIR (default SWEEP_DIR/report, or ./report) with report.md,
+report.json (every number in it) and these figures:
+
+    performance.png      the per-task metric per method (supervised: online accuracy per task;
+                         RL: mean return per task phase, and return over env steps), the mean over
+                         seeds with its 95 % bootstrap band
+    eps_rank.png         Hessian epsilon-rank at the init and end of each task per method, a log
+                         panel per network and epsilon, in the exact convention (the figure says so)
+    eps_rank_paper.png   the same in the paper's convention (diagnostics/curvature.py)
+    features.png         feature effective rank and dead units over tasks per method
+    metric_vs_eps_rank.png  the per-task metric against the epsilon-rank at that task's init, over
+                         every (method, seed, task) point, with the pooled least-squares line
+
+A method is a group of runs whose configs differ only in the seed and in flags that do not
+change what is learned (where runs go, W&B, checkpoints, threads); it is named by its
+--regularizer ("bp" for none) plus any setting that tells two such groups apart. So the report
+over runs started by hand is the report over the same runs made by a sweep.
+
+The statistics (each tested against hand-computed answers in tests/test_report.py):
+- bands and CIs: 95 % percentile bootstrap over runs; with few runs (n^n resamples at most
+  20,000, i.e. up to 5 seeds) every resample is enumerated, so the interval is exact, else
+  2,000 seeded draws;
+- IQM: the interquartile mean (25 % trimmed each side, as scipy's trim_mean and rliable) of the
+  runs x last-tasks scores, with a stratified bootstrap CI (runs resampled within each task);
+- beats RESET (the paper's criterion for "maintains plasticity"): the bootstrap CI of the
+  difference of last-task means (method - reset) lies above 0 (yes), below 0 (no), or spans it
+  (tie); shown only when RESET runs are among the runs;
+- R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
+  task's init, pooled and per method, for each epsilon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from diagnostics.curvature import epsilon_rank, paper_density, paper_epsilon_rank
+from diagnostics.plasticity import pearson
+from diagnostics.plot import RITZ_KEY, read_jsonl
+from validation import ConfigError
+
+CONFIDENCE = 0.95
+EXACT_LIMIT = 20_000  # enumerate every bootstrap resample up to this many
+DRAWS = 2_000
+EDGE_TASKS = 10  # "first and last 10 tasks"
+# Config fields that do not change what a run learns: never part of a method's name.
+NOT_THE_METHOD = {
+    "seed", "exp_name", "runs_dir", "resume", "track", "wandb_project_name", "wandb_entity",
+    "wandb_group", "wandb_tags", "checkpoint_every", "keep_checkpoints", "torch_threads", "cuda",
+    "capture_video", "video_every", "log_every", "preset",
+}  # fmt: skip
+METHOD_ORDER = ["bp", "l2", "l2-er", "erank", "cbp", "cbp-l2", "reset"]
+CONVENTIONS = {
+    "exact": "exact convention: the density's mass outside [-eps, eps]",
+    "paper": "paper's convention: its grid trapezoid (lop-jax), bridging [-eps, eps]",
+}
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def bootstrap_interval(
+    statistic: Callable[[list[np.ndarray]], np.ndarray],
+    strata: list[np.ndarray],
+    confidence: float = CONFIDENCE,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The percentile bootstrap interval of `statistic` over `strata` (each resampled with
+    replacement on its own: one stratum is the plain bootstrap over runs, several a stratified
+    one). `statistic` takes one (resamples, n_i) array per stratum and returns one value per
+    resample. Exact (every resample, equally likely) when there are at most EXACT_LIMIT."""
+    strata = [np.asarray(s, dtype=np.float64) for s in strata]
+    if any(len(s) == 0 for s in strata):
+        return math.nan, math.nan
+    total = math.prod(len(s) ** len(s) for s in strata)
+    if total <= EXACT_LIMIT:
+        per_stratum = [
+            np.array(list(itertools.product(range(len(s)), repeat=len(s)))) for s in strata
+        ]
+        combos = np.array(list(itertools.product(*[range(len(p)) for p in per_stratum])))
+        indices = [per_stratum[i][combos[:, i]] for i in range(len(strata))]
+    else:
+        rng = np.random.default_rng(seed)
+        indices = [rng.integers(0, len(s), size=(draws, len(s))) for s in strata]
+    values = np.asarray(statistic([s[i] for s, i in zip(strata, indices, strict=True)]))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def mean_of(resampled: list[np.ndarray]) -> np.ndarray:
+    return resampled[0].mean(axis=1)
+
+
+def interquartile_mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The mean of the middle half: int(n / 4) values cut from each end (scipy trim_mean 0.25)."""
+    ordered = np.sort(values, axis=axis)
+    n = ordered.shape[axis]
+    cut = int(0.25 * n)
+    return np.take(ordered, range(cut, n - cut), axis=axis).mean(axis=axis)
+
+
+def iqm_of(resampled: list[np.ndarray]) -> np.ndarray:
+    return interquartile_mean(np.concatenate(resampled, axis=1), axis=1)
+
+
+def difference_of_means(resampled: list[np.ndarray]) -> np.ndarray:
+    return resampled[0].mean(axis=1) - resampled[1].mean(axis=1)
+
+
+def r_squared(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(R^2 of the least-squares line, Pearson's r); NaN with under 3 points or a constant."""
+    r = pearson(x, y)
+    return r * r, r
+
+
+# --- reading runs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """What the report needs from one run directory."""
+
+    path: Path
+    config: dict
+    kind: str  # "supervised" or "rl"
+    planned_tasks: int
+    task_metric: dict[int, float]  # task (or phase) -> online accuracy (or mean return)
+    finished: bool
+    command: str
+    code: dict
+    returns: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # RL: (steps, returns)
+    # (net, phase, task, eps) -> (exact, paper) Hessian epsilon-rank, in percent
+    eps_ranks: dict[tuple, tuple[float, float]] = field(default_factory=dict)
+    # (net, phase, task) -> (feature effective rank, share of dead units)
+    features: dict[tuple, tuple[float, float]] = field(default_factory=dict)
+    method: str = ""
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+
+def find_run_dirs(paths: list[Path]) -> tuple[list[Path], dict | None]:
+    """The run directories named: a sweep directory's cells, a run directory, or a folder of run
+    directories. Returns them and the sweep's manifest when one path is a sweep."""
+    found, manifest = [], None
+    for path in paths:
+        if (path / "manifest.json").exists():
+            manifest = json.loads((path / "manifest.json").read_text())
+            found += sorted(p.parent for p in (path / "cells").glob("*/*/config.json"))
+        elif (path / "config.json").exists():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p.parent for p in path.glob("*/config.json"))
+        else:
+            raise ConfigError(f"no run directory or sweep directory at {path}")
+    if not found:
+        raise ConfigError(f"no run directories under {', '.join(map(str, paths))}")
+    return found, manifest
+
+
+def planned_phases(config: dict) -> int:
+    total = int(config.get("total_timesteps", 0))
+    if config.get("shift_at"):
+        return 1 + sum(0 < s < total for s in config["shift_at"])
+    every = int(config.get("shift_every", 0))
+    return 1 + (len(range(every, total, every)) if every > 0 and config.get("shift") else 0)
+
+
+def read_run(path: Path) -> RunRecord:
+    config = json.loads((path / "config.json").read_text())
+    metrics = [row for row in read_jsonl(path / "metrics.jsonl") if "step" in row]
+    events = read_jsonl(path / "events.jsonl")
+    origin = next((e for e in events if e.get("event") == "start"), {})
+    kind = "supervised" if "stream" in config else "rl"
+    shifts = sorted(e["step"] for e in events if e.get("event") == "shift")
+    if kind == "supervised":
+        planned = int(config["num_tasks"])
+        task_metric = {
+            int(row["charts/task"]): float(row["charts/online_accuracy"])
+            for row in metrics
+            if "charts/online_accuracy" in row
+        }
+        returns = (np.zeros(0), np.zeros(0))
+    else:
+        planned = planned_phases(config)
+        rows = [row for row in metrics if "charts/episodic_return" in row]
+        steps = np.array([row["step"] for row in rows], dtype=np.float64)
+        values = np.array([float(row["charts/episodic_return"]) for row in rows])
+        returns = (steps, values)
+        phase_of = np.searchsorted(np.array(shifts), steps, side="right")
+        task_metric = {int(p): float(values[phase_of == p].mean()) for p in np.unique(phase_of)}
+        last_step = max([row["step"] for row in metrics], default=0)
+        if len(shifts) + 1 < planned or last_step < int(config.get("total_timesteps", 0)):
+            task_metric.pop(len(shifts), None)  # the phase still being run is not a phase's mean
+    record = RunRecord(
+        path=path,
+        config=config,
+        kind=kind,
+        planned_tasks=planned,
+        task_metric=task_metric,
+        finished=any(e.get("event") == "finished" for e in events),
+        command=origin.get("command", ""),
+        code=origin.get("code", {}),
+        returns=returns,
+    )
+    # Boundaries: each diagnostics file is one shift (the end of one task, the init of the next)
+    step_tasks: dict[int, dict[str, int]] = {}
+    for npz in sorted((path / "diagnostics").glob("step_*.npz")):
+        with np.load(npz, allow_pickle=False) as data:
+            boundary = {key: data[key] for key in data.files}
+        tasks = {phase: int(boundary.get(f"task_{phase}", -1)) for phase in ("init", "end")}
+        step_tasks[int(boundary["step"])] = tasks
+        epsilons = [float(e) for e in boundary.get("epsilons", [0.1])]
+        for key in boundary:
+            match = RITZ_KEY.match(key)
+            if not match or match.group(3) != "hessian" or tasks[match.group(1)] < 0:
+                continue
+            phase, net, _ = match.groups()
+            values, weights = boundary[key], boundary[f"{phase}/{net}/hessian/ritz_weights"]
+            grid, density = paper_density(values, weights)
+            for eps in epsilons:
+                record.eps_ranks[net, phase, tasks[phase], eps] = (
+                    100 * epsilon_rank(values, weights, eps),
+                    100 * paper_epsilon_rank(grid, density, eps),
+                )
+    for row in metrics:
+        tasks = step_tasks.get(row["step"])
+        for key in row:
+            parts = key.split("/")  # shift/{phase}/{net}/features/erank
+            if (
+                tasks is None
+                or len(parts) != 5
+                or parts[0] != "shift"
+                or parts[3:] != ["features", "erank"]
+            ):
+                continue
+            phase, net = parts[1], parts[2]
+            dead = row.get(f"shift/{phase}/{net}/features/dead", math.nan)
+            if tasks[phase] >= 0:
+                record.features[net, phase, tasks[phase]] = (float(row[key]), float(dead))
+    return record
+
+
+def name_methods(runs: list[RunRecord]) -> None:
+    """Each run's method: its --regularizer, plus the settings that tell apart groups of runs
+    with the same regularizer (only fields that change what is learned; unused ones skipped)."""
+    from regularizers import METHOD_FLAGS
+
+    all_methods = {f for fields in METHOD_FLAGS.values() for f in fields}
+
+    def learning_config(run: RunRecord) -> dict:
+        used = set(METHOD_FLAGS.get(run.config.get("regularizer", "none"), ()))
+        return {
+            k: v
+            for k, v in run.config.items()
+            if k not in NOT_THE_METHOD and (k not in all_methods or k in used)
+        }
+
+    configs = [learning_config(run) for run in runs]
+    keys = sorted({k for c in configs for k in c})
+    differing = [
+        k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+    ]
+    for run, config in zip(runs, configs, strict=True):
+        regularizer = config.get("regularizer", "none")
+        run.method = "bp" if regularizer == "none" else regularizer
+    for name in {run.method for run in runs}:
+        group = [(run, c) for run, c in zip(runs, configs, strict=True) if run.method == name]
+        apart = [
+            k
+            for k in differing
+            if k != "regularizer"
+            and len({json.dumps(c.get(k), sort_keys=True) for _, c in group}) > 1
+        ]
+        for run, config in group:
+            if apart:
+                run.method = (
+                    f"{name} ({', '.join(f'{k}={json.dumps(config.get(k))}' for k in apart)})"
+                )
+
+
+def method_order(methods: set[str]) -> list[str]:
+    def key(name: str) -> tuple:
+        base = name.split(" ")[0]
+        return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), name)
+
+    return sorted(methods, key=key)
+
+
+# --- the numbers ----------------------------------------------------------------------------------
+
+
+def summarise(runs: list[RunRecord]) -> dict:
+    """Every number of the report, as plain JSON."""
+    methods = method_order({run.method for run in runs})
+    planned = max(run.planned_tasks for run in runs)
+    edge = max(1, min(EDGE_TASKS, planned // 4))
+    first_tasks, last_tasks = list(range(edge)), list(range(planned - edge, planned))
+    by_method = {
+        m: sorted((r for r in runs if r.method == m), key=lambda r: r.seed) for m in methods
+    }
+
+    def edge_means(group: list[RunRecord], tasks: list[int]) -> np.ndarray:
+        return np.array(
+            [
+                np.mean([r.task_metric[t] for t in tasks])
+                for r in group
+                if all(t in r.task_metric for t in tasks)
+            ]
+        )
+
+    table, curves = {}, {}
+    for method, group in by_method.items():
+        first, last = edge_means(group, first_tasks), edge_means(group, last_tasks)
+        both = [r for r in group if all(t in r.task_metric for t in first_tasks + last_tasks)]
+        drops = np.array(
+            [
+                np.mean([r.task_metric[t] for t in first_tasks])
+                - np.mean([r.task_metric[t] for t in last_tasks])
+                for r in both
+            ]
+        )
+        scores = [np.array([r.task_metric[t] for r in both]) for t in last_tasks]
+        row = {
+            "runs": len(group),
+            "seeds": [r.seed for r in group],
+            "first": stat(first),
+            "last": stat(last),
+            "drop": stat(drops),
+            "iqm_last": {
+                "value": float(interquartile_mean(np.concatenate(scores))) if both else math.nan,
+                "ci": list(bootstrap_interval(iqm_of, [s for s in scores]))
+                if both
+                else [math.nan] * 2,
+                "n": len(both),
+            },
+        }
+        table[method] = row
+        curve = []
+        for task in range(planned):
+            values = np.array([r.task_metric[task] for r in group if task in r.task_metric])
+            if len(values):
+                curve.append(
+                    [
+                        task,
+                        float(values.mean()),
+                        *bootstrap_interval(mean_of, [values]),
+                        len(values),
+                    ]
+                )
+        curves[method] = curve
+    resets = [m for m in methods if m.split(" ")[0] == "reset"]
+    if len(resets) == 1:
+        reset_last = edge_means(by_method[resets[0]], last_tasks)
+        for method in methods:
+            if method == resets[0]:
+                continue
+            own = edge_means(by_method[method], last_tasks)
+            low, high = bootstrap_interval(difference_of_means, [own, reset_last])
+            verdict = "yes" if low > 0 else "no" if high < 0 else "tie"
+            table[method]["beats_reset"] = {"verdict": verdict if len(own) and len(reset_last) else "n/a",
+                                            "difference": float(own.mean() - reset_last.mean()) if len(own) and len(reset_last) else math.nan,
+                                            "ci": [low, high]}  # fmt: skip
+    correlations = metric_vs_eps_rank(runs, methods)
+    return {
+        "kind": runs[0].kind,
+        "metric": "online accuracy per task"
+        if runs[0].kind == "supervised"
+        else "mean return per task phase",
+        "planned_tasks": planned,
+        "first_tasks": [first_tasks[0], first_tasks[-1]],
+        "last_tasks": [last_tasks[0], last_tasks[-1]],
+        "methods": methods,
+        "table": table,
+        "per_task": curves,
+        "r_squared": correlations,
+        "runs": [
+            {
+                "path": str(r.path),
+                "method": r.method,
+                "seed": r.seed,
+                "finished": r.finished,
+                "tasks_done": len(r.task_metric),
+                "command": r.command,
+                "code": r.code,
+            }
+            for m in methods
+            for r in by_method[m]
+        ],  # fmt: skip
+    }
+
+
+def stat(values: np.ndarray) -> dict:
+    """Mean, its 95 % bootstrap CI and the number of runs behind it."""
+    if len(values) == 0:
+        return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
+    return {
+        "mean": float(values.mean()),
+        "ci": list(bootstrap_interval(mean_of, [values])),
+        "n": len(values),
+    }
+
+
+def metric_points(runs: list[RunRecord], net: str, eps: float, convention: int):
+    """(method, x = eps-rank at the task's init, y = the task's metric) for every (run, task)."""
+    points = []
+    for run in runs:
+        for (n, phase, task, e), ranks in run.eps_ranks.items():
+            if n == net and phase == "init" and e == eps and task in run.task_metric:
+                points.append((run.method, ranks[convention], run.task_metric[task]))
+    return points
+
+
+def metric_vs_eps_rank(runs: list[RunRecord], methods: list[str]) -> list[dict]:
+    keys = sorted({(net, eps) for run in runs for net, _, _, eps in run.eps_ranks})
+    rows = []
+    for net, eps in keys:
+        for index, convention in enumerate(CONVENTIONS):
+            points = metric_points(runs, net, eps, index)
+            x = np.array([p[1] for p in points])
+            y = np.array([p[2] for p in points])
+            pooled, r = r_squared(x, y)
+            row = {"net": net, "eps": eps, "convention": convention, "points": len(points),
+                   "pooled": pooled, "pooled_r": r, "per_method": {}}  # fmt: skip
+            for method in methods:
+                mine = np.array([p[0] == method for p in points], dtype=bool)
+                row["per_method"][method] = (
+                    r_squared(x[mine], y[mine])[0] if mine.any() else math.nan
+                )
+            rows.append(row)
+    return rows
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def colour(methods: list[str], method: str) -> str:
+    return f"C{methods.index(method) % 10}"
+
+
+def band(ax, xs, mean, low, high, color, label, linestyle="-", marker=None) -> None:
+    ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+    ax.plot(xs, mean, color=color, linewidth=1.6, label=label, linestyle=linestyle, marker=marker,
+            markersize=3)  # fmt: skip
+
+
+def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
+    methods = summary["methods"]
+    rl = summary["kind"] == "rl"
+    fig = Figure(figsize=(11 if rl else 8, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2 if rl else 1, squeeze=False)[0]
+    for method in methods:
+        curve = np.array(summary["per_task"][method])
+        if len(curve) == 0:
+            continue
+        n = int(curve[:, 4].max())
+        band(axes[0], curve[:, 0], curve[:, 1], curve[:, 2], curve[:, 3], colour(methods, method),
+             f"{method} (n={n})", marker="o" if rl else None)  # fmt: skip
+    axes[0].set_xlabel("task phase" if rl else "task")
+    axes[0].set_ylabel(summary["metric"])
+    axes[0].set_title(f"{summary['metric']}: mean over seeds, 95 % bootstrap band", size=10)
+    axes[0].legend(fontsize=8)
+    if rl:  # return over env steps, binned on one grid for every run
+        end = max(float(r.returns[0].max()) for r in runs if len(r.returns[0]))
+        edges = np.linspace(0, end, 41)
+        for method in methods:
+            binned = []
+            for r in (r for r in runs if r.method == method and len(r.returns[0])):
+                which = np.digitize(r.returns[0], edges[1:-1])
+                binned.append(
+                    [
+                        r.returns[1][which == b].mean() if (which == b).any() else np.nan
+                        for b in range(40)
+                    ]
+                )
+            binned = np.array(binned)
+            centres = (edges[1:] + edges[:-1]) / 2
+            stats = [
+                (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
+                if (~np.isnan(col)).any() else (np.nan,) * 3
+                for col in binned.T
+            ]  # fmt: skip
+            mean, low, high = np.array(stats).T
+            band(axes[1], centres, mean, low, high, colour(methods, method), method)
+        for shift in sorted({s for r in runs for s in phase_starts(r)}):
+            axes[1].axvline(shift, color="0.5", linestyle=":", linewidth=0.9)
+        axes[1].set_xlabel("env step")
+        axes[1].set_ylabel("episodic return")
+        axes[1].set_title("return over steps (40 bins; dotted: shifts)", size=10)
+    return fig
+
+
+def phase_starts(run: RunRecord) -> list[int]:
+    events = read_jsonl(run.path / "events.jsonl")
+    return [e["step"] for e in events if e.get("event") == "shift"]
+
+
+def aggregate(runs: list[RunRecord], method: str, value: Callable[[RunRecord], dict[int, float]]):
+    """(tasks, mean, low, high) over the method's runs of a per-task value."""
+    per_run = [value(r) for r in runs if r.method == method]
+    tasks = sorted({t for values in per_run for t in values})
+    rows = []
+    for task in tasks:
+        values = np.array([v[task] for v in per_run if task in v and np.isfinite(v[task])])
+        if len(values):
+            rows.append((task, values.mean(), *bootstrap_interval(mean_of, [values])))
+    return np.array(rows).T if rows else None
+
+
+def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Figure | None:
+    index = list(CONVENTIONS).index(convention)
+    keys = {(net, eps) for r in runs for net, _, _, eps in r.eps_ranks}
+    if not keys:
+        return None
+    nets, epsilons = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
+    methods = summary["methods"]
+    fig = Figure(figsize=(3.3 * len(epsilons) + 1, 2.8 * len(nets) + 0.9), layout="constrained")
+    axes = fig.subplots(len(nets), len(epsilons), squeeze=False)
+    for i, net in enumerate(nets):
+        for j, eps in enumerate(epsilons):
+            ax = axes[i, j]
+            for method in methods:
+                for phase, style in (("init", "-"), ("end", "--")):
+                    line = aggregate(runs, method, lambda r, phase=phase: {
+                        t: v[index] for (n, p, t, e), v in r.eps_ranks.items()
+                        if n == net and p == phase and e == eps and v[index] > 0
+                    })  # fmt: skip
+                    if line is not None:
+                        band(ax, *line, colour(methods, method),
+                             f"{method} {phase}" if (i, j) == (0, 0) else None, style,
+                             "o" if phase == "init" else None)  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_title(f"{net}, eps = {eps:g}", size=10)
+            ax.set_xlabel("task phase" if summary["kind"] == "rl" else "task")
+            if j == 0:
+                ax.set_ylabel("eps-rank, % (log)")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        f"Hessian epsilon-rank at each task's init (solid) and end (dashed), mean over seeds "
+        f"with 95 % bootstrap band\n{CONVENTIONS[convention]}",
+        size=10,
+    )
+    return fig
+
+
+def plot_features(summary: dict, runs: list[RunRecord]) -> Figure | None:
+    nets = sorted({net for r in runs for net, _, _ in r.features})
+    if not nets:
+        return None
+    methods = summary["methods"]
+    fig = Figure(figsize=(10, 2.8 * len(nets) + 0.6), layout="constrained")
+    axes = fig.subplots(len(nets), 2, squeeze=False)
+    for i, net in enumerate(nets):
+        for j, what in enumerate(("feature effective rank", "dead units (share)")):
+            for method in methods:
+                line = aggregate(runs, method, lambda r, j=j: {
+                    t: v[j] for (n, p, t), v in r.features.items() if n == net and p == "end"
+                })  # fmt: skip
+                if line is not None:
+                    band(axes[i, j], *line, colour(methods, method), method)
+            axes[i, j].set_title(f"{net}: {what} at each task's end", size=10)
+            axes[i, j].set_xlabel("task phase" if summary["kind"] == "rl" else "task")
+    axes[0, 0].legend(fontsize=8)
+    return fig
+
+
+def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | None:
+    rows = [r for r in summary["r_squared"] if r["convention"] == "exact"]
+    if not rows:
+        return None
+    methods = summary["methods"]
+    nets, epsilons = sorted({r["net"] for r in rows}), sorted({r["eps"] for r in rows})
+    fig = Figure(figsize=(3.3 * len(epsilons) + 1, 2.9 * len(nets) + 0.7), layout="constrained")
+    axes = fig.subplots(len(nets), len(epsilons), squeeze=False)
+    for row in rows:
+        ax = axes[nets.index(row["net"]), epsilons.index(row["eps"])]
+        points = metric_points(runs, row["net"], row["eps"], 0)
+        for method in methods:
+            mine = np.array([(x, y) for m, x, y in points if m == method])
+            if len(mine):
+                ax.scatter(
+                    mine[:, 0],
+                    mine[:, 1],
+                    s=10,
+                    color=colour(methods, method),
+                    label=method,
+                    alpha=0.7,
+                )
+        x = np.array([p[1] for p in points])
+        y = np.array([p[2] for p in points])
+        if len(points) >= 3 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            xs = np.linspace(x.min(), x.max(), 2)
+            ax.plot(xs, slope * xs + intercept, color="k", linewidth=1)
+        ax.set_title(f"{row['net']}, eps = {row['eps']:g}: R^2 = {row['pooled']:.2f}", size=10)
+        ax.set_xlabel("Hessian eps-rank at task init, % (exact)")
+        ax.set_ylabel(summary["metric"])
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(
+        "the task's metric against the Hessian epsilon-rank at its start, every (method, seed, task)",
+        size=10,
+    )
+    return fig
+
+
+# --- report.md ------------------------------------------------------------------------------------
+
+
+def ci_text(entry: dict, digits: int = 3) -> str:
+    if not entry["n"] or not math.isfinite(entry["mean"]):
+        return "-"
+    low, high = entry["ci"]
+    return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown(summary: dict, figures: list[str], sources: list[str], manifest: dict | None) -> str:
+    first, last = summary["first_tasks"], summary["last_tasks"]
+    unit = "phases" if summary["kind"] == "rl" else "tasks"
+    digits = 1 if summary["kind"] == "rl" else 3
+    lines = [
+        "# Report",
+        "",
+        f"Sources: {', '.join(sources)}. {len(summary['runs'])} runs; metric: {summary['metric']}; "
+        f"{summary['planned_tasks']} {unit} planned. Means over runs with 95 % bootstrap CIs "
+        "(exact: every resample enumerated, up to 5 runs).",
+        "",
+        f"| method | runs | {unit} {first[0]}-{first[1]} | {unit} {last[0]}-{last[1]} | drop | "
+        f"IQM, {unit} {last[0]}-{last[1]} (stratified bootstrap) |"
+        + (" beats RESET |" if any("beats_reset" in r for r in summary["table"].values()) else ""),
+        "|---|---|---|---|---|---|"
+        + ("---|" if any("beats_reset" in r for r in summary["table"].values()) else ""),
+    ]
+    for method in summary["methods"]:
+        row = summary["table"][method]
+        iqm = row["iqm_last"]
+        iqm_text = (
+            f"{iqm['value']:.{digits}f} [{iqm['ci'][0]:.{digits}f}, {iqm['ci'][1]:.{digits}f}]"
+            if iqm["n"] else "-"
+        )  # fmt: skip
+        reset = row.get("beats_reset")
+        reset_text = ""
+        if reset is not None:
+            reset_text = f" {reset['verdict']} ({reset['difference']:+.{digits}f} [{reset['ci'][0]:+.{digits}f}, {reset['ci'][1]:+.{digits}f}]) |"
+        elif any("beats_reset" in r for r in summary["table"].values()):
+            reset_text = " (reset) |"
+        lines.append(
+            f"| {method} | {row['runs']} | {ci_text(row['first'], digits)} | {ci_text(row['last'], digits)} | "
+            f"{ci_text(row['drop'], digits)} | {iqm_text} |{reset_text}"
+        )
+    incomplete = [r for r in summary["runs"] if not r["finished"]]
+    if incomplete:
+        lines += [
+            "",
+            f"{len(incomplete)} runs have not finished; they count for the {unit} they have done.",
+        ]
+    lines += ["", "## The metric against the Hessian epsilon-rank at each task's init", "",
+              "R^2 of the least-squares line over every (method, seed, task) point (the paper: 0.711 "
+              "on Continual ImageNet); r is its sign.", ""]  # fmt: skip
+    methods = summary["methods"]
+    lines += ["| net | eps | convention | points | pooled R^2 (r) | " + " | ".join(methods) + " |",
+              "|---|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
+    for row in summary["r_squared"]:
+        per = " | ".join(f"{row['per_method'][m]:.2f}" for m in methods)
+        lines.append(f"| {row['net']} | {row['eps']:g} | {row['convention']} | {row['points']} | "
+                     f"{row['pooled']:.2f} ({row['pooled_r']:+.2f}) | {per} |")  # fmt: skip
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    lines += ["", "## Where every number comes from", ""]
+    if manifest is not None:
+        code = manifest.get("code", {})
+        lines += [f"Sweep: `{' '.join(manifest['command'])}` at commit {code.get('commit')}"
+                  f"{' (uncommitted changes)' if code.get('dirty') else ''}.", ""]  # fmt: skip
+    lines += ["| method | seed | run directory | finished | " + unit + " done | command | commit |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["runs"]:
+        commit = (r["code"].get("commit") or "?")[:10] + (
+            "+dirty" if r["code"].get("dirty") else ""
+        )
+        lines.append(f"| {r['method']} | {r['seed']} | {r['path']} | {'yes' if r['finished'] else 'no'} | "
+                     f"{r['tasks_done']} | `{r['command'] or '?'}` | {commit} |")  # fmt: skip
+    lines += ["", "Each run's full flags are its config.json."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(paths: list[Path], out: Path | None = None) -> Path:
+    run_dirs, manifest = find_run_dirs(paths)
+    runs = [read_run(path) for path in run_dirs]
+    kinds = {run.kind for run in runs}
+    if len(kinds) > 1:
+        raise ConfigError("these runs mix supervised and RL runs; report each kind apart")
+    name_methods(runs)
+    summary = summarise(runs)
+    if out is None:
+        out = (paths[0] / "report") if manifest is not None else Path("report")
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "performance.png": plot_performance(summary, runs),
+        "eps_rank.png": plot_eps_ranks(summary, runs, "exact"),
+        "eps_rank_paper.png": plot_eps_ranks(summary, runs, "paper"),
+        "features.png": plot_features(summary, runs),
+        "metric_vs_eps_rank.png": plot_metric_vs_eps_rank(summary, runs),
+    }
+    written = []
+    for name, figure in figures.items():
+        if figure is not None:
+            figure.savefig(out / name, dpi=110)
+            written.append(name)
+    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    (out / "report.md").write_text(markdown(summary, written, [str(p) for p in paths], manifest))
+    return out
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="train.py report", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "paths", nargs="+", type=Path, help="a sweep directory, run directories, or folders of them"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="where report.md and the figures go")
+    args = parser.parse_args(argv)
+    out = write_report(args.paths, args.out)
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
