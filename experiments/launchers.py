@@ -1,55 +1,281 @@
 """Where a sweep's cells run. A launcher only starts each cell's process (`train.py MODE ...`,
 the command experiments.sweep gives it) and reports how it ended; what a cell does is the run's
-own business.
+own business, so every launcher makes the same run directories.
 
-- local: up to --workers processes at once on this machine (default: one per core, each run
-  using one torch thread). Ctrl-C or SIGTERM stops every running cell at its next consistent
-  point, each with a checkpoint; running the same sweep command again resumes them.
+- local (default): up to --workers processes at once on this machine (default: one per core,
+  each run using one torch thread).
+- slurm: one Slurm job per cell, submitted as one job array through submitit (--slurm-partition,
+  --slurm-time minutes, --slurm-cpus and --slurm-gpus per cell, --slurm-array-parallelism).
+  --slurm-cluster local runs the same submission through submitit's local executor (the tests
+  do); the default is slurm where `sbatch` exists.
+- ray: one Ray task per cell (--ray-cpus and --ray-gpus per cell), on the cluster at
+  RAY_ADDRESS or on a local one started for the sweep and stopped after it.
+
+On Slurm and Ray the sweep directory must be on a filesystem every node sees, and every node
+needs this project installed at the same path (the cells run its train.py). Ctrl-C or SIGTERM
+stops every running cell at its next consistent point, each with a checkpoint (a second one
+stops them at once); running the same sweep command again resumes them. The engines are
+optional extras (`pip install -e ".[slurm]"` / `".[ray]"`; `make test` installs both).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from experiments.sweep import Cell, Manifest, Sweep, cell_command, error_line, run_dir_of
+from experiments.sweep import (
+    Cell,
+    EngineFlags,
+    Manifest,
+    Sweep,
+    cell_command,
+    cell_state,
+    error_line,
+    run_dir_of,
+)
+from validation import ConfigError
 
 STOPPED = (130, -signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL)  # exit statuses of a stop
 
 
+def run_cell_process(command: list[str], log_path: str, cwd: str, stop_file: str) -> int:
+    """Run one cell's command with its output appended to its log; return its exit status.
+
+    What a Slurm job or a Ray task runs. The sweep asks its cells to stop by creating
+    `stop_file` (in the sweep directory, which every node sees): engines' own cancels are not
+    a stop at a consistent point (Ray's reports a task cancelled before the task has heard of
+    it, and the worker's process is then killed). A stop file, or a stop signal from the engine
+    (SIGTERM from scancel, USR2 before a time limit, SIGINT), is passed on to the run once, as
+    SIGTERM: it stops at its next consistent point with a checkpoint."""
+    if os.path.exists(stop_file):  # started after the sweep was stopped: leave it for the rerun
+        return 130
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+        asked = []
+
+        def forward(signum: int, frame: Any) -> None:
+            if not asked:  # one stop: a second SIGTERM would stop the run at once
+                asked.append(signum)
+                process.send_signal(signal.SIGTERM)
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+                signal.signal(sig, forward)
+        while process.poll() is None:
+            try:
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # a SIGINT where the handler could not be set
+                forward(signal.SIGINT, None)
+            if os.path.exists(stop_file):
+                forward(signal.SIGTERM, None)
+        return process.returncode
+
+
+def check_engine(flags: EngineFlags) -> str | None:
+    """One error line when the launcher's engine is not here (before anything is written);
+    returns the submitit cluster a slurm launcher uses."""
+    if flags.launcher == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                '--launcher slurm needs submitit: pip install -e ".[slurm]" (make test installs it)'
+            ) from None
+        if flags.slurm_cluster != "auto":
+            return flags.slurm_cluster
+        if not shutil.which("sbatch"):
+            raise ConfigError("--launcher slurm: no sbatch here; on a machine without Slurm "
+                              "give --slurm-cluster local to run the jobs here")  # fmt: skip
+        return "slurm"
+    if flags.launcher == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                '--launcher ray needs Ray: pip install -e ".[ray]" (make test installs it)'
+            ) from None
+    return None
+
+
+# --- engines: start a cell, poll it, stop it -----------------------------------------------------
+
+
+class LocalEngine:
+    """Processes on this machine, at most `capacity` at once."""
+
+    def __init__(self, sweep: Sweep):
+        self.capacity = sweep.workers
+
+    def start(self, items: list[tuple[list[str], Path]]) -> list[Any]:
+        handles = []
+        for command, log_path in items:
+            log = open(log_path, "a")  # noqa: SIM115 - closed in poll
+            # A session of its own: a terminal's Ctrl-C reaches the sweep, which passes it on
+            # as SIGTERM, rather than every cell at once and the sweep left behind.
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+            handles.append((process, log))
+        return handles
+
+    def poll(self, handle: Any) -> tuple[bool, int | None]:
+        process, log = handle
+        code = process.poll()
+        if code is not None:
+            log.close()
+        return code is not None, code
+
+    def stop(self, handle: Any) -> None:
+        handle[0].send_signal(signal.SIGTERM)
+
+    def kill(self, handle: Any) -> None:
+        handle[0].kill()
+        handle[1].close()
+
+    def close(self) -> None:
+        pass
+
+
+class SlurmEngine:
+    """A submitit job array: one job per cell, each running `run_cell_process`."""
+
+    def __init__(self, sweep: Sweep):
+        import submitit
+
+        cluster = check_engine(sweep.engine)
+        flags = sweep.engine
+        self.cluster = cluster
+        self.stop_file = sweep.stop_file
+        self.capacity = None  # Slurm queues them (array parallelism)
+        self.executor = submitit.AutoExecutor(folder=sweep.directory / "submitit", cluster=cluster)
+        parameters: dict[str, Any] = {
+            "timeout_min": flags.slurm_time,
+            "cpus_per_task": flags.slurm_cpus,
+            "name": f"sweep-{sweep.directory.name}",
+            "slurm_array_parallelism": flags.slurm_array_parallelism,
+        }
+        if flags.slurm_gpus:
+            parameters["gpus_per_node"] = flags.slurm_gpus
+        if flags.slurm_partition:
+            parameters["slurm_partition"] = flags.slurm_partition
+        self.executor.update_parameters(**parameters)
+
+    def start(self, items: list[tuple[list[str], Path]]) -> list[Any]:
+        cwd, stop = os.getcwd(), str(self.stop_file)
+        with self.executor.batch():  # one job array
+            jobs = [self.executor.submit(run_cell_process, c, str(p), cwd, stop) for c, p in items]
+        return jobs
+
+    def poll(self, job: Any) -> tuple[bool, int | None]:
+        if not job.done():
+            return False, None
+        try:
+            return True, int(job.result())
+        except Exception:  # cancelled, killed, or failed outside the run: read its directory
+            return True, None
+
+    def stop(self, job: Any) -> None:
+        # A running job reads the stop file; one still queued would wait for its turn only to
+        # stop at once, so it is cancelled (and started again by the rerun).
+        if self.cluster != "local" and job.state in ("PENDING", "REQUEUED"):
+            job.cancel(check=False)
+
+    def kill(self, job: Any) -> None:
+        job.cancel(check=False)
+
+    def close(self) -> None:
+        pass
+
+
+class RayEngine:
+    """Ray tasks on the cluster at RAY_ADDRESS, or on a local one started here."""
+
+    def __init__(self, sweep: Sweep):
+        import ray
+
+        self.ray = ray
+        self.stop_file = sweep.stop_file
+        self.capacity = None  # Ray schedules them by the resources each asks for
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            address = os.environ.get("RAY_ADDRESS") or None
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # fmt: skip
+        self.task = ray.remote(num_cpus=sweep.engine.ray_cpus, num_gpus=sweep.engine.ray_gpus,
+                               max_retries=0)(run_cell_process)  # fmt: skip
+
+    def start(self, items: list[tuple[list[str], Path]]) -> list[Any]:
+        cwd, stop = os.getcwd(), str(self.stop_file)
+        return [self.task.remote(command, str(path), cwd, stop) for command, path in items]
+
+    def poll(self, ref: Any) -> tuple[bool, int | None]:
+        ready, _ = self.ray.wait([ref], timeout=0)
+        if not ready:
+            return False, None
+        try:
+            return True, int(self.ray.get(ref))
+        except Exception:  # cancelled, or its worker died: read the cell's directory
+            return True, None
+
+    def stop(self, ref: Any) -> None:
+        pass  # a running task reads the stop file; a queued one returns at once when it starts
+
+    def kill(self, ref: Any) -> None:
+        self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+ENGINES = {"local": LocalEngine, "slurm": SlurmEngine, "ray": RayEngine}
+
+
+# --- the driver: the same for every engine --------------------------------------------------------
+
+
 def finish(
-    sweep: Sweep, manifest: Manifest, cell: Cell, returncode: int, log: str, stopping: bool
+    sweep: Sweep, manifest: Manifest, cell: Cell, returncode: int | None, log: str, stopping: bool
 ) -> None:
-    """Record how a cell's process ended: 0 finished, stopped (130, or killed by the signal the
-    sweep sent) interrupted (resumed, or started again, by the next run of the sweep), anything
-    else failed, with its error line."""
+    """Record how a cell ended: 0 finished, stopped (130, or killed by the signal the sweep
+    sent) interrupted (resumed, or started again, by the next run of the sweep), anything else
+    failed, with its error line. With no exit status (an engine's job cancelled or lost) the
+    cell's own directory says which."""
     run_dir = run_dir_of(sweep.cell_dir(cell))
+    where = str(run_dir) if run_dir else None
+    if returncode is None:
+        state = cell_state(sweep.cell_dir(cell))
+        returncode = 0 if state == "finished" else 130 if stopping or state == "interrupted" else 1
     if returncode == 0:
-        manifest.update(cell, status="finished", run_dir=str(run_dir), error=None)
+        manifest.update(cell, status="finished", run_dir=where, error=None)
     elif returncode == 130 or (stopping and returncode in STOPPED):
-        manifest.update(cell, status="interrupted", run_dir=str(run_dir) if run_dir else None)
+        manifest.update(cell, status="interrupted", run_dir=where)
     else:
-        manifest.update(cell, status="failed", run_dir=str(run_dir) if run_dir else None,
-                        error=error_line(log))  # fmt: skip
+        manifest.update(cell, status="failed", run_dir=where, error=error_line(log))
 
 
-def run_local(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bool:
-    """Run the cells in `todo` ((cell, state) pairs), at most sweep.workers at once. Returns
-    whether the sweep was stopped by a signal before every cell had run."""
+def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bool:
+    """Run the cells in `todo` ((cell, state) pairs) on the sweep's engine. Returns whether
+    the sweep was stopped by a signal before every cell had run."""
+    sweep.stop_file.unlink(missing_ok=True)  # left by a stopped run of this sweep
+    engine = ENGINES[sweep.engine.launcher](sweep)
     pending = list(todo)
-    running: dict[subprocess.Popen, tuple[Cell, Any, int]] = {}
+    running: dict[int, tuple[Cell, Any, Path, int]] = {}
     stop = {"requested": 0}
 
     def request(signum: int, frame: Any) -> None:
         stop["requested"] += 1
-        for process in running:  # each stops at its next consistent point (a second: at once)
-            process.send_signal(signal.SIGTERM)
+        sweep.stop_file.touch()
+        for _, handle, _, _ in running.values():
+            (engine.stop if stop["requested"] == 1 else engine.kill)(handle)
         print(f"\n{signal.Signals(signum).name}: stopping every running cell "
               "(again to stop them at once)", file=sys.stderr)  # fmt: skip
 
@@ -60,35 +286,38 @@ def run_local(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) ->
                disable=not sys.stderr.isatty())  # fmt: skip
     try:
         while running or (pending and not stop["requested"]):
-            while pending and len(running) < sweep.workers and not stop["requested"]:
+            room = len(pending) if engine.capacity is None else engine.capacity - len(running)
+            batch = []
+            while pending and len(batch) < room and not stop["requested"]:
                 cell, state = pending.pop(0)
-                cell_dir = sweep.cell_dir(cell)
-                cell_dir.mkdir(parents=True, exist_ok=True)
-                log = open(cell_dir / "cell.log", "a+")  # noqa: SIM115 - closed when it ends
-                offset = log.tell()
-                # A session of its own: a terminal's Ctrl-C reaches the sweep, which passes it
-                # on as SIGTERM, rather than every cell at once and the sweep left behind.
-                process = subprocess.Popen(
-                    cell_command(sweep, cell, state), stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
-                entry = manifest.entry(cell)
-                manifest.update(cell, status="running", error=None,
-                                attempts=entry.get("attempts", 0) + 1)  # fmt: skip
-                running[process] = (cell, log, offset)
-            for process in [p for p in running if p.poll() is not None]:
-                cell, log, offset = running.pop(process)
-                log.flush()
-                log.seek(offset)
-                finish(sweep, manifest, cell, process.returncode, log.read(),
-                       stopping=bool(stop["requested"]))  # fmt: skip
-                log.close()
+                log_path = sweep.cell_dir(cell) / "cell.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                offset = log_path.stat().st_size if log_path.exists() else 0
+                batch.append((cell, cell_command(sweep, cell, state), log_path, offset))
+            if batch:
+                handles = engine.start([(command, path) for _, command, path, _ in batch])
+                for (cell, _, path, offset), handle in zip(batch, handles, strict=True):
+                    attempts = manifest.entry(cell).get("attempts", 0) + 1
+                    manifest.update(cell, status="running", error=None, attempts=attempts)
+                    running[id(handle)] = (cell, handle, path, offset)
+            for key, (cell, handle, path, offset) in list(running.items()):
+                done, code = engine.poll(handle)
+                if not done:
+                    continue
+                del running[key]
+                text = ""
+                if path.exists():  # a cell that never started (stopped first) has none
+                    with open(path) as log:
+                        log.seek(offset)
+                        text = log.read()
+                finish(sweep, manifest, cell, code, text, bool(stop["requested"]))
                 bar.update(1)
-            time.sleep(0.1)
+            time.sleep(0.1 if engine.capacity else 0.5)
     finally:
-        for process, (_, log, _) in running.items():  # only after an error of the sweep's own
-            process.kill()
-            log.close()
+        for _, handle, _, _ in running.values():  # only after an error of the sweep's own
+            engine.kill(handle)
+        engine.close()
+        sweep.stop_file.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         bar.close()

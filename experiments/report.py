@@ -541,7 +541,7 @@ def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Fig
             ax = axes[i, j]
             for method in methods:
                 for phase, style in (("init", "-"), ("end", "--")):
-                    line = aggregate(runs, method, lambda r, phase=phase: {
+                    line = aggregate(runs, method, lambda r, phase=phase, net=net, eps=eps: {
                         t: v[index] for (n, p, t, e), v in r.eps_ranks.items()
                         if n == net and p == phase and e == eps and v[index] > 0
                     })  # fmt: skip
@@ -573,7 +573,7 @@ def plot_features(summary: dict, runs: list[RunRecord]) -> Figure | None:
     for i, net in enumerate(nets):
         for j, what in enumerate(("feature effective rank", "dead units (share)")):
             for method in methods:
-                line = aggregate(runs, method, lambda r, j=j: {
+                line = aggregate(runs, method, lambda r, j=j, net=net: {
                     t: v[j] for (n, p, t), v in r.features.items() if n == net and p == "end"
                 })  # fmt: skip
                 if line is not None:

@@ -25,6 +25,7 @@ sweep directory is sweeps/NAME.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -42,9 +43,33 @@ from validation import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 NAMED_SWEEPS = REPO / "experiments" / "sweeps"
 USAGE = """usage: train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
-                      [--sweep-dir DIR] [--retry-failed] [--dry-run]
+                      [--sweep-dir DIR] [--retry-failed] [--dry-run] [--launcher local|slurm|ray]
+                      [--slurm-partition P --slurm-time MIN --slurm-cpus N --slurm-gpus N
+                       --slurm-array-parallelism N --slurm-cluster auto|slurm|local]
+                      [--ray-cpus N --ray-gpus N]
        train.py sweep --config SWEEP.toml|NAME [EXTRA FLAGS] [--workers N] [--sweep-dir DIR]
                       [--retry-failed] [--dry-run]"""
+
+
+@dataclass
+class EngineFlags:
+    """The launcher and its engine's settings (train.py sweep --launcher ...)."""
+
+    launcher: str = "local"  # local, slurm, ray
+    slurm_cluster: str = "auto"  # auto (slurm where sbatch exists), slurm, local
+    slurm_partition: str | None = None
+    slurm_time: int = 24 * 60  # minutes
+    slurm_cpus: int = 1
+    slurm_gpus: int = 0
+    slurm_array_parallelism: int = 256
+    ray_cpus: float = 1.0
+    ray_gpus: float = 0.0
+
+
+ENGINE_CHOICES = {
+    "launcher": ("local", "slurm", "ray"),
+    "slurm_cluster": ("auto", "slurm", "local"),
+}
 
 
 @dataclass
@@ -65,6 +90,7 @@ class Sweep:
     directory: Path
     workers: int
     retry_failed: bool = False
+    engine: EngineFlags = field(default_factory=EngineFlags)
     dry_run: bool = False
     """--dry-run: check every cell and print its command; run nothing, write nothing"""
     cells: list[Cell] = field(default_factory=list)
@@ -72,6 +98,11 @@ class Sweep:
     @property
     def manifest_path(self) -> Path:
         return self.directory / "manifest.json"
+
+    @property
+    def stop_file(self) -> Path:
+        """Created when the sweep is stopped: how cells on other machines hear of it."""
+        return self.directory / ".stop"
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.directory / "cells" / cell.id
@@ -89,6 +120,7 @@ def parse_argv(argv: list[str]) -> Sweep:
         "dry_run": False,
     }
     rest, config = [], None
+    engine: dict[str, Any] = {f.name: None for f in dataclasses.fields(EngineFlags)}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -98,18 +130,16 @@ def parse_argv(argv: list[str]) -> Sweep:
                 options["grid"].append(argv[i])
                 i += 1
             continue
-        if arg in ("--workers", "--sweep-dir", "--config", "--launcher"):
-            if i + 1 >= len(argv):
+        if arg in ("--workers", "--sweep-dir", "--config") or arg[2:].replace("-", "_") in engine:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
                 raise ConfigError(f"{arg} needs a value")
-            value = argv[i + 1]
-            if arg == "--workers":
-                options["workers"] = value
-            elif arg == "--sweep-dir":
-                options["sweep_dir"] = value
-            elif arg == "--config":
+            value, key = argv[i + 1], arg[2:].replace("-", "_")
+            if key == "config":
                 config = value
-            elif value != "local":
-                raise ConfigError(f"--launcher {value!r}: only local is built so far")
+            elif key in ("workers", "sweep_dir"):
+                options[key] = value
+            else:
+                engine[key] = value
             i += 2
             continue
         if arg in ("--retry-failed", "--dry-run"):
@@ -142,6 +172,9 @@ def parse_argv(argv: list[str]) -> Sweep:
                 f"{flag} is the sweep's to set, per cell; leave it out of the base flags"
             )
     workers = options["workers"]
+    if workers is not None and engine["launcher"] not in (None, "local"):
+        raise ConfigError(f"--workers is a flag of --launcher local; {engine['launcher']} "
+                          "schedules the cells itself (by the CPUs and GPUs each asks for)")  # fmt: skip
     try:
         workers = int(workers) if workers is not None else max(1, os.cpu_count() or 1)
     except ValueError:
@@ -149,8 +182,42 @@ def parse_argv(argv: list[str]) -> Sweep:
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     default = Path("sweeps") / (named or sweep_name(mode, base, axes))
-    directory = Path(options["sweep_dir"] or default)
-    return Sweep(mode, base, axes, directory, workers, options["retry"], options["dry_run"])
+    # absolute: a cell's process may start elsewhere (a Slurm node, a Ray worker's directory)
+    directory = Path(options["sweep_dir"] or default).absolute()
+    return Sweep(mode, base, axes, directory, workers, retry_failed=options["retry"],
+                 dry_run=options["dry_run"], engine=parse_engine(engine))  # fmt: skip
+
+
+def parse_engine(given: dict[str, str | None]) -> EngineFlags:
+    """--launcher and the engines' flags, each checked; an engine's flags need that engine."""
+    flags = EngineFlags()
+    for f in dataclasses.fields(EngineFlags):
+        value = given[f.name]
+        if value is None:
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if f.name in ENGINE_CHOICES and value not in ENGINE_CHOICES[f.name]:
+            raise ConfigError(
+                f"{name} {value!r}: choose one of {', '.join(ENGINE_CHOICES[f.name])}"
+            )
+        kind = type(getattr(flags, f.name)) if getattr(flags, f.name) is not None else str
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+        if kind in (int, float) and not parsed >= (
+            1 if f.name in ("slurm_time", "slurm_cpus", "slurm_array_parallelism") else 0
+        ):
+            raise ConfigError(
+                f"{name} must be {'>= 1' if kind is int and parsed < 1 else '>= 0'}, got {value}"
+            )
+        setattr(flags, f.name, parsed)
+    for f in dataclasses.fields(EngineFlags):
+        engine = f.name.split("_")[0]
+        if given[f.name] is not None and engine in ("slurm", "ray") and flags.launcher != engine:
+            raise ConfigError(f"--{f.name.replace('_', '-')} is a flag of --launcher {engine}, "
+                              f"not of --launcher {flags.launcher}")  # fmt: skip
+    return flags
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -339,7 +406,7 @@ def error_line(log: str) -> str:
 
 def run(argv: list[str]) -> None:
     """train.py sweep ...: build the cells, then run every cell still to run."""
-    from experiments.launchers import run_local
+    from experiments.launchers import check_engine, launch
 
     sweep = parse_argv(argv)
     sweep.cells = build_cells(sweep)
@@ -348,6 +415,7 @@ def run(argv: list[str]) -> None:
             print(f"{cell.id}: {shlex.join(cell_command(sweep, cell, 'pending')[1:])}")
         print(f"sweep {sweep.directory}: {len(sweep.cells)} cells (--dry-run: none started)")
         return
+    check_engine(sweep.engine)
     sweep.directory.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(sweep, ["train.py", "sweep", *argv])
     todo = []
@@ -367,11 +435,13 @@ def run(argv: list[str]) -> None:
     manifest.write()
     failed = [c for c in sweep.cells if manifest.entry(c)["status"] == "failed" and
               not sweep.retry_failed]  # fmt: skip
+    where = (f"{sweep.workers} workers" if sweep.engine.launcher == "local"
+             else f"launcher {sweep.engine.launcher}")  # fmt: skip
     print(f"sweep {sweep.directory}: {len(sweep.cells)} cells, {len(todo)} to run "
           f"({sum(s == 'interrupted' for _, s in todo)} to resume), {len(failed)} failed before "
-          f"(--retry-failed runs them), {sweep.workers} workers", file=sys.stderr)  # fmt: skip
+          f"(--retry-failed runs them), {where}", file=sys.stderr)  # fmt: skip
     started = time.time()
-    interrupted = run_local(sweep, manifest, todo)
+    interrupted = launch(sweep, manifest, todo)
     statuses = [manifest.entry(c)["status"] for c in sweep.cells]
     for cell in sweep.cells:
         entry = manifest.entry(cell)

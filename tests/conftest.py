@@ -23,3 +23,24 @@ import pytest  # noqa: E402
 def _private_download_cache(tmp_path_factory, monkeypatch):
     """Every test sees an empty data set download cache, whatever the developer has cached."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs), started once for the tests that use it and stopped
+    after them; yields the RAY_ADDRESS that reaches it."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    assert ray, "the ray extra is installed by make test"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--include-dashboard",
+                              "false", "--disable-usage-stats"], env=env, capture_output=True,
+                             text=True, timeout=180)  # fmt: skip
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield "auto"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=180)

@@ -51,8 +51,21 @@ def test_a_sweep_runs_each_cell_as_the_run_its_flags_make_by_hand(tmp_path):
     assert all(c["attempts"] == 1 for c in manifest(sweep_dir)["cells"].values())
 
 
-def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(tmp_path):
+LAUNCHERS = {
+    "local": ["--workers", "2"],
+    "slurm": ["--launcher", "slurm", "--slurm-cluster", "local"],
+    "ray": ["--launcher", "ray", "--ray-cpus", "1"],
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(
+    tmp_path, launcher, request
+):
     sweep_dir = tmp_path / "sweep"
+    env = cli_env()
+    if launcher == "ray":
+        env["RAY_ADDRESS"] = request.getfixturevalue("ray_cluster")
     slow = ["supervised", "--dataset", "digits", "--num-tasks", "5", "--hidden-sizes", "256", "256",
             "--diagnostics", "none", "--checkpoint-every", "1"]  # fmt: skip
     argv = [
@@ -62,10 +75,9 @@ def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(t
         "seed=1,2,3,4",
         "--sweep-dir",
         str(sweep_dir),
-        "--workers",
-        "2",
+        *LAUNCHERS[launcher],
     ]
-    process = subprocess.Popen(train_command(*argv), cwd=REPO, env=cli_env(),
+    process = subprocess.Popen(train_command(*argv), cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline:  # until some cell has a checkpoint, and none has finished all
@@ -78,7 +90,7 @@ def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(t
     first = manifest(sweep_dir)["cells"]
     assert "interrupted" in {c["status"] for c in first.values()}, first
 
-    rerun = run_cli(*argv)
+    rerun = run_cli(*argv, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     cells = manifest(sweep_dir)["cells"]
     assert {c["status"] for c in cells.values()} == {"finished"}

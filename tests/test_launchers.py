@@ -1,0 +1,103 @@
+"""The same tiny sweep through every launcher (local processes, submitit's local executor, a
+real local Ray cluster) and by hand: the same cells, the same run records, the same report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from run_helpers import REPO, cli_env, run_cli
+
+# 2 methods x 2 seeds x 3 tasks of the 8x8 digits, with a small Hessian at every boundary
+TINY = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "32",
+        "--diagnostics", "hessian", "--diag.batch-size", "200", "--diag.lanczos-order", "10",
+        "--checkpoint-every", "0"]  # fmt: skip
+GRID = ["--grid", "regularizer=none,l2", "seed=1,2"]
+CELLS = ["regularizer=l2__seed=1", "regularizer=l2__seed=2", "regularizer=none__seed=1",
+         "regularizer=none__seed=2"]  # fmt: skip
+
+
+def report_numbers(path: Path, out: Path) -> dict:
+    result = run_cli("report", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "report.json").read_text())
+    return {key: summary[key] for key in ("methods", "table", "per_task", "r_squared")}
+
+
+def accuracies(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["charts/online_accuracy"] for row in rows if "charts/online_accuracy" in row]
+
+
+def swept(sweep_dir: Path) -> dict[str, list[float]]:
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    assert sorted(manifest["cells"]) == CELLS
+    assert {c["status"] for c in manifest["cells"].values()} == {"finished"}, manifest["cells"]
+    assert all(c["attempts"] == 1 for c in manifest["cells"].values())
+    return {cell: accuracies(Path(e["run_dir"])) for cell, e in manifest["cells"].items()}
+
+
+@pytest.mark.slow
+def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, ray_cluster):
+    results, reports = {}, {}
+    launchers = {
+        "local": ["--workers", "2"],
+        "slurm": ["--launcher", "slurm", "--slurm-cluster", "local", "--slurm-time", "10"],
+        "ray": ["--launcher", "ray", "--ray-cpus", "1"],
+    }
+    for name, flags in launchers.items():
+        sweep_dir = tmp_path / name
+        env = cli_env(RAY_ADDRESS=ray_cluster) if name == "ray" else None
+        result = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir), *flags,
+                         timeout=600, env=env)  # fmt: skip
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+        results[name] = swept(sweep_dir)
+        reports[name] = report_numbers(sweep_dir, tmp_path / f"report-{name}")
+    for regularizer in ("none", "l2"):
+        for seed in ("1", "2"):
+            hand = run_cli(*TINY, "--regularizer", regularizer, "--seed", seed,
+                           "--runs-dir", str(tmp_path / "hand"))  # fmt: skip
+            assert hand.returncode == 0, hand.stderr[-2000:]
+    reports["hand"] = report_numbers(tmp_path / "hand", tmp_path / "report-hand")
+
+    assert results["slurm"] == results["local"] and results["ray"] == results["local"]
+    assert all(len(values) == 3 for values in results["local"].values())
+    assert reports["local"]["methods"] == ["bp", "l2"]
+    assert reports["local"]["r_squared"], "the Hessian at each boundary gives eps-rank points"
+    for name in ("slurm", "ray", "hand"):
+        assert reports[name] == reports["local"], name
+
+
+@pytest.mark.parametrize("launcher, extra", [("slurm", "slurm"), ("ray", "ray")])
+def test_a_launcher_whose_engine_is_not_installed_is_one_error_line(tmp_path, launcher, extra):
+    # The engine's module made unimportable in this process only, as on a machine without it.
+    code = (f"import sys, runpy; sys.modules[{('submitit' if launcher == 'slurm' else 'ray')!r}] = None; "
+            f"sys.argv = ['train.py', *sys.argv[1:]]; runpy.run_path('train.py', run_name='__main__')")  # fmt: skip
+    flags = ["--slurm-cluster", "local"] if launcher == "slurm" else []
+    result = subprocess.run(
+        [sys.executable, "-c", code, "sweep", *TINY, "--grid", "seed=1", "--launcher", launcher,
+         *flags, "--sweep-dir", str(tmp_path / "s")],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: --launcher {launcher} needs {'submitit' if launcher == 'slurm' else 'Ray'}: "
+        f'pip install -e ".[{extra}]" (make test installs it)'
+    )
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--launcher", "kubernetes"], "--launcher 'kubernetes': choose one of local, slurm, ray"),
+    (["--slurm-partition", "gpu"], "--slurm-partition is a flag of --launcher slurm, not of --launcher local"),
+    (["--launcher", "ray", "--workers", "2"], "--workers is a flag of --launcher local"),
+    (["--launcher", "slurm", "--slurm-time", "0"], "--slurm-time must be >= 1, got 0"),
+    (["--launcher", "ray", "--ray-cpus", "two"], "--ray-cpus must be a float, got 'two'"),
+])  # fmt: skip
+def test_bad_launcher_flags_are_one_error_line(tmp_path, flags, message):
+    result = run_cli("sweep", *TINY, "--grid", "seed=1", *flags, "--sweep-dir", str(tmp_path / "s"))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: {message}"), result.stderr
+    assert not (tmp_path / "s").exists()

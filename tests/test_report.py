@@ -1,0 +1,188 @@
+"""train.py report: its statistics against hand-computed answers, on synthetic run directories
+whose every number is planted, and over real runs made by hand and by a sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from run_helpers import run_cli
+
+from experiments.report import (
+    bootstrap_interval,
+    difference_of_means,
+    interquartile_mean,
+    iqm_of,
+    mean_of,
+    r_squared,
+    write_report,
+)
+
+# --- the estimators -------------------------------------------------------------------------------
+
+
+def test_the_bootstrap_interval_of_a_mean_is_exact_for_few_runs():
+    # 5 runs, one of them 1: a resample's mean is k/5 with k ~ Binomial(5, 1/5):
+    # P(k=0) = 0.328 > 2.5 %, P(k<=2) = 0.942 < 97.5 % <= P(k<=3) = 0.993.
+    assert bootstrap_interval(mean_of, [np.array([0, 0, 0, 0, 1.0])]) == (0.0, 0.6)
+    # 3 runs (27 resamples): the mean is 0.8 + 0.1 k/3, P(k=0) = 8/27, P(k<=2) = 26/27 < 97.5 %.
+    low, high = bootstrap_interval(mean_of, [np.array([0.8, 0.8, 0.9])])
+    assert (low, high) == pytest.approx((0.8, 0.9))
+
+
+def test_the_bootstrap_draws_when_the_resamples_are_too_many_to_enumerate():
+    # 6 runs = 46,656 resamples > the exact limit: 2,000 seeded draws. k ~ Binomial(6, 1/6):
+    # P(k=0) = 0.335, P(k<=2) = 0.938, P(k<=3) = 0.991: the interval is [0, 3/6].
+    assert bootstrap_interval(mean_of, [np.array([0, 0, 0, 0, 0, 1.0])]) == (0.0, 0.5)
+
+
+def test_the_interquartile_mean_cuts_a_quarter_from_each_end():
+    assert interquartile_mean(np.arange(1.0, 9.0)) == 4.5  # mean of 3, 4, 5, 6
+    assert interquartile_mean(np.array([1.0, 2, 3, 4, 100])) == 3.0  # int(5/4) = 1 each side
+    assert interquartile_mean(np.array([0.0, 1.0])) == 0.5  # nothing cut from 2
+
+
+def test_the_stratified_bootstrap_resamples_runs_within_each_task_only():
+    # Two tasks, two runs each, equal within a task: every stratified resample is {0, 0, 1, 1},
+    # whose IQM is 0.5; a bootstrap pooled over the four scores would vary.
+    assert bootstrap_interval(iqm_of, [np.array([0.0, 0.0]), np.array([1.0, 1.0])]) == (0.5, 0.5)
+    # One task, two runs: the resampled IQM (= mean) is 0, 0.5 or 1 with 1/4, 1/2, 1/4.
+    assert bootstrap_interval(iqm_of, [np.array([0.0, 1.0])]) == (0.0, 1.0)
+
+
+def test_the_difference_of_two_groups_means_resamples_each_group():
+    # a - b takes 0.9 - {0.1, 0.2} resampled: always > 0.
+    low, high = bootstrap_interval(
+        difference_of_means, [np.array([0.9, 0.9]), np.array([0.1, 0.2])]
+    )
+    assert (low, high) == pytest.approx((0.7, 0.8))
+
+
+def test_r_squared_of_a_small_line_fit():
+    # x = 0, 1, 2; y = 0, 1, 3: Sxy = 3, Sxx = 2, Syy = 14/3, R^2 = 9 / (2 * 14/3) = 27/28.
+    r2, r = r_squared(np.array([0.0, 1, 2]), np.array([0.0, 1, 3]))
+    assert r2 == pytest.approx(27 / 28) and r > 0
+
+
+# --- a report over planted run directories --------------------------------------------------------
+
+TASKS = 8  # the first and last 2 tasks (8 // 4)
+# seed -> the online accuracy of BP on each task, and L2-ER's
+BP = {1: [0.8] * 4 + [0.6] * 4, 2: [0.8] * 4 + [0.6] * 4, 3: [0.9] * 4 + [0.7] * 4}
+L2ER = {1: [0.8] * TASKS, 2: [0.8] * TASKS, 3: [0.9] * TASKS}
+
+
+def planted_run(root: Path, regularizer: str, seed: int, accuracies: list[float]) -> Path:
+    """A run directory as the supervised learner writes one: accuracy per task, and at the
+    boundaries after tasks 1, 3 and 5 a Hessian whose exact eps-rank at task init is planted."""
+    run = root / f"stream__supervised__{regularizer}__{seed}"
+    (run / "diagnostics").mkdir(parents=True)
+    config = {"stream": "permuted-mnist", "num_tasks": TASKS, "seed": seed,
+              "regularizer": regularizer, "hidden_sizes": [32], "runs_dir": str(root),
+              "l2": {"weight_decay": 1e-3}, "erank": {"lr": 1e-2, "every": 100},
+              "cbp": {"replacement_rate": 1e-6}}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+    examples = 100
+    metrics, events = [], [{"step": 0, "event": "start", "command": f"python train.py {seed}",
+                            "code": {"commit": "abc", "dirty": False}}]  # fmt: skip
+    for task, accuracy in enumerate(accuracies):
+        metrics.append({"step": (task + 1) * examples, "charts/task": task,
+                        "charts/online_accuracy": accuracy})  # fmt: skip
+        if task + 1 < TASKS:
+            events.append({"step": (task + 1) * examples, "event": "shift", "task": task + 1})
+    for end in (1, 3, 5):
+        step = (end + 1) * examples
+        # Ritz values {0, 5}: the Gaussian at 0 (sigma 0.007) has no mass beyond 0.1, so the
+        # exact eps-rank is the weight of 5: planted as the next task's accuracy / 10.
+        weight = accuracies[end + 1] / 10
+        arrays = {"step": step, "task_end": end, "task_init": end + 1,
+                  "epsilons": np.array([0.1])}  # fmt: skip
+        for phase in ("init", "end"):
+            arrays[f"{phase}/model/hessian/ritz_values"] = np.array([[0.0, 5.0]])
+            arrays[f"{phase}/model/hessian/ritz_weights"] = np.array([[1 - weight, weight]])
+        np.savez(run / "diagnostics" / f"step_{step:010d}.npz", **arrays)
+        metrics.append({"step": step, "shift/end/model/features/erank": 10.0 * seed,
+                        "shift/end/model/features/dead": 0.1 * seed})  # fmt: skip
+    events.append({"step": TASKS * examples, "event": "finished"})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run
+
+
+def test_a_report_over_planted_runs_gives_the_hand_computed_numbers(tmp_path):
+    for seed in (1, 2, 3):
+        planted_run(tmp_path / "runs", "none", seed, BP[seed])
+        planted_run(tmp_path / "runs", "l2-er", seed, L2ER[seed])
+    out = write_report([tmp_path / "runs"], tmp_path / "report")
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["methods"] == ["bp", "l2-er"]  # the unused l2/erank flags of BP do not count
+    assert summary["first_tasks"] == [0, 1] and summary["last_tasks"] == [6, 7]
+    bp, l2er = summary["table"]["bp"], summary["table"]["l2-er"]
+    # First tasks: per-run means 0.8, 0.8, 0.9 -> mean 0.8333, exact CI [0.8, 0.9] (see above).
+    assert bp["first"]["mean"] == pytest.approx(0.8 + 0.1 / 3)
+    assert bp["first"]["ci"] == pytest.approx([0.8, 0.9])
+    assert bp["last"]["mean"] == pytest.approx(0.6 + 0.1 / 3)
+    assert bp["last"]["ci"] == pytest.approx([0.6, 0.7])
+    assert bp["drop"] == {"mean": pytest.approx(0.2), "ci": pytest.approx([0.2, 0.2]), "n": 3}
+    assert l2er["drop"]["mean"] == pytest.approx(0.0)
+    # IQM of the 6 last-task scores {0.6, 0.6, 0.7} x 2: cut 1 each side -> (0.6, 0.6, 0.6, 0.7)
+    assert bp["iqm_last"]["value"] == pytest.approx(0.625)
+    # Per task band: task 7 of BP is 0.6, 0.6, 0.7.
+    task7 = summary["per_task"]["bp"][7]
+    assert task7[0] == 7 and task7[1:4] == pytest.approx([0.6 + 0.1 / 3, 0.6, 0.7])
+    # The eps-rank at each task's init is its accuracy / 10 (in %: * 100): a perfect line.
+    (exact,) = [r for r in summary["r_squared"] if r["convention"] == "exact"]
+    assert exact["points"] == 2 * 3 * 3 and exact["eps"] == 0.1
+    assert exact["pooled"] == pytest.approx(1.0) and exact["pooled_r"] > 0
+    assert "beats_reset" not in bp  # no RESET runs here
+    text = (out / "report.md").read_text()
+    assert "| bp | 3 | 0.833 [0.800, 0.900] |" in text
+    assert "`python train.py 1`" in text and "abc" in text
+    for name in ("performance.png", "eps_rank.png", "eps_rank_paper.png", "features.png",
+                 "metric_vs_eps_rank.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 10_000, name
+
+
+def test_the_report_says_whether_a_method_beats_reset(tmp_path):
+    for seed in (1, 2, 3):
+        planted_run(tmp_path / "runs", "none", seed, BP[seed])
+        planted_run(tmp_path / "runs", "l2-er", seed, L2ER[seed])
+        planted_run(tmp_path / "runs", "reset", seed, [0.75] * TASKS)
+    summary = json.loads(
+        (write_report([tmp_path / "runs"], tmp_path / "r") / "report.json").read_text()
+    )
+    # last tasks: L2-ER 0.8, 0.8, 0.9 against RESET's 0.75: always above; BP 0.6, 0.6, 0.7 below
+    assert summary["table"]["l2-er"]["beats_reset"]["verdict"] == "yes"
+    assert summary["table"]["bp"]["beats_reset"]["verdict"] == "no"
+    assert summary["table"]["l2-er"]["beats_reset"]["ci"] == pytest.approx([0.05, 0.15])
+
+
+def test_runs_that_differ_in_a_method_setting_are_two_methods(tmp_path):
+    planted_run(tmp_path / "runs", "l2-er", 1, L2ER[1])
+    other = planted_run(tmp_path / "runs2", "l2-er", 1, BP[1])
+    config = json.loads((other / "config.json").read_text())
+    config["l2"]["weight_decay"] = 1e-4
+    (other / "config.json").write_text(json.dumps(config))
+    summary = json.loads(
+        (
+            write_report([tmp_path / "runs", tmp_path / "runs2"], tmp_path / "r") / "report.json"
+        ).read_text()
+    )
+    assert sorted(summary["methods"]) == [
+        'l2-er (l2={"weight_decay": 0.0001})',
+        'l2-er (l2={"weight_decay": 0.001})',
+    ]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/nonexistent"], "no run directory or sweep directory at /nonexistent"),
+    (["{tmp}"], "no run directories under"),
+])  # fmt: skip
+def test_a_report_of_nothing_is_one_error_line(tmp_path, argv, message):
+    result = run_cli("report", *[a.format(tmp=tmp_path) for a in argv])
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().startswith(f"error: {message}") and "Traceback" not in result.stderr
+    )
