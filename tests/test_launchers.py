@@ -32,6 +32,11 @@ def accuracies(run_dir: Path) -> list[float]:
     return [row["charts/online_accuracy"] for row in rows if "charts/online_accuracy" in row]
 
 
+def only_run_dir(runs_dir: Path, regularizer: str, seed: str) -> Path:
+    (run_dir,) = runs_dir.glob(f"*__{regularizer}__{seed}__*")
+    return run_dir
+
+
 def swept(sweep_dir: Path) -> dict[str, list[float]]:
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     assert sorted(manifest["cells"]) == CELLS
@@ -43,8 +48,7 @@ def swept(sweep_dir: Path) -> dict[str, list[float]]:
 @pytest.mark.slow
 def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, ray_cluster):
     results, reports = {}, {}
-    launchers = {
-        "local": ["--workers", "2"],
+    launchers = {  # the local launcher against runs by hand: tests/test_sweep.py
         "slurm": ["--launcher", "slurm", "--slurm-cluster", "local", "--slurm-time", "10"],
         "ray": ["--launcher", "ray", "--ray-cpus", "1"],
     }
@@ -63,12 +67,17 @@ def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, r
             assert hand.returncode == 0, hand.stderr[-2000:]
     reports["hand"] = report_numbers(tmp_path / "hand", tmp_path / "report-hand")
 
-    assert results["slurm"] == results["local"] and results["ray"] == results["local"]
-    assert all(len(values) == 3 for values in results["local"].values())
-    assert reports["local"]["methods"] == ["bp", "l2"]
-    assert reports["local"]["r_squared"], "the Hessian at each boundary gives eps-rank points"
-    for name in ("slurm", "ray", "hand"):
-        assert reports[name] == reports["local"], name
+    by_hand = {
+        f"regularizer={r}__seed={s}": accuracies(only_run_dir(tmp_path / "hand", r, s))
+        for r in ("none", "l2")
+        for s in ("1", "2")
+    }
+    assert results["slurm"] == by_hand and results["ray"] == by_hand
+    assert all(len(values) == 3 for values in by_hand.values())
+    assert reports["hand"]["methods"] == ["bp", "l2"]
+    assert reports["hand"]["r_squared"], "the Hessian at each boundary gives eps-rank points"
+    for name in ("slurm", "ray"):
+        assert reports[name] == reports["hand"], name
 
 
 @pytest.mark.parametrize("launcher, extra", [("slurm", "slurm"), ("ray", "ray")])
