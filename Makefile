@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(PY) train.py ppo --preset demo
 
+# Two tests at a time (-n 2): most of the suite waits on real processes, W&B's timeouts or Ray,
+# so two share 2 cores well; the tests on one Ray cluster run in one worker (xdist_group).
 test: $(STAMP)
-	WANDB_MODE=offline $(PY) -m pytest -q
+	WANDB_MODE=offline $(PY) -m pytest -q -n 2 --dist loadgroup
 
 reproduce: $(STAMP)
 	$(PY) train.py sweep --config permuted-mnist-small-cpu

@@ -1,5 +1,6 @@
 """The same tiny sweep through every launcher (local processes, submitit's local executor, a
-real local Ray cluster) and by hand: the same cells, the same run records, the same report."""
+real local Ray cluster) and by hand: the same cells, the same run records, the same report;
+a cell is the same run as by hand bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from run_helpers import REPO, cli_env, run_cli
+
+from agents.run import load_checkpoint
 
 # 2 methods x 2 seeds x 3 tasks of the 8x8 digits, with a small Hessian at every boundary
 TINY = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "32",
@@ -46,9 +50,11 @@ def swept(sweep_dir: Path) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray cluster: these tests share one xdist worker
 def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, ray_cluster):
     results, reports = {}, {}
-    launchers = {  # the local launcher against runs by hand: tests/test_sweep.py
+    launchers = {
+        "local": ["--workers", "2"],
         "slurm": ["--launcher", "slurm", "--slurm-cluster", "local", "--slurm-time", "10"],
         "ray": ["--launcher", "ray", "--ray-cpus", "1"],
     }
@@ -72,12 +78,29 @@ def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, r
         for r in ("none", "l2")
         for s in ("1", "2")
     }
-    assert results["slurm"] == by_hand and results["ray"] == by_hand
+    for name in launchers:
+        assert results[name] == by_hand, name
+        assert reports[name] == reports["hand"], name
     assert all(len(values) == 3 for values in by_hand.values())
     assert reports["hand"]["methods"] == ["bp", "l2"]
     assert reports["hand"]["r_squared"], "the Hessian at each boundary gives eps-rank points"
-    for name in ("slurm", "ray"):
-        assert reports[name] == reports["hand"], name
+
+    # A cell is the run by hand bit for bit (the supervised stream is deterministic).
+    local = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    entry = local["cells"]["regularizer=l2__seed=2"]
+    swept_state = load_checkpoint(entry["run_dir"])
+    hand_state = load_checkpoint(only_run_dir(tmp_path / "hand", "l2", "2"))
+    for name, value in hand_state["model"].items():
+        assert torch.equal(swept_state["model"][name], value), name
+    assert local["code"]["commit"]
+    # Each run records how it was started and from which code: what the report shows.
+    start = json.loads((Path(entry["run_dir"]) / "events.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["step"] == 0
+    assert "--seed 2" in start["command"] and "train.py supervised" in start["command"]
+    assert start["code"]["commit"] == local["code"]["commit"]
+    # Run again: nothing to do.
+    again = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(tmp_path / "local"))
+    assert again.returncode == 0 and "4 cells, 0 to run" in again.stderr, again.stderr[-2000:]
 
 
 @pytest.mark.parametrize("launcher, extra", [("slurm", "slurm"), ("ray", "ray")])
