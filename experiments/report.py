@@ -490,8 +490,9 @@ def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
     axes[0].set_xlabel("task phase" if rl else "task")
     axes[0].set_ylabel(summary["metric"])
     axes[0].set_title(f"{summary['metric']}: mean over seeds, 95 % bootstrap band", size=10)
-    axes[0].legend(fontsize=8)
-    if rl:  # return over env steps, binned on one grid for every run
+    if axes[0].get_legend_handles_labels()[0]:  # a run that has logged nothing yet has no line
+        axes[0].legend(fontsize=8)
+    if rl and any(len(r.returns[0]) for r in runs):  # return over env steps, on one grid
         end = max(float(r.returns[0].max()) for r in runs if len(r.returns[0]))
         edges = np.linspace(0, end, 41)
         for method in methods:
