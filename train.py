@@ -17,6 +17,7 @@ import importlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 # MuJoCo chooses its OpenGL backend when it is first imported; on a Linux machine with no
@@ -73,44 +74,13 @@ def parse(mode: str, argv: list[str]) -> tuple[Any, Any]:
     return module, tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")
 
 
-def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    if argv[0] == "sweep":
-        from agents.run import Interrupted
-        from experiments import sweep
-
-        try:
-            sweep.run(argv[1:])
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except Interrupted as stop:
-            print(f"interrupted: {stop}", file=sys.stderr)
-            raise SystemExit(130) from None
-        return
-    if argv[0] == "report":
-        from experiments import report
-
-        try:
-            report.main(argv[1:])
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-        return
-    if argv[0] not in MODES:
-        raise SystemExit(
-            f"error: unknown mode '{argv[0]}'; choose one of: {', '.join(MODES)}\n{USAGE}"
-        )
+def one_line_errors(command: Callable[[], Any]) -> Any:
+    """Run a command with its expected failures as one line: a bad flag or input (exit 2), a
+    stop (130), Ctrl-C before a run had started (130)."""
     from agents.run import Interrupted
 
-    # Until the run installs its own handlers (which stop it at a consistent point), SIGTERM
-    # is Ctrl-C: a scheduler's stop during set-up ends with one line and exit status 130.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        module, args = parse(argv[0], argv[1:])
-        run_dir = module.train(args)
+        return command()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -120,7 +90,29 @@ def main(argv: list[str]) -> None:
     except KeyboardInterrupt:  # before the run had started: nothing to keep
         print("interrupted: before the run started; nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"run directory: {run_dir}")
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if argv[0] in ("sweep", "report"):  # experiments/sweep.py, experiments/report.py
+        command = importlib.import_module(f"experiments.{argv[0]}")
+        one_line_errors(lambda: command.run(argv[1:]))
+        return
+    if argv[0] not in MODES:
+        raise SystemExit(
+            f"error: unknown mode '{argv[0]}'; choose one of: {', '.join(MODES)}\n{USAGE}"
+        )
+    # Until the run installs its own handlers (which stop it at a consistent point), SIGTERM
+    # is Ctrl-C: a scheduler's stop during set-up ends with one line and exit status 130.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def train() -> Any:
+        module, args = parse(argv[0], argv[1:])
+        return module.train(args)
+
+    print(f"run directory: {one_line_errors(train)}")
 
 
 if __name__ == "__main__":

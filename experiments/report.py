@@ -44,7 +44,6 @@ import argparse
 import itertools
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +149,7 @@ class RunRecord:
     command: str
     code: dict
     returns: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # RL: (steps, returns)
+    shifts: list[int] = field(default_factory=list)  # the steps of its shifts
     # (net, phase, task, eps) -> (exact, paper) Hessian epsilon-rank, in percent
     eps_ranks: dict[tuple, tuple[float, float]] = field(default_factory=dict)
     # (net, phase, task) -> (feature effective rank, share of dead units)
@@ -195,6 +195,7 @@ def read_run(path: Path) -> RunRecord:
     origin = next((e for e in events if e.get("event") == "start"), {})
     kind = "supervised" if "stream" in config else "rl"
     shifts = sorted(e["step"] for e in events if e.get("event") == "shift")
+    ended = any(e.get("event") == "finished" for e in events)
     if kind == "supervised":
         planned = int(config["num_tasks"])
         task_metric = {
@@ -214,7 +215,6 @@ def read_run(path: Path) -> RunRecord:
         last_step = max([row["step"] for row in metrics], default=0)
         # the last rollout's steps may be logged before the total: within one batch is the end
         batch = int(config.get("num_steps", 1)) * int(config.get("num_envs", 1))
-        ended = any(e.get("event") == "finished" for e in events)
         if not ended and (
             len(shifts) + 1 < planned or last_step < int(config.get("total_timesteps", 0)) - batch
         ):
@@ -226,10 +226,11 @@ def read_run(path: Path) -> RunRecord:
         planned_tasks=planned,
         task_metric=task_metric,
         # runs from before the "finished" event: done when every task is
-        finished=any(e.get("event") == "finished" for e in events) or len(task_metric) >= planned,
+        finished=ended or len(task_metric) >= planned,
         command=origin.get("command", ""),
         code=origin.get("code", {}),
         returns=returns,
+        shifts=shifts,
     )
     # Boundaries: each diagnostics file is one shift (the end of one task, the init of the next)
     step_tasks: dict[int, dict[str, int]] = {}
@@ -514,7 +515,7 @@ def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
             ]  # fmt: skip
             mean, low, high = np.array(stats).T
             band(axes[1], centres, mean, low, high, colour(methods, method), method)
-        for shift in sorted({s for r in runs for s in phase_starts(r)}):
+        for shift in sorted({s for r in runs for s in r.shifts}):
             axes[1].axvline(shift, color="0.5", linestyle=":", linewidth=0.9)
         axes[1].xaxis.set_major_formatter(EngFormatter())
         axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -522,11 +523,6 @@ def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
         axes[1].set_ylabel("episodic return")
         axes[1].set_title("return over steps (40 bins; dotted: shifts)", size=10)
     return fig
-
-
-def phase_starts(run: RunRecord) -> list[int]:
-    events = read_jsonl(run.path / "events.jsonl")
-    return [e["step"] for e in events if e.get("event") == "shift"]
 
 
 def aggregate(runs: list[RunRecord], method: str, value: Callable[[RunRecord], dict[int, float]]):
@@ -746,7 +742,8 @@ def write_report(paths: list[Path], out: Path | None = None) -> Path:
     return out
 
 
-def main(argv: list[str]) -> None:
+def run(argv: list[str]) -> None:
+    """train.py report ...: parse the paths, write the report, say where it is."""
     parser = argparse.ArgumentParser(prog="train.py report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "paths", nargs="+", type=Path, help="a sweep directory, run directories, or folders of them"
@@ -755,10 +752,3 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     out = write_report(args.paths, args.out)
     print(f"report: {out / 'report.md'}")
-
-
-if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None

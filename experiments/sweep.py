@@ -205,12 +205,9 @@ def parse_engine(given: dict[str, str | None]) -> EngineFlags:
             parsed = kind(value)
         except ValueError:
             raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}") from None
-        if kind in (int, float) and not parsed >= (
-            1 if f.name in ("slurm_time", "slurm_cpus", "slurm_array_parallelism") else 0
-        ):
-            raise ConfigError(
-                f"{name} must be {'>= 1' if kind is int and parsed < 1 else '>= 0'}, got {value}"
-            )
+        minimum = 1 if f.name in ("slurm_time", "slurm_cpus", "slurm_array_parallelism") else 0
+        if kind in (int, float) and not parsed >= minimum:  # `not >=`: NaN is refused too
+            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
         setattr(flags, f.name, parsed)
     for f in dataclasses.fields(EngineFlags):
         engine = f.name.split("_")[0]
