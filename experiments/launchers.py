@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -103,6 +104,7 @@ def check_engine(flags: EngineFlags) -> str | None:
             raise ConfigError(
                 '--launcher ray needs Ray: pip install -e ".[ray]" (make test installs it)'
             ) from None
+        check_ray_address(os.environ.get("RAY_ADDRESS", ""))
     return None
 
 
@@ -195,6 +197,19 @@ class SlurmEngine:
         pass
 
 
+def check_ray_address(address: str) -> None:
+    """One error line at once when nothing listens at a host:port RAY_ADDRESS: Ray itself
+    retries an unreachable cluster for minutes (measured: over 5) before it says so."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "local", "auto", ray://...: Ray's own business
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise ConfigError(f"--launcher ray: nothing answers at RAY_ADDRESS={address} "
+                          f"({error.strerror or error}); is the cluster up?") from None  # fmt: skip
+
+
 class RayEngine:
     """Ray tasks on the cluster at RAY_ADDRESS, or on a local one started here."""
 
@@ -206,9 +221,19 @@ class RayEngine:
         self.capacity = None  # Ray schedules them by the resources each asks for
         self.started_here = not ray.is_initialized()
         if self.started_here:
-            address = os.environ.get("RAY_ADDRESS") or None
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
+            # "local" starts a cluster of our own: with no address Ray would join the last
+            # cluster started on this machine, whatever it is, if it is still up.
+            address = os.environ.get("RAY_ADDRESS") or "local"
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)  # fmt: skip
+            except Exception as error:  # Ray's own error, after its own retries
+                reason = str(error).strip().splitlines()[-1]
+                if "InvalidAuthToken" in f"{error} {error.__cause__}":
+                    reason = ("it asks for a token: set RAY_AUTH_MODE=token (Ray reads the token "
+                              "from RAY_AUTH_TOKEN or ~/.ray/auth_token)")  # fmt: skip
+                raise ConfigError(f"--launcher ray: cannot reach the Ray cluster at "
+                                  f"{address}: {reason}") from None  # fmt: skip
         self.task = ray.remote(num_cpus=sweep.engine.ray_cpus, num_gpus=sweep.engine.ray_gpus,
                                max_retries=0)(run_cell_process)  # fmt: skip
 

@@ -28,19 +28,52 @@ def _private_download_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster (2 CPUs), started once for the tests that use it and stopped
-    after them; yields the RAY_ADDRESS that reaches it."""
+    after them; yields the environment (RAY_ADDRESS and the authentication mode) that reaches
+    it. It is this test session's own: its own free port and temporary directory, so that a
+    cluster left running on the machine (or the last one's address in /tmp/ray) is never
+    joined or collided with, and it is stopped by stopping its own process group, not with
+    `ray stop`, which would stop every Ray cluster on the machine. The authentication mode is
+    set, not left to whether ~/.ray/auth_token exists (Ray 2.60 turns token authentication on
+    for `ray start` when it does, and a driver given an address never does)."""
     import shutil
+    import signal
+    import socket
     import subprocess
+    import tempfile
     from pathlib import Path
 
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     assert ray, "the ray extra is installed by make test"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--include-dashboard",
-                              "false", "--disable-usage-stats"], env=env, capture_output=True,
-                             text=True, timeout=180)  # fmt: skip
-    assert started.returncode == 0, started.stderr[-2000:]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Short, under /tmp: Ray's unix sockets live in it and their paths have a length limit.
+    temp_dir = tempfile.mkdtemp(prefix="ray-test-", dir="/tmp")
+    reach = {"RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, **reach, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port),
+                             "--temp-dir", temp_dir, "--num-cpus", "2", "--include-dashboard",
+                             "false", "--disable-usage-stats"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     try:
-        yield "auto"
+        printed = []
+        for line in head.stdout:  # --block prints this once the cluster is up
+            printed.append(line)
+            if "block forever" in line:
+                break
+        assert head.poll() is None, "".join(printed)[-2000:]
+        # The head writes the address it listens at (the node's IP and our port) here.
+        address = (Path(temp_dir) / "ray_current_cluster").read_text().strip()
+        assert address.endswith(f":{port}"), address
+        yield {**reach, "RAY_ADDRESS": address}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=180)
+        os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # any of them still there once the head has gone
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

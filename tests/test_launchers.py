@@ -5,6 +5,7 @@ a cell is the same run as by hand bit for bit."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, r
     }
     for name, flags in launchers.items():
         sweep_dir = tmp_path / name
-        env = cli_env(RAY_ADDRESS=ray_cluster) if name == "ray" else None
+        env = cli_env(**ray_cluster) if name == "ray" else None
         result = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir), *flags,
                          timeout=600, env=env)  # fmt: skip
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
@@ -132,4 +133,19 @@ def test_bad_launcher_flags_are_one_error_line(tmp_path, flags, message):
     result = run_cli("sweep", *TINY, "--grid", "seed=1", *flags, "--sweep-dir", str(tmp_path / "s"))
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {message}"), result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_ray_address_where_nothing_answers_is_one_error_line_at_once(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens at: bound, never listened on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        # Ray alone would retry for minutes; the timeout is a guard against that hang.
+        result = run_cli("sweep", *TINY, "--grid", "seed=1", "--launcher", "ray", "--sweep-dir",
+                         str(tmp_path / "s"), env=cli_env(RAY_ADDRESS=address), timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: --launcher ray: nothing answers at RAY_ADDRESS={address} (Connection refused); "
+        "is the cluster up?"
+    )
     assert not (tmp_path / "s").exists()

@@ -39,7 +39,7 @@ def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(
     sweep_dir = tmp_path / "sweep"
     env = cli_env()
     if launcher == "ray":
-        env["RAY_ADDRESS"] = request.getfixturevalue("ray_cluster")
+        env.update(request.getfixturevalue("ray_cluster"))
     slow = ["supervised", "--dataset", "digits", "--num-tasks", "5", "--hidden-sizes", "256", "256",
             "--diagnostics", "none", "--checkpoint-every", "1"]  # fmt: skip
     argv = [
