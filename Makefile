@@ -2,7 +2,7 @@
 #   make run    a short nonstationary PPO run (HalfCheetah, friction shifts, L2-ER) -> runs/<name>/
 #   make test   the test suite
 #   make reproduce  the paper code's small permuted-MNIST sweep (4 methods x 3 seeds), then its
-#               report: sweeps/permuted-mnist-small-cpu/report/report.md (~1 h on 2 cores)
+#               report: sweeps/permuted-mnist-small-cpu/report/report.md (30 min on 2 cores)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
