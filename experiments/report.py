@@ -10,7 +10,8 @@ finished. It writes REPORT_DIR (default SWEEP_DIR/report, or ./report) with repo
 report.json (every number in it) and these figures:
 
     performance.png      the per-task metric per method (supervised: online accuracy per task;
-                         RL: mean return per task phase, and return over env steps), the mean over
+                         RL: mean return per task phase, the mean of its learning curve over 10
+                         equal spans of steps, and return over env steps), the mean over
                          seeds with its 95 % bootstrap band
     eps_rank.png         Hessian epsilon-rank at the init and end of each task per method, a log
                          panel per network and epsilon, in the exact convention (the figure says so)
@@ -188,6 +189,29 @@ def planned_phases(config: dict) -> int:
     return 1 + (len(range(every, total, every)) if every > 0 and config.get("shift") else 0)
 
 
+PHASE_BINS = 10
+
+
+def phase_means(
+    steps: np.ndarray, returns: np.ndarray, shifts: list[int], total: int
+) -> dict[int, float]:
+    """Each phase's mean return as the mean of its learning curve: the phase cut into
+    PHASE_BINS equal spans of env steps, each span the mean return of the episodes that ended
+    in it, and the spans that saw an episode averaged. Averaging the episodes themselves would
+    weigh a phase by episode count: where failing ends an episode (InvertedPendulum, Hopper)
+    hundreds of short failures outweigh the long episodes the learner reached by the phase's
+    end (measured: a phase that ends at the maximum return of 1,000 averages 59 per episode)."""
+    edges = [0, *shifts, max([total, *(s + 1 for s in shifts), int(steps.max(initial=0)) + 1])]
+    means: dict[int, float] = {}
+    for phase, (start, end) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        inside = (steps >= start) & (steps < end)
+        if not inside.any():
+            continue
+        span = np.minimum(((steps[inside] - start) * PHASE_BINS) // (end - start), PHASE_BINS - 1)
+        means[phase] = float(np.mean([returns[inside][span == b].mean() for b in np.unique(span)]))
+    return means
+
+
 def read_run(path: Path) -> RunRecord:
     config = json.loads((path / "config.json").read_text())
     metrics = [row for row in read_jsonl(path / "metrics.jsonl") if "step" in row]
@@ -210,8 +234,8 @@ def read_run(path: Path) -> RunRecord:
         steps = np.array([row["step"] for row in rows], dtype=np.float64)
         values = np.array([float(row["charts/episodic_return"]) for row in rows])
         returns = (steps, values)
-        phase_of = np.searchsorted(np.array(shifts), steps, side="right")
-        task_metric = {int(p): float(values[phase_of == p].mean()) for p in np.unique(phase_of)}
+        total = int(config.get("total_timesteps", 0)) or int(steps.max(initial=0)) + 1
+        task_metric = phase_means(steps, values, shifts, total)
         last_step = max([row["step"] for row in metrics], default=0)
         # the last rollout's steps may be logged before the total: within one batch is the end
         batch = int(config.get("num_steps", 1)) * int(config.get("num_envs", 1))
@@ -396,6 +420,11 @@ def summarise(runs: list[RunRecord]) -> dict:
         "metric": "online accuracy per task"
         if runs[0].kind == "supervised"
         else "mean return per task phase",
+        "metric_note": ""
+        if runs[0].kind == "supervised"
+        else f"a phase's mean return is the mean of its learning curve over {PHASE_BINS} equal "
+        "spans of env steps (each the mean of the episodes that ended in it), so a phase's many "
+        "short failed episodes do not outweigh the long ones",
         "planned_tasks": planned,
         "first_tasks": [first_tasks[0], first_tasks[-1]],
         "last_tasks": [last_tasks[0], last_tasks[-1]],
@@ -654,7 +683,12 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
         "",
         f"Sources: {', '.join(sources)}. {len(summary['runs'])} runs; metric: {summary['metric']}; "
         f"{summary['planned_tasks']} {unit} planned. Means over runs with 95 % bootstrap CIs "
-        "(exact: every resample enumerated, up to 5 runs).",
+        "(exact: every resample enumerated, up to 5 runs)."
+        + (
+            f" {summary['metric_note'][0].upper()}{summary['metric_note'][1:]}."
+            if summary.get("metric_note")
+            else ""
+        ),
         "",
         f"| method | runs | {unit} {first[0]}-{first[1]} | {unit} {last[0]}-{last[1]} | drop | "
         f"IQM, {unit} {last[0]}-{last[1]} (stratified bootstrap) |"

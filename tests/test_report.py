@@ -16,6 +16,7 @@ from experiments.report import (
     interquartile_mean,
     iqm_of,
     mean_of,
+    phase_means,
     r_squared,
     write_report,
 )
@@ -64,6 +65,17 @@ def test_r_squared_of_a_small_line_fit():
     # x = 0, 1, 2; y = 0, 1, 3: Sxy = 3, Sxx = 2, Syy = 14/3, R^2 = 9 / (2 * 14/3) = 27/28.
     r2, r = r_squared(np.array([0.0, 1, 2]), np.array([0.0, 1, 3]))
     assert r2 == pytest.approx(27 / 28) and r > 0
+
+
+def test_a_phase_mean_is_its_learning_curve_mean_not_its_episode_mean():
+    # Phase 0 (steps 0-99, spans of 10): four failed episodes of return 1 in the first span and
+    # one of 1,000 in the last: the spans' mean is (1 + 1000) / 2, the episodes' 200.8.
+    # Phase 1 (100 to the run's end): 10 at step 150 (span 5), 30 at the last step, 200 (span 9).
+    steps = np.array([5, 6, 7, 8, 95, 150, 200])
+    returns = np.array([1.0, 1, 1, 1, 1000, 10, 30])
+    assert phase_means(steps, returns, [100], 200) == pytest.approx({0: 500.5, 1: 20.0})
+    # No episode ended in a phase: it has no mean (not a zero).
+    assert phase_means(np.array([5]), np.array([3.0]), [100], 200) == {0: 3.0}
 
 
 # --- a report over planted run directories --------------------------------------------------------
