@@ -234,14 +234,12 @@ def read_run(path: Path) -> RunRecord:
         steps = np.array([row["step"] for row in rows], dtype=np.float64)
         values = np.array([float(row["charts/episodic_return"]) for row in rows])
         returns = (steps, values)
-        total = int(config.get("total_timesteps", 0)) or int(steps.max(initial=0)) + 1
-        task_metric = phase_means(steps, values, shifts, total)
+        total = int(config.get("total_timesteps", 0))
+        task_metric = phase_means(steps, values, shifts, total)  # 0: up to the last episode
         last_step = max([row["step"] for row in metrics], default=0)
         # the last rollout's steps may be logged before the total: within one batch is the end
         batch = int(config.get("num_steps", 1)) * int(config.get("num_envs", 1))
-        if not ended and (
-            len(shifts) + 1 < planned or last_step < int(config.get("total_timesteps", 0)) - batch
-        ):
+        if not ended and (len(shifts) + 1 < planned or last_step < total - batch):
             task_metric.pop(len(shifts), None)  # the phase still being run is not a phase's mean
     record = RunRecord(
         path=path,
@@ -422,9 +420,9 @@ def summarise(runs: list[RunRecord]) -> dict:
         else "mean return per task phase",
         "metric_note": ""
         if runs[0].kind == "supervised"
-        else f"a phase's mean return is the mean of its learning curve over {PHASE_BINS} equal "
+        else f"A phase's mean return is the mean of its learning curve over {PHASE_BINS} equal "
         "spans of env steps (each the mean of the episodes that ended in it), so a phase's many "
-        "short failed episodes do not outweigh the long ones",
+        "short failed episodes do not outweigh the long ones.",
         "planned_tasks": planned,
         "first_tasks": [first_tasks[0], first_tasks[-1]],
         "last_tasks": [last_tasks[0], last_tasks[-1]],
@@ -684,11 +682,7 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
         f"Sources: {', '.join(sources)}. {len(summary['runs'])} runs; metric: {summary['metric']}; "
         f"{summary['planned_tasks']} {unit} planned. Means over runs with 95 % bootstrap CIs "
         "(exact: every resample enumerated, up to 5 runs)."
-        + (
-            f" {summary['metric_note'][0].upper()}{summary['metric_note'][1:]}."
-            if summary.get("metric_note")
-            else ""
-        ),
+        + (f" {summary['metric_note']}" if summary["metric_note"] else ""),
         "",
         f"| method | runs | {unit} {first[0]}-{first[1]} | {unit} {last[0]}-{last[1]} | drop | "
         f"IQM, {unit} {last[0]}-{last[1]} (stratified bootstrap) |"
