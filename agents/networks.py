@@ -1,6 +1,6 @@
 """Networks that expose their hidden features in the same forward pass.
 
-Every network here (PPO's actor and critic, SAC's actor and twin critic, the supervised MLP)
+Every network here (PPO's Gaussian or categorical actor and its critic, SAC's actor and twin critic, the supervised MLP)
 returns `(output, hidden_features)`: `hidden_features` is the list of
 post-activation outputs of the hidden layers, each (batch, width). That is all a rank
 regularizer or a rank diagnostic needs; nothing reaches into layers by name.
@@ -13,6 +13,7 @@ layer and its activation (Lyle et al. 2024); the features stay post-activation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -26,7 +27,7 @@ from regularizers.base import UnitLayer
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # SAC's bounds of the policy's log-std (CleanRL)
 
-Activation = Literal["tanh", "relu", "leaky-relu", "gelu", "silu"]
+Activation = Literal["tanh", "relu", "leaky-relu", "leaky-relu-0.1", "gelu", "silu"]
 ARCHITECTURE_FLAGS = ("hidden_sizes", "activation", "init", "layer_norm")
 """The flags every learner builds its networks from (a resumed run cannot change them)."""
 Init = Literal["orthogonal", "kaiming-uniform", "torch-default"]
@@ -36,7 +37,9 @@ Init = Literal["orthogonal", "kaiming-uniform", "torch-default"]
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "relu": F.relu,
-    "leaky-relu": F.leaky_relu,
+    "leaky-relu": F.leaky_relu,  # negative slope 0.01, PyTorch's default
+    # negative slope 0.1: C-CHAIN's continual Gym Control networks (nn.LeakyReLU(0.1))
+    "leaky-relu-0.1": functools.partial(F.leaky_relu, negative_slope=0.1),
     "gelu": F.gelu,
     "silu": F.silu,
 }
@@ -157,6 +160,38 @@ class GaussianActor(nn.Module):
     def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Returns the action mean and the hidden features; the std is `self.log_std.exp()`."""
         return self.mean(obs)
+
+
+class CategoricalActor(nn.Module):
+    """A softmax policy over n discrete actions: an MLP gives the logits (CleanRL's `ppo.py`).
+
+    forward -> (logits (batch, n), hidden features); pi(a|s) = softmax(logits)[a]. With the
+    orthogonal init the output layer's gain is 0.01, as CleanRL's, so the first policy is
+    nearly uniform."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Activation,
+        init: Init = "orthogonal",
+        layer_norm: bool = False,
+    ):
+        super().__init__()
+        self.logits = MLP(
+            obs_dim, hidden_sizes, n_actions, activation, init, out_gain=0.01,
+            layer_norm=layer_norm,
+        )  # fmt: skip
+
+    def reset_parameters(self) -> None:
+        self.logits.reset_parameters()
+
+    def unit_layers(self) -> list[UnitLayer]:
+        return self.logits.unit_layers()
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.logits(obs)
 
 
 class Critic(nn.Module):

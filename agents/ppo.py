@@ -1,8 +1,10 @@
-"""PPO for continuous actions on a nonstationary world, in the CleanRL spirit.
+"""PPO for continuous and discrete actions on a nonstationary world, in the CleanRL spirit.
 
 Read top to bottom: Args (every flag, with its docstring), presets, then `train`: set-up,
 rollout, GAE, minibatch updates with the regularizer's penalty and moments, logging and
-checkpoints. Differences from CleanRL's `ppo_continuous_action.py`, each on purpose:
+checkpoints. A Box action space gets a diagonal Gaussian policy (CleanRL's
+`ppo_continuous_action.py`), a Discrete one a softmax policy (CleanRL's `ppo.py`); everything
+else is the same code. Differences from CleanRL, each on purpose:
 - separate actor and critic networks that return their hidden features (the paper's RL setup);
 - the gymnasium 1.x vector API with same-step autoreset, and truncated episodes bootstrapped
   from the value of their final observation (termination is not bootstrapped);
@@ -10,7 +12,10 @@ checkpoints. Differences from CleanRL's `ppo_continuous_action.py`, each on purp
 - the world changes at shifts (envs.ShiftingVectorEnv), and the regularizer is one object
   whose moments are called at fixed points (regularizers.base);
 - learning-rate annealing is off by default: annealing to zero would confound loss of
-  plasticity with a vanishing step size (turn it on with --anneal-lr for CleanRL's setting).
+  plasticity with a vanishing step size (turn it on with --anneal-lr for CleanRL's setting);
+- what other continual-RL code does differently is a flag, not a fork: an episode cap, a reward
+  divisor, advantages normalised over the whole rollout, Monte-Carlo value targets, episodes
+  cut at every rollout (the continual-* presets set them as C-CHAIN's code has them).
 """
 
 from __future__ import annotations
@@ -22,11 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
-from agents.networks import ARCHITECTURE_FLAGS, Activation, Critic, GaussianActor, Init
+from agents.networks import (
+    ARCHITECTURE_FLAGS,
+    Activation,
+    CategoricalActor,
+    Critic,
+    GaussianActor,
+    Init,
+)
 from agents.run import (
     Diverged,
     EpisodeStats,
@@ -42,7 +55,7 @@ from agents.run import (
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME
-from envs import SLIPPERY_ANT, PhysicsFlags, ShiftFlags, learner_envs
+from envs import SLIPPERY_ANT, OffsetConfig, PhysicsFlags, ShiftFlags, learner_envs
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from envs.video import ClipRecorder, VideoFlags, check_video_flags
 from envs.video import unused_flags as unused_video_flags
@@ -50,7 +63,10 @@ from regularizers import RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all, require_widths
 
 LOG_2PI = math.log(2 * math.pi)
-PresetName = Literal["none", "demo", "slippery-ant"]
+PresetName = Literal[
+    "none", "demo", "slippery-ant", "continual-cartpole", "continual-acrobot",
+    "continual-lunarlander",
+]  # fmt: skip
 
 
 @dataclass
@@ -60,7 +76,9 @@ class PPOFlags:
     preset: PresetName = "none"
     """a named set of defaults applied before the other flags: demo (make run: HalfCheetah-v5 with
     RK4 physics, friction shifts every 50k steps, L2-ER, 200k steps, clips at the shifts),
-    slippery-ant (the paper's PPO run on Ant-v5)"""
+    slippery-ant (the paper's PPO run on Ant-v5), continual-cartpole / continual-acrobot /
+    continual-lunarlander (C-CHAIN's continual Gym Control: 10 tasks, each a new offset added
+    to every observation, 1.6M steps; docs/continual-gym-control.md)"""
     exp_name: str = "ppo"
     """the name of this experiment (part of the run name)"""
     seed: int = 1
@@ -92,6 +110,15 @@ class PPOFlags:
     """normalise observations by running statistics (saved in checkpoints)"""
     norm_reward: bool = True
     """scale rewards by the running std of the discounted return (saved in checkpoints)"""
+    max_episode_steps: int = 0
+    """cap every episode at this many steps (a truncation: bootstrapped from the value of its
+    last observation); 0 keeps the env's own time limit"""
+    reset_every_rollout: bool = False
+    """start new episodes at every rollout, as C-CHAIN's (and TRAC's) PPO loop does: the
+    episode in flight at a rollout's end is cut there, bootstrapped from the value of its next
+    observation, and counted as an episode with the return it reached"""
+    reward_divisor: float = 1.0
+    """divide every reward by this before learning (C-CHAIN: 20); logged returns stay the env's"""
 
     # Networks
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -125,9 +152,16 @@ class PPOFlags:
     update_epochs: int = 10
     """epochs over each rollout"""
     norm_adv: bool = True
-    """normalise advantages within each minibatch"""
+    """normalise advantages (to mean 0, std 1) over --adv-norm-scope"""
+    adv_norm_scope: Literal["minibatch", "rollout"] = "minibatch"
+    """what advantages are normalised over: each minibatch (CleanRL) or the whole rollout once
+    (C-CHAIN)"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
+    value_target: Literal["gae", "monte-carlo"] = "gae"
+    """the critic's target: the GAE lambda-return (advantages + old values, CleanRL) or the
+    discounted reward-to-go, bootstrapped from the value where the rollout or a truncation cuts
+    an episode (C-CHAIN)"""
     clip_vloss: bool = True
     """clip the value loss as in the PPO paper"""
     ent_coef: float = 0.0
@@ -135,7 +169,7 @@ class PPOFlags:
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
-    """global gradient-norm clipping"""
+    """clip the global gradient norm to this; 0 = no clipping"""
     target_kl: float | None = None
     """stop an update early when the approximate KL exceeds this"""
 
@@ -149,6 +183,47 @@ class Args(
 
     # --help follows the fields' order, and a dataclass takes its bases' fields last base first.
 
+
+# C-CHAIN's continual Gym Control (Tang et al., ICML 2025), each value read from its code
+# (github.com/bluecontra/C-CHAIN, crl_gym_classic_control/: control_train_aligned_vanilla.py
+# "script", networks.py, basic_utils.py; docs/continual-gym-control.md):
+CONTINUAL_GYM_CONTROL: dict = dict(
+    total_timesteps=1_600_000,  # script: level_num 10 x level_switch 200 x iteration_steps 800
+    shift=("obs-offset",),  # script: observation += random_perturbation, one per level
+    shift_every=160_000,  # script: a new level every level_switch 200 iterations
+    obs_offset=OffsetConfig(std=2.0, first_task_unshifted=True),  # np.random.normal(0,
+    # obs_perturb_range 2, obs.shape) per level, random_perturbations[0] = zeros
+    num_envs=1,  # script: one gym env
+    num_steps=800,  # script: iteration_steps 800 per PPO iteration
+    max_episode_steps=400,  # script: max_timesteps 400, cut there with end_episode(last_value=V)
+    reset_every_rollout=True,  # script: every iteration starts with env.reset(); the episode in
+    # flight at step 800 ends with end_episode(last_value=V) and its return is averaged in
+    reward_divisor=20.0,  # script: reward_scale 20 (basic_utils Episode.append: reward / scale)
+    norm_obs=False,  # script: state_scale 1.0, no normalisation
+    norm_reward=False,
+    hidden_sizes=(256, 256, 256),  # networks.py: fc1-fc3 of hidden_dim 256, actor and critic
+    activation="leaky-relu-0.1",  # script: act_f l_relu = torch.nn.LeakyReLU(0.1)
+    init="torch-default",  # networks.py: nn.Linear's own initialisation
+    learning_rate=1e-3,  # script: lr 0.001, one Adam over both networks
+    adam_betas=(0.9, 0.999),  # torch.optim.Adam's defaults
+    adam_eps=1e-8,
+    num_minibatches=25,  # script: DataLoader batch_size 32 over the 800 samples
+    update_epochs=5,  # script: epoch 5
+    gamma=0.99,  # basic_utils Episode(gamma=0.99, lambd=0.95)
+    gae_lambda=0.95,
+    norm_adv=True,  # basic_utils History.build_dataset: normalize_list(advantages) over the
+    adv_norm_scope="rollout",  # whole iteration
+    value_target="monte-carlo",  # basic_utils end_episode: rewards_to_go = discounted sum of
+    # the scaled rewards and last_value
+    clip_coef=0.2,  # basic_utils: clip 0.2
+    clip_vloss=False,  # basic_utils: c2 * F.mse_loss(values, rewards_to_go)
+    ent_coef=0.01,  # basic_utils: c1 0.01
+    vf_coef=1.0,  # basic_utils: c2 0.5 times the plain MSE; ours is vf_coef * 0.5 * MSE
+    max_grad_norm=0.0,  # basic_utils: no clipping
+    checkpoint_every=160_000,  # one per task
+    # The Hessian and the features at every task's init and end: what the report reads.
+    diagnostics=("hessian", "features"),
+)
 
 PRESETS: dict[str, dict] = {
     "none": {},
@@ -184,7 +259,15 @@ PRESETS: dict[str, dict] = {
         regularizer="l2-er",
         diag=DiagnosticsConfig(joint=True, plot=True),
     ),
+    "continual-cartpole": dict(**CONTINUAL_GYM_CONTROL, env_id="CartPole-v1"),
+    "continual-acrobot": dict(**CONTINUAL_GYM_CONTROL, env_id="Acrobot-v1"),
+    # C-CHAIN ran LunarLander-v2; gymnasium 1.x has only v3 (the same task with v2's bugs fixed:
+    # a deterministic reset, the wind seeding); needs the box2d extra (pip install -e '.[box2d]').
+    "continual-lunarlander": dict(**CONTINUAL_GYM_CONTROL, env_id="LunarLander-v3"),
 }
+
+
+Actor = GaussianActor | CategoricalActor
 
 
 def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -193,27 +276,55 @@ def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return (-0.5 * ((action - mean) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI).sum(-1)
 
 
-def hidden_features(actor: GaussianActor, critic: Critic, obs: Tensor) -> dict[str, list[Tensor]]:
+def policy_outputs(
+    actor: Actor, obs: Tensor, params: dict[str, Tensor] | None = None
+) -> tuple[Tensor, list[Tensor]]:
+    """What pi(.|obs) is made of, as one (batch, width) tensor, and the actor's hidden
+    features: a categorical actor's logits, or a Gaussian actor's mean and log-std side by
+    side. `params` evaluates the actor at other parameters (torch.func, for the diagnostics)."""
+    if params is None:
+        out, features = actor(obs)
+        log_std = getattr(actor, "log_std", None)
+    else:
+        out, features = torch.func.functional_call(actor, params, (obs,))
+        log_std = params.get("log_std")
+    if isinstance(actor, CategoricalActor):
+        return out, features
+    return torch.cat([out, log_std.expand_as(out)], -1), features
+
+
+def log_prob_and_entropy(outputs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample: log pi(action) and the policy's entropy, from `policy_outputs`. Integer
+    actions are a categorical policy's (outputs: logits), float ones a Gaussian's (outputs:
+    mean and log-std)."""
+    if not actions.is_floating_point():
+        log_probs = outputs.log_softmax(-1)
+        chosen = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return chosen, -(log_probs.exp() * log_probs).sum(-1)
+    mean, log_std = outputs.chunk(2, dim=-1)
+    return gaussian_log_prob(actions, mean, log_std), (0.5 + 0.5 * LOG_2PI + log_std).sum(-1)
+
+
+def hidden_features(actor: Actor, critic: Critic, obs: Tensor) -> dict[str, list[Tensor]]:
     """Both networks' hidden features on `obs`, with gradients (for the regularizer's moments)."""
     return {"actor": actor(obs)[1], "critic": critic(obs)[1]}
 
 
-def policy_objective(
-    mean: Tensor, log_std: Tensor, data: dict[str, Tensor], args: Args
-) -> dict[str, Tensor]:
+def policy_objective(outputs: Tensor, data: dict[str, Tensor], args: Args) -> dict[str, Tensor]:
     """PPO's clipped surrogate (Schulman et al. 2017) and the entropy of the new policy, from
-    the actor's outputs on `data` (its actions, old log-probabilities and advantages, which
-    are normalised over `data` as over a minibatch). Training and the diagnostics' closures
-    both call this: the curvature measured is that of the loss trained."""
-    logratio = gaussian_log_prob(data["actions"], mean, log_std) - data["logprobs"]
+    the actor's `policy_outputs` on `data` (its actions, old log-probabilities and advantages;
+    with --adv-norm-scope minibatch the advantages are normalised over `data`). Training and
+    the diagnostics' closures both call this: the curvature measured is that of the loss
+    trained."""
+    new_logprob, entropy = log_prob_and_entropy(outputs, data["actions"])
+    logratio = new_logprob - data["logprobs"]
     ratio = logratio.exp()
     advantages = data["advantages"]
-    if args.norm_adv:
+    if args.norm_adv and args.adv_norm_scope == "minibatch":
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     clipped = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
     pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
-    entropy = (0.5 + 0.5 * LOG_2PI + log_std).sum(-1).mean()
-    return {"pg_loss": pg_loss, "entropy": entropy, "logratio": logratio, "ratio": ratio}
+    return {"pg_loss": pg_loss, "entropy": entropy.mean(), "logratio": logratio, "ratio": ratio}
 
 
 def value_objective(values: Tensor, data: dict[str, Tensor], args: Args) -> Tensor:
@@ -227,15 +338,15 @@ def value_objective(values: Tensor, data: dict[str, Tensor], args: Args) -> Tens
 
 
 def minibatch_loss(
-    actor: GaussianActor, critic: Critic, batch: dict[str, Tensor], idx: Tensor, args: Args
+    actor: Actor, critic: Critic, batch: dict[str, Tensor], idx: Tensor, args: Args
 ) -> dict[str, Tensor]:
     """PPO's loss on the minibatch `idx` of the rollout `batch` (without the regularizer's
     penalty), the hidden features it computed, and the update's statistics. One function so
     that `--compile` can hand all of it to torch.compile as one graph."""
     data = {k: v[idx] for k, v in batch.items()}
-    mean, actor_features = actor(data["obs"])
+    outputs, actor_features = policy_outputs(actor, data["obs"])
     new_value, critic_features = critic(data["obs"])
-    policy = policy_objective(mean, actor.log_std.expand_as(mean), data, args)
+    policy = policy_objective(outputs, data, args)
     v_loss = value_objective(new_value, data, args)
     with torch.no_grad():
         logratio, ratio = policy["logratio"], policy["ratio"]
@@ -256,24 +367,23 @@ def minibatch_loss(
 
 
 def loss_closures(
-    actor: GaussianActor, critic: Critic, data: dict[str, Tensor], args: Args, n: int
+    actor: Actor, critic: Critic, data: dict[str, Tensor], args: Args, n: int
 ) -> dict[str, LossClosure]:
     """PPO's losses on the first n samples of `data` as functions of each network's parameters
-    (for the diagnostics): the actor's clipped surrogate with its entropy bonus, the critic's
-    (weighted) value loss, and their sum, the joint loss: the objectives training uses, with
-    everything but the parameters frozen (actions, old log-probabilities, advantages, returns,
-    old values). The regularizer's penalty is not part of them: the curvature measured is the
-    task's.
+    (for the diagnostics): the actor's clipped surrogate with its entropy bonus (a function of
+    its logits, or of its Gaussian's mean and log-std), the critic's (weighted) value loss, and
+    their sum, the joint loss: the objectives training uses, with everything but the parameters
+    frozen (actions, old log-probabilities, advantages, returns, old values). The regularizer's
+    penalty is not part of them: the curvature measured is the task's.
     """
     frozen = {k: v[:n] for k, v in data.items()}
-    obs, act_dim = frozen["obs"], frozen["actions"].shape[-1]
+    obs = frozen["obs"]
 
     def actor_outputs(params: dict[str, Tensor]) -> Tensor:
-        mean = torch.func.functional_call(actor, params, (obs,))[0]
-        return torch.cat([mean, params["log_std"].expand_as(mean)], -1)
+        return policy_outputs(actor, obs, params)[0]
 
     def actor_loss(outputs: Tensor) -> Tensor:
-        policy = policy_objective(outputs[:, :act_dim], outputs[:, act_dim:], frozen, args)
+        policy = policy_objective(outputs, frozen, args)
         return policy["pg_loss"] - args.ent_coef * policy["entropy"]
 
     def critic_outputs(params: dict[str, Tensor]) -> Tensor:
@@ -292,7 +402,7 @@ def loss_closures(
         )
 
     def joint_loss(outputs: Tensor) -> Tensor:
-        return actor_loss(outputs[:, : 2 * act_dim]) + critic_loss(outputs[:, 2 * act_dim])
+        return actor_loss(outputs[:, :-1]) + critic_loss(outputs[:, -1])
 
     actor_params, critic_params = dict(actor.named_parameters()), dict(critic.named_parameters())
     joint_params = {
@@ -348,8 +458,10 @@ def check_args(args: Args) -> None:
             ("--clip-coef", args.clip_coef, "> 0"),
             ("--ent-coef", args.ent_coef, "finite"),
             ("--vf-coef", args.vf_coef, ">= 0"),
-            ("--max-grad-norm", args.max_grad_norm, "> 0"),
+            ("--max-grad-norm", args.max_grad_norm, ">= 0"),
             ("--envpool-threads", args.envpool_threads, ">= 0"),
+            ("--max-episode-steps", args.max_episode_steps, ">= 0"),
+            ("--reward-divisor", args.reward_divisor, "> 0"),
         ]
     )
     require_widths("--hidden-sizes", args.hidden_sizes)
@@ -373,6 +485,8 @@ def unused_flags(args: Args) -> dict[str, str]:
     unused = unused_video_flags(args)
     if args.env_backend != "envpool":
         unused["envpool_threads"] = "it sets envpool's threads, and --env-backend is gymnasium"
+    if not args.norm_adv:
+        unused["adv_norm_scope"] = "it says what advantages are normalised over, and --no-norm-adv"
     return unused
 
 
@@ -389,25 +503,45 @@ LEARNER = Learner(
 )
 
 
+def begin_task(shift: dict, run: Run, regularizer, clips: ClipRecorder | None, greedy) -> None:
+    """What happens when a task starts (a step or a reset of the envs reported `shift`): its
+    event, the clips of the policy in the old and the new world, the regularizer's moment."""
+    run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
+    if clips is not None:
+        clips.shift(shift["step"], shift["task"], greedy)
+    shift_metrics = regularizer.on_shift()
+    if shift_metrics:
+        run.log(shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()})
+
+
 def train(args: Args) -> Path:
     """Run PPO as configured; return the run directory."""
     check_args(args)
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     regularizer = build_regularizer(args)
-    envs = learner_envs(args, "PPO", bounded_actions=False)
+    envs = learner_envs(args, "PPO", bounded_actions=False, discrete_actions=True)
     run = Run.start_rl(args, LEARNER, envs)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
-    act_dim = envs.single_action_space.shape[0]
-    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
+    action_space = envs.single_action_space
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    # One action per env and step: an index (categorical policy) or a vector (Gaussian).
+    action_shape = () if discrete else action_space.shape
 
     with run.training() as stop:
         # Architecture flags, with what the regularizer needs switched on (layernorm-l2: LayerNorm).
         net_options = regularizer.network_options(layer_norm=args.layer_norm)
-        actor = GaussianActor(
-            obs_dim, act_dim, args.hidden_sizes, args.activation, args.init, **net_options
-        ).to(device)
+        if discrete:
+            actor = CategoricalActor(
+                obs_dim, int(action_space.n), args.hidden_sizes, args.activation, args.init,
+                **net_options,
+            ).to(device)  # fmt: skip
+        else:
+            actor = GaussianActor(
+                obs_dim, action_space.shape[0], args.hidden_sizes, args.activation, args.init,
+                **net_options,
+            ).to(device)  # fmt: skip
         critic = Critic(obs_dim, args.hidden_sizes, args.activation, args.init, **net_options)
         critic = critic.to(device)
         parameters = [*actor.parameters(), *critic.parameters()]
@@ -468,7 +602,11 @@ def train(args: Args) -> Path:
 
         # Rollout storage, on the device where the update runs.
         obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
-        actions = torch.zeros((args.num_steps, args.num_envs, act_dim), device=device)
+        actions = torch.zeros(
+            (args.num_steps, args.num_envs, *action_shape),
+            dtype=torch.long if discrete else torch.float32,
+            device=device,
+        )
         logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
         # Rewards and episode ends arrive from the envs as numpy and GAE runs on the host.
         rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
@@ -485,10 +623,13 @@ def train(args: Args) -> Path:
         episodes = EpisodeStats(args.num_envs)
 
         def greedy(obs: np.ndarray) -> np.ndarray:
-            """The policy's mean action on one raw observation (what a clip films)."""
+            """The policy's most likely action on one raw observation (what a clip films)."""
             with torch.inference_mode():
                 x = torch.as_tensor(obs_normalizer(obs[None], update=False), device=device)
-                return np.clip(actor(x)[0][0].cpu().numpy(), action_low, action_high)
+                out = actor(x)[0][0]
+                if discrete:
+                    return out.argmax().cpu().numpy()
+                return np.clip(out.cpu().numpy(), action_space.low, action_space.high)
 
         clips = ClipRecorder.for_run(args, run.dir, run.logger.video)
         if clips is not None and run.checkpoint is None:
@@ -515,25 +656,40 @@ def train(args: Args) -> Path:
 
             # --- Rollout: act, step the (shifting) world, store transitions.
             task_before_rollout, shift_in_rollout = envs.task, None
+            if args.reset_every_rollout:  # new episodes; a shift due here comes with them
+                raw_obs, infos = envs.reset_episodes()
+                next_obs = to_device(obs_normalizer(raw_obs))
+                if "shift" in infos:
+                    shift_in_rollout = {**infos["shift"], "index": 0}
+                    begin_task(infos["shift"], run, regularizer, clips, greedy)
             for step in range(args.num_steps):
                 obs_buffer[step] = next_obs
                 with torch.inference_mode():
-                    mean, _ = actor(next_obs)
-                    noise = torch.randn_like(mean)
-                    action = mean + actor.log_std.exp() * noise
-                    # log N(action; mean, std) with (action - mean) / std = noise: fewer ops.
-                    logprobs[step] = (-0.5 * noise.square() - actor.log_std).sum(
-                        -1
-                    ) - 0.5 * act_dim * LOG_2PI
+                    outputs, _ = actor(next_obs)
+                    if discrete:
+                        log_probs = outputs.log_softmax(-1)
+                        action = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+                        logprobs[step] = log_probs.gather(-1, action[:, None]).squeeze(-1)
+                        env_action = action.cpu().numpy()
+                    else:
+                        noise = torch.randn_like(outputs)
+                        action = outputs + actor.log_std.exp() * noise
+                        # log N(action; mean, std) with (action - mean) / std = noise: fewer ops.
+                        logprobs[step] = (-0.5 * noise.square() - actor.log_std).sum(
+                            -1
+                        ) - 0.5 * action.shape[-1] * LOG_2PI
+                        env_action = np.clip(
+                            action.cpu().numpy(), action_space.low, action_space.high
+                        )
                     actions[step] = action
-                raw_obs, reward, terminated, truncated, infos = envs.step(
-                    np.clip(action.cpu().numpy(), action_low, action_high)
-                )
+                raw_obs, reward, terminated, truncated, infos = envs.step(env_action)
                 global_step += args.num_envs
                 done = terminated | truncated
-                episodes.step(reward, done, run, global_step)
+                # With --reset-every-rollout the episodes in flight end with the rollout.
+                cut = args.reset_every_rollout and step == args.num_steps - 1
+                episodes.step(reward, done | cut, run, global_step)
 
-                scaled_reward = reward_normalizer(reward, done)
+                scaled_reward = reward_normalizer(reward / args.reward_divisor, done | cut)
                 # A truncated episode did not end in the MDP: bootstrap from its final
                 # observation's value (same-step autoreset puts it in infos["final_obs"];
                 # raw_obs is already the reset).
@@ -552,16 +708,8 @@ def train(args: Args) -> Path:
                 next_obs = to_device(obs_normalizer(raw_obs))
 
                 if "shift" in infos:
-                    shift = infos["shift"]
-                    shift_in_rollout = {**shift, "index": step * args.num_envs}
-                    run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
-                    if clips is not None:
-                        clips.shift(shift["step"], shift["task"], greedy)
-                    shift_metrics = regularizer.on_shift()
-                    if shift_metrics:
-                        run.log(
-                            shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()}
-                        )
+                    shift_in_rollout = {**infos["shift"], "index": step * args.num_envs}
+                    begin_task(infos["shift"], run, regularizer, clips, greedy)
 
             # --- Values of the whole rollout in one pass (the critic does not change while
             # acting, so this equals evaluating it at every step, at a fraction of the cost),
@@ -579,13 +727,23 @@ def train(args: Args) -> Path:
             )
             advantages = torch.from_numpy(advantages_np).to(device)
             values = values.clone()  # a normal tensor: the update's value clipping reads it
-            returns = advantages + values
+            if args.value_target == "gae":
+                returns = advantages + values
+            else:  # the discounted reward-to-go: GAE's recursion at lambda 1, plus the values
+                returns = values + torch.from_numpy(
+                    generalized_advantages(
+                        rewards, values.cpu().numpy(), next_value.cpu().numpy(), episode_over,
+                        args.gamma, 1.0,
+                    )
+                ).to(device)  # fmt: skip
+            if args.norm_adv and args.adv_norm_scope == "rollout":
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
             # --- Minibatch updates: PPO loss + the regularizer's penalty, then its moments.
             b_obs = obs_buffer.reshape(-1, obs_dim)
             batch = {
                 "obs": b_obs,
-                "actions": actions.reshape(-1, act_dim),
+                "actions": actions.reshape(batch_size, *action_shape),
                 "logprobs": logprobs.reshape(-1),
                 "advantages": advantages.reshape(-1),
                 "returns": returns.reshape(-1),
@@ -653,7 +811,8 @@ def train(args: Args) -> Path:
                     nonfinite = nonfinite + skipped
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
+                    if args.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
                     regularizer.before_step()  # L2's decay, after clipping (as weight_decay)
                     optimizer.found_inf = skipped
                     optimizer.step()
@@ -697,6 +856,7 @@ def train(args: Args) -> Path:
             run.log(
                 global_step,
                 {
+                    **episodes.rollout_return(),
                     "charts/learning_rate": optimizer.param_groups[0]["lr"],
                     "charts/SPS": sps,
                     "charts/task": envs.task,

@@ -551,6 +551,12 @@ def check_mode(saved_args: Any, mode: str, run_dir: str | Path) -> Any:
         raise ConfigError(
             f"--resume {run_dir} is a {saved_mode} run; resume it with train.py {saved_mode} --resume"
         )
+    # A run saved before a flag existed resumes with that flag at its default (what the run
+    # did then): unpickling restores the saved fields only.
+    defaults = type(saved_args)()
+    for f in dataclasses.fields(saved_args):
+        if f.name not in vars(saved_args):
+            setattr(saved_args, f.name, getattr(defaults, f.name))
     return saved_args
 
 
@@ -976,6 +982,7 @@ class EpisodeStats:
         self.returns = np.zeros(num_envs)
         self.lengths = np.zeros(num_envs, dtype=np.int64)
         self.recent: list[float] = []
+        self.rollout: list[float] = []  # returns of the episodes ended since rollout_return()
 
     def step(self, rewards: np.ndarray, done: np.ndarray, run: Run, global_step: int) -> None:
         self.returns += rewards
@@ -991,7 +998,15 @@ class EpisodeStats:
                 },
             )
             self.recent = [*self.recent, *self.returns[ended].tolist()][-10:]
+            self.rollout += self.returns[ended].tolist()
             self.returns[ended], self.lengths[ended] = 0.0, 0
+
+    def rollout_return(self) -> dict[str, float]:
+        """{"charts/rollout_return": the mean return of the episodes that ended since the last
+        call} (a PPO iteration's mean return, C-CHAIN's learning-curve point), or {} if none
+        ended; the next call counts from here."""
+        ended, self.rollout = self.rollout, []
+        return {"charts/rollout_return": float(np.mean(ended))} if ended else {}
 
     def summary(self) -> str:
         return f"{np.mean(self.recent):.0f}" if self.recent else "-"

@@ -15,7 +15,7 @@ one line in `SHIFTS`, its name in `ShiftName`, and its config field in `ShiftFla
 from dataclasses import dataclass, field
 from typing import Literal
 
-from envs.observation import ObsNoiseShift, ObsPermuteShift
+from envs.observation import ObsNoiseShift, ObsOffsetShift, ObsPermuteShift, OffsetConfig
 from envs.physics import (
     FrictionShift,
     GearShift,
@@ -36,7 +36,15 @@ from envs.vector import (
 )
 
 ShiftName = Literal[
-    "friction", "mass", "gravity", "gear", "obs-permute", "obs-noise", "reward-sign", "reward-scale"
+    "friction",
+    "mass",
+    "gravity",
+    "gear",
+    "obs-permute",
+    "obs-noise",
+    "obs-offset",
+    "reward-sign",
+    "reward-scale",
 ]
 
 SHIFTS: dict[str, tuple[type[ShiftWrapper], str | None]] = {
@@ -47,6 +55,7 @@ SHIFTS: dict[str, tuple[type[ShiftWrapper], str | None]] = {
     "gear": (GearShift, "gear"),
     "obs-permute": (ObsPermuteShift, None),
     "obs-noise": (ObsNoiseShift, "obs_noise"),
+    "obs-offset": (ObsOffsetShift, "obs_offset"),
     "reward-sign": (RewardSignShift, None),
     "reward-scale": (RewardScaleShift, "reward_scale"),
 }
@@ -72,6 +81,8 @@ class ShiftFlags:
     """gear shift: scale of every actuator's gear (torque per unit of action)."""
     obs_noise: ScaleRange = field(default_factory=lambda: ScaleRange(0.0, 0.5, log_uniform=False))
     """obs-noise shift: std of the Gaussian noise added to every observation."""
+    obs_offset: OffsetConfig = field(default_factory=OffsetConfig)
+    """obs-offset shift: each task's fixed offset, added to every observation."""
     reward_scale: ScaleRange = field(
         default_factory=lambda: ScaleRange(0.1, 10.0, log_uniform=True)
     )
@@ -109,6 +120,7 @@ __all__ = [
     "SHIFTS",
     "SLIPPERY_ANT",
     "PhysicsFlags",
+    "OffsetConfig",
     "ScaleRange",
     "ShiftFlags",
     "ShiftName",

@@ -3,20 +3,24 @@
 - obs-permute: each task shuffles the observation dimensions with a fixed permutation, so what
   the network learnt about input i now arrives at input perm^-1(i).
 - obs-noise: each task draws a noise level; every observation gets fresh Gaussian noise.
+- obs-offset: each task adds its own fixed vector to every observation (C-CHAIN's continual Gym
+  Control).
 
-Both need a flat Box observation space (every MuJoCo locomotion env has one).
+All need a flat Box observation space (every MuJoCo locomotion and classic-control env has
+one).
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from envs.schedule import ScaleRange, ShiftWrapper
-from validation import ConfigError
+from validation import ConfigError, require
 
 
 def _require_flat_box(env: gym.Env, shift_name: str) -> gym.spaces.Box:
@@ -104,3 +108,58 @@ class ObsNoiseShift(ShiftWrapper):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self.add_noise(obs), reward, terminated, truncated, info
+
+
+@dataclass(frozen=True)
+class OffsetConfig:
+    """The obs-offset shift's settings (flags --obs-offset.*)."""
+
+    std: float = 2.0
+    """std of the offset, drawn once per task and observation dimension from N(0, std^2)
+    (C-CHAIN's continual Gym Control: 2)"""
+    first_task_unshifted: bool = True
+    """task 0 sees the env's own observations (offset 0), as in C-CHAIN; off: task 0 draws an
+    offset too"""
+
+    def validate(self, flag: str) -> None:
+        """Raise ConfigError unless this config can be drawn from; `flag` is "--obs-offset"."""
+        require(f"{flag}.std", self.std, ">= 0")
+
+
+class ObsOffsetShift(ShiftWrapper):
+    """Adds one fixed vector to every observation: observation = base_observation + offset.
+
+    Each task draws its offset from N(0, std^2) per dimension, from the task's random stream,
+    so the offset is a function of (seed, task) alone and every sub-env (and a resumed run) sees
+    the same one; with `first_task_unshifted` task 0's offset is zero. The world is the same at
+    every task: only where the agent sees it moves, so what the network learnt is still right
+    up to a shift of its inputs (C-CHAIN's continual Gym Control, Tang et al. 2025).
+    """
+
+    name = "obs-offset"
+
+    def __init__(self, env: gym.Env, config: OffsetConfig, seed: int, *, env_index: int = 0):
+        super().__init__(env, config, seed, env_index=env_index)
+        self.base_space = _require_flat_box(env, self.name)
+        self.offset = np.zeros(self.base_space.shape, dtype=self.base_space.dtype)
+
+    def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
+        if task == 0 and self.config.first_task_unshifted:
+            return {"obs_offset": [0.0] * self.base_space.shape[0]}
+        return {"obs_offset": rng.normal(0.0, self.config.std, self.base_space.shape).tolist()}
+
+    def apply(self, params: dict[str, Any]) -> None:
+        self.offset = np.asarray(params["obs_offset"], dtype=self.base_space.dtype)
+        self.observation_space = gym.spaces.Box(
+            low=self.base_space.low + self.offset,
+            high=self.base_space.high + self.offset,
+            dtype=self.base_space.dtype,
+        )
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return obs + self.offset, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs + self.offset, reward, terminated, truncated, info

@@ -32,17 +32,24 @@ def check_env_id(env_id: str) -> None:
 
 
 def check_spaces(
-    envs: gym.vector.VectorEnv, env_id: str, learner: str, bounded_actions: bool
+    envs: gym.vector.VectorEnv,
+    env_id: str,
+    learner: str,
+    bounded_actions: bool,
+    discrete_actions: bool = False,
 ) -> None:
     """Raise ConfigError unless the env's observations are flat vectors and its actions a Box
-    (with finite bounds if `bounded_actions`): PPO's Gaussian policy and SAC's squashed one
-    act in continuous spaces, and every network here is an MLP."""
+    (with finite bounds if `bounded_actions`), or Discrete if `discrete_actions` allows it:
+    PPO has a Gaussian and a categorical policy, SAC's squashed Gaussian acts in continuous
+    spaces only, and every network here is an MLP."""
     obs_space, action_space = envs.single_observation_space, envs.single_action_space
     if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
         raise ConfigError(
             f"--env-id {env_id}: {learner} needs flat vector observations (a 1-D Box), and this "
             f"env's are {obs_space}"
         )
+    if discrete_actions and isinstance(action_space, gym.spaces.Discrete):
+        return
     if not isinstance(action_space, gym.spaces.Box):
         raise ConfigError(
             f"--env-id {env_id}: {learner} needs continuous (Box) actions, and this env's are "
@@ -79,17 +86,19 @@ def check_shift_flags(flags: envs.ShiftFlags, total_timesteps: int, num_envs: in
 
 
 def make_env(
-    env_id: str, flags: envs.ShiftFlags, seed: int, env_index: int
+    env_id: str, flags: envs.ShiftFlags, seed: int, env_index: int, max_episode_steps: int = 0
 ) -> Callable[[], gym.Env]:
     """A thunk building one sub-env: gym.make, then the shift wrappers in the order of --shift.
 
     Episode statistics, action clipping and normalisation are the agent's business. Every
     sub-env gets the same `seed`, so all draw the same task parameters; `env_index` only seeds
-    per-step randomness such as observation noise.
+    per-step randomness such as observation noise. `max_episode_steps` > 0 replaces the env's
+    own time limit (gymnasium's TimeLimit: the episode is truncated there).
     """
 
     def thunk() -> gym.Env:
-        return wrap_shifts(refine_physics(gym.make(env_id), flags), flags, seed, env_index)
+        env = gym.make(env_id, max_episode_steps=max_episode_steps or None)
+        return wrap_shifts(refine_physics(env, flags), flags, seed, env_index)
 
     return thunk
 
@@ -136,6 +145,21 @@ class ShiftingVectorEnv(gym.vector.VectorWrapper):
         if not self._task_applied:
             self._apply_task(self.schedule.task_at(self.global_step), event="task_start")
         return self.env.reset(seed=seed, options=options)
+
+    def reset_episodes(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Start new episodes in every sub-env at the current global step, as a learner that
+        cuts its episodes at every rollout does (C-CHAIN's and TRAC's PPO loop). The episodes
+        begun here have `global_step` as their first transition, so if a shift is due there,
+        the new task is applied before the reset and infos["shift"] says so, as a step's
+        infos would: their first observations are the new task's."""
+        if not self._task_applied:  # the run's first reset: its task starts, no shift
+            return self.reset(seed=seed)
+        task = self.schedule.task_at(self.global_step)
+        shift = self._apply_task(task, event="shift") if task != self.task else None
+        obs, infos = self.env.reset(seed=seed)
+        if shift is not None:
+            infos["shift"] = shift
+        return obs, infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         step = self.global_step
@@ -184,6 +208,7 @@ def make_vector_env(
     total_timesteps: int,
     backend: str = "gymnasium",
     envpool_threads: int = 0,
+    max_episode_steps: int = 0,
 ) -> ShiftingVectorEnv:
     """Check the flags, then build `num_envs` shifting sub-envs behind one ShiftingVectorEnv.
 
@@ -209,23 +234,29 @@ def make_vector_env(
             )
         check_envpool_env_id(env_id)
         schedule = check_shift_flags(flags, total_timesteps, num_envs)
-        pool = EnvpoolVectorEnv(env_id, num_envs, flags, seed, num_threads=envpool_threads)
+        limit = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+        pool = EnvpoolVectorEnv(env_id, num_envs, flags, seed, num_threads=envpool_threads, **limit)
         return ShiftingVectorEnv(pool, schedule)
     if backend != "gymnasium":
         raise ConfigError(f"--env-backend {backend!r}: choose gymnasium or envpool")
     check_env_id(env_id)
     schedule = check_shift_flags(flags, total_timesteps, num_envs)
     vector_env = gym.vector.SyncVectorEnv(
-        [make_env(env_id, flags, seed, env_index) for env_index in range(num_envs)],
+        [
+            make_env(env_id, flags, seed, env_index, max_episode_steps)
+            for env_index in range(num_envs)
+        ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     return ShiftingVectorEnv(vector_env, schedule)
 
 
-def learner_envs(args: Any, learner: str, bounded_actions: bool) -> ShiftingVectorEnv:
+def learner_envs(
+    args: Any, learner: str, bounded_actions: bool, discrete_actions: bool = False
+) -> ShiftingVectorEnv:
     """An RL learner's envs, from its flags (env_id, num_envs, seed, total_timesteps,
-    env_backend, envpool_threads and the shift flags), with their spaces checked (see
-    `check_spaces`)."""
+    env_backend, envpool_threads, max_episode_steps if it has it, and the shift flags), with
+    their spaces checked (see `check_spaces`)."""
     envs = make_vector_env(
         args.env_id,
         args.num_envs,
@@ -234,9 +265,10 @@ def learner_envs(args: Any, learner: str, bounded_actions: bool) -> ShiftingVect
         args.total_timesteps,
         backend=args.env_backend,
         envpool_threads=args.envpool_threads,
+        max_episode_steps=getattr(args, "max_episode_steps", 0),
     )
     try:
-        check_spaces(envs, args.env_id, learner, bounded_actions)
+        check_spaces(envs, args.env_id, learner, bounded_actions, discrete_actions)
     except BaseException:
         envs.close()
         raise

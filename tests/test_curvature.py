@@ -118,7 +118,12 @@ def ppo_closures(batch: int = 64, hidden=(16,), seed: int = 0) -> dict[str, Loss
     }
     # (one sample has no advantage std to normalise by)
     args = SimpleNamespace(
-        norm_adv=batch > 1, clip_coef=0.2, ent_coef=0.01, clip_vloss=True, vf_coef=0.5
+        norm_adv=batch > 1,
+        adv_norm_scope="minibatch",
+        clip_coef=0.2,
+        ent_coef=0.01,
+        clip_vloss=True,
+        vf_coef=0.5,
     )
     return loss_closures(actor, critic, data, args, batch)
 

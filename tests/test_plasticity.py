@@ -97,7 +97,12 @@ def ppo_case(net: str, n: int = 24):
     data = {"obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
             "advantages": torch.randn(n), "returns": values + torch.randn(n)}  # fmt: skip
     args = SimpleNamespace(
-        norm_adv=True, clip_coef=0.2, ent_coef=0.01, clip_vloss=True, vf_coef=0.5
+        norm_adv=True,
+        adv_norm_scope="minibatch",
+        clip_coef=0.2,
+        ent_coef=0.01,
+        clip_vloss=True,
+        vf_coef=0.5,
     )
     return ppo.loss_closures(actor, critic, data, args, n)[net]
 
