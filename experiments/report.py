@@ -9,6 +9,8 @@ never W&B), so it can be rerun while a sweep is still going: a run counts for th
 finished. It writes REPORT_DIR (default SWEEP_DIR/report, or ./report) with report.md,
 report.json (every number in it) and these figures:
 
+    learning_curves.png  RL: each method's return per PPO iteration over env steps, the task
+                         boundaries drawn
     performance.png      the per-task metric per method (supervised: online accuracy per task;
                          RL: mean return per task phase, the mean of its learning curve over 10
                          equal spans of steps, and return over env steps), the mean over
@@ -34,6 +36,10 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
 - beats RESET (the paper's criterion for "maintains plasticity"): the bootstrap CI of the
   difference of last-task means (method - reset) lies above 0 (yes), below 0 (no), or spans it
   (tie); shown only when RESET runs are among the runs;
+- RL, the return averaged over the whole run (C-CHAIN's average performance): per run the mean
+  of its PPO iterations' returns; mean ± standard error over runs and the bootstrap CI, beside
+  the numbers a named sweep's [published] table gives (difference within twice the standard
+  error of the difference, or not);
 - R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
   task's init, pooled and per method, for each epsilon; task 0 (the fresh initialisation,
   the same for every method) is left out, as in the paper's epsilon-rank analysis.
@@ -68,7 +74,7 @@ NOT_THE_METHOD = {
     "wandb_group", "wandb_tags", "checkpoint_every", "keep_checkpoints", "torch_threads", "cuda",
     "capture_video", "video_every", "log_every", "preset",
 }  # fmt: skip
-METHOD_ORDER = ["bp", "l2", "l2-er", "erank", "cbp", "cbp-l2", "reset"]
+METHOD_ORDER = ["bp", "l2", "l2-init", "erank", "l2-er", "cbp", "cbp-l2", "shrink-perturb", "reset"]
 CONVENTIONS = {
     "exact": "exact convention: the density's mass outside [-eps, eps]",
     "paper": "paper's convention: its grid trapezoid (lop-jax), bridging [-eps, eps]",
@@ -150,6 +156,8 @@ class RunRecord:
     command: str
     code: dict
     returns: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # RL: (steps, returns)
+    # RL: (steps, mean return of each rollout's episodes), one point per PPO iteration
+    rollouts: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
     shifts: list[int] = field(default_factory=list)  # the steps of its shifts
     # (net, phase, task, eps) -> (exact, paper) Hessian epsilon-rank, in percent
     eps_ranks: dict[tuple, tuple[float, float]] = field(default_factory=dict)
@@ -160,6 +168,17 @@ class RunRecord:
     @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
+
+    @property
+    def run_mean(self) -> float:
+        """RL: the return averaged over the whole run, C-CHAIN's "average performance": the mean
+        of its rollouts' mean returns (one per PPO iteration), or without them the mean of its
+        phases' means; NaN until the run has finished."""
+        if not self.finished:
+            return math.nan
+        if len(self.rollouts[1]):
+            return float(self.rollouts[1].mean())
+        return float(np.mean(list(self.task_metric.values()))) if self.task_metric else math.nan
 
 
 def find_run_dirs(paths: list[Path]) -> tuple[list[Path], dict | None]:
@@ -212,6 +231,13 @@ def phase_means(
     return means
 
 
+def logged(metrics: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one scalar over a run's metrics rows."""
+    rows = [row for row in metrics if key in row]
+    steps = np.array([row["step"] for row in rows], dtype=np.float64)
+    return steps, np.array([float(row[key]) for row in rows])
+
+
 def read_run(path: Path) -> RunRecord:
     config = json.loads((path / "config.json").read_text())
     metrics = [row for row in read_jsonl(path / "metrics.jsonl") if "step" in row]
@@ -230,12 +256,15 @@ def read_run(path: Path) -> RunRecord:
         returns = (np.zeros(0), np.zeros(0))
     else:
         planned = planned_phases(config)
-        rows = [row for row in metrics if "charts/episodic_return" in row]
-        steps = np.array([row["step"] for row in rows], dtype=np.float64)
-        values = np.array([float(row["charts/episodic_return"]) for row in rows])
-        returns = (steps, values)
+        # A value logged at step S is about the transitions before it (the last one is S - 1):
+        # an episode or a rollout that ends where a shift starts belongs to the old task.
+        returns = logged(metrics, "charts/episodic_return")
+        rollouts = logged(metrics, "charts/rollout_return")
         total = int(config.get("total_timesteps", 0))
-        task_metric = phase_means(steps, values, shifts, total)  # 0: up to the last episode
+        # a phase's mean: of its rollouts' returns where they are logged (PPO), else of the
+        # learning curve of its episodes (0: up to the last one)
+        curve = rollouts if len(rollouts[0]) else returns
+        task_metric = phase_means(curve[0] - 1, curve[1], shifts, total)
         last_step = max([row["step"] for row in metrics], default=0)
         # the last rollout's steps may be logged before the total: within one batch is the end
         batch = int(config.get("num_steps", 1)) * int(config.get("num_envs", 1))
@@ -254,6 +283,8 @@ def read_run(path: Path) -> RunRecord:
         returns=returns,
         shifts=shifts,
     )
+    if kind == "rl":
+        record.rollouts = rollouts
     # Boundaries: each diagnostics file is one shift (the end of one task, the init of the next)
     step_tasks: dict[int, dict[str, int]] = {}
     for npz in sorted((path / "diagnostics").glob("step_*.npz")):
@@ -341,8 +372,8 @@ def method_order(methods: set[str]) -> list[str]:
 # --- the numbers ----------------------------------------------------------------------------------
 
 
-def summarise(runs: list[RunRecord]) -> dict:
-    """Every number of the report, as plain JSON."""
+def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
+    """Every number of the report, as plain JSON; `published`: a sweep's [published] table."""
     methods = method_order({run.method for run in runs})
     planned = max(run.planned_tasks for run in runs)
     edge = max(1, min(EDGE_TASKS, planned // 4))
@@ -378,6 +409,7 @@ def summarise(runs: list[RunRecord]) -> dict:
             "first": stat(first),
             "last": stat(last),
             "drop": stat(drops),
+            "whole_run": whole_run_stat(group, (published or {}).get("methods", {}).get(method)),
             "iqm_last": {
                 "value": float(interquartile_mean(np.concatenate(scores))) if both else math.nan,
                 "ci": list(bootstrap_interval(iqm_of, [s for s in scores]))
@@ -420,9 +452,10 @@ def summarise(runs: list[RunRecord]) -> dict:
         else "mean return per task phase",
         "metric_note": ""
         if runs[0].kind == "supervised"
-        else f"A phase's mean return is the mean of its learning curve over {PHASE_BINS} equal "
-        "spans of env steps (each the mean of the episodes that ended in it), so a phase's many "
-        "short failed episodes do not outweigh the long ones.",
+        else "A phase's mean return is the mean of its PPO iterations' returns (each the mean of "
+        f"the iteration's episodes) where a run logs them, else of its learning curve over {PHASE_BINS} "
+        "equal spans of env steps (each the mean of the episodes that ended in it), so a phase's "
+        "many short failed episodes do not outweigh the long ones.",
         "planned_tasks": planned,
         "first_tasks": [first_tasks[0], first_tasks[-1]],
         "last_tasks": [last_tasks[0], last_tasks[-1]],
@@ -430,6 +463,7 @@ def summarise(runs: list[RunRecord]) -> dict:
         "table": table,
         "per_task": curves,
         "r_squared": correlations,
+        "published_source": (published or {}).get("source"),
         "runs": [
             {
                 "path": str(r.path),
@@ -444,6 +478,26 @@ def summarise(runs: list[RunRecord]) -> dict:
             for r in by_method[m]
         ],  # fmt: skip
     }
+
+
+def whole_run_stat(group: list[RunRecord], published: list[float] | None) -> dict:
+    """RL: the return averaged over each finished run (`RunRecord.run_mean`), its mean over
+    runs with the standard error and the 95 % bootstrap CI; beside a published [mean, standard
+    error], the difference and whether it is within two standard errors of the difference
+    (sqrt(se_ours^2 + se_published^2): both means are estimates)."""
+    values = np.array([r.run_mean for r in group if r.kind == "rl" and math.isfinite(r.run_mean)])
+    entry = stat(values)
+    entry["se"] = (
+        float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    )
+    if published is not None:
+        mean, se = float(published[0]), float(published[1])
+        difference = entry["mean"] - mean
+        joint_se = math.sqrt(se**2 + entry["se"] ** 2) if math.isfinite(entry["se"]) else math.nan
+        entry["published"] = {"mean": mean, "se": se, "difference": difference,
+                              "within_2se": bool(abs(difference) <= 2 * joint_se)
+                              if math.isfinite(joint_se) else None}  # fmt: skip
+    return entry
 
 
 def stat(values: np.ndarray) -> dict:
@@ -549,6 +603,49 @@ def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
         axes[1].set_xlabel("env step")
         axes[1].set_ylabel("episodic return")
         axes[1].set_title("return over steps (40 bins; dotted: shifts)", size=10)
+    return fig
+
+
+CURVE_POINTS_PER_TASK = 20
+
+
+def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
+    """RL with a return per PPO iteration: each method's learning curve (the rollouts' mean
+    return, averaged in CURVE_POINTS_PER_TASK bins per task), mean over seeds with its 95 %
+    bootstrap band, the task boundaries drawn."""
+    with_rollouts = [r for r in runs if len(r.rollouts[0])]
+    if summary["kind"] != "rl" or not with_rollouts:
+        return None
+    methods = summary["methods"]
+    end = max(float(r.rollouts[0].max()) for r in with_rollouts)
+    bins = CURVE_POINTS_PER_TASK * summary["planned_tasks"]
+    edges = np.linspace(0, end, bins + 1)
+    centres = (edges[1:] + edges[:-1]) / 2
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for method in methods:
+        mine = [r for r in with_rollouts if r.method == method]
+        if not mine:
+            continue
+        binned = np.full((len(mine), bins), np.nan)
+        for i, r in enumerate(mine):
+            which = np.clip(np.digitize(r.rollouts[0] - 1, edges[1:-1]), 0, bins - 1)
+            for b in np.unique(which):
+                binned[i, b] = r.rollouts[1][which == b].mean()
+        stats = [
+            (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
+            if (~np.isnan(col)).any() else (np.nan,) * 3
+            for col in binned.T
+        ]  # fmt: skip
+        mean, low, high = np.array(stats).T
+        band(ax, centres, mean, low, high, colour(methods, method), f"{method} (n={len(mine)})")
+    for shift in sorted({s for r in runs for s in r.shifts}):
+        ax.axvline(shift, color="0.5", linestyle=":", linewidth=0.9)
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("env step (dotted: a new task)")
+    ax.set_ylabel("return (mean of a PPO iteration's episodes)")
+    ax.set_title("learning curves: mean over seeds with 95 % bootstrap band", size=10)
+    ax.legend(fontsize=8, loc="best")
     return fig
 
 
@@ -672,6 +769,37 @@ def ci_text(entry: dict, digits: int = 3, runs: int | None = None) -> str:
     return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]{some}"
 
 
+def whole_run_table(summary: dict, digits: int) -> list[str]:
+    """report.md's table of the return averaged over each run, beside the published numbers."""
+    published = summary.get("published_source")
+    lines = ["", "## The return averaged over the whole run", "",
+             "Per run, the mean of its PPO iterations' mean returns (C-CHAIN's average "
+             "performance; a run without them: the mean of its phases); over the finished runs, "
+             "mean ± standard error and the 95 % bootstrap CI."
+             + (f" Published: {published} Within 2 s.e.: the difference is at most twice "
+                "sqrt(s.e. ours^2 + s.e. published^2)." if published else ""),
+             "",
+             "| method | runs | mean ± s.e. | 95 % CI |"
+             + (" published | difference | within 2 s.e. |" if published else ""),
+             "|---|---|---|---|" + ("---|---|---|" if published else "")]  # fmt: skip
+    for method in summary["methods"]:
+        entry = summary["table"][method]["whole_run"]
+        if not entry["n"]:
+            continue
+        se = f" ± {entry['se']:.{digits}f}" if math.isfinite(entry["se"]) else ""
+        text = f"| {method} | {entry['n']} | {entry['mean']:.{digits}f}{se} | "
+        text += f"[{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}] |"
+        if published:
+            ref = entry.get("published")
+            text += (
+                f" {ref['mean']:.{digits}f} ± {ref['se']:.{digits}f} | {ref['difference']:+.{digits}f} | "
+                f"{'-' if ref['within_2se'] is None else 'yes' if ref['within_2se'] else 'no'} |"
+                if ref else " - | - | - |"
+            )  # fmt: skip
+        lines.append(text)
+    return lines
+
+
 def markdown(summary: dict, figures: list[str], sources: list[str], manifest: dict | None) -> str:
     first, last = summary["first_tasks"], summary["last_tasks"]
     unit = "phases" if summary["kind"] == "rl" else "tasks"
@@ -708,6 +836,8 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
             f"{ci_text(row['last'], digits, row['runs'])} | {ci_text(row['drop'], digits, row['runs'])} | "
             f"{iqm_text} |{reset_text}"
         )
+    if summary["kind"] == "rl":
+        lines += whole_run_table(summary, digits)
     incomplete = [r for r in summary["runs"] if not r["finished"]]
     if incomplete:
         lines += [
@@ -749,12 +879,13 @@ def write_report(paths: list[Path], out: Path | None = None) -> Path:
     if len(kinds) > 1:
         raise ConfigError("these runs mix supervised and RL runs; report each kind apart")
     name_methods(runs)
-    summary = summarise(runs)
+    summary = summarise(runs, (manifest or {}).get("published"))
     if out is None:
         out = (paths[0] / "report") if manifest is not None else Path("report")
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "performance.png": plot_performance(summary, runs),
+        "learning_curves.png": plot_learning_curves(summary, runs),
         "eps_rank.png": plot_eps_ranks(summary, runs, "exact"),
         "eps_rank_paper.png": plot_eps_ranks(summary, runs, "paper"),
         "features.png": plot_features(summary, runs),

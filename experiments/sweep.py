@@ -94,6 +94,8 @@ class Sweep:
     dry_run: bool = False
     """--dry-run: check every cell and print its command; run nothing, write nothing"""
     cells: list[Cell] = field(default_factory=list)
+    published: dict[str, Any] | None = None
+    """a TOML's [published] table: the numbers the sweep reproduces, for the report"""
 
     @property
     def manifest_path(self) -> Path:
@@ -153,7 +155,7 @@ def parse_argv(argv: list[str]) -> Sweep:
         path = Path(config)
         if not path.exists() and (NAMED_SWEEPS / f"{config}.toml").exists():
             named, path = config, NAMED_SWEEPS / f"{config}.toml"
-        mode, base, axes = read_config(path)
+        mode, base, axes, published = read_config(path)
         if rest and rest[0] in MODES:
             raise ConfigError(f"--config {config}: the file names the mode; give only flags")
         base = [*base, *rest]  # extra flags (e.g. --data-dir) go after the file's base flags
@@ -185,7 +187,8 @@ def parse_argv(argv: list[str]) -> Sweep:
     # absolute: a cell's process may start elsewhere (a Slurm node, a Ray worker's directory)
     directory = Path(options["sweep_dir"] or default).absolute()
     return Sweep(mode, base, axes, directory, workers, retry_failed=options["retry"],
-                 dry_run=options["dry_run"], engine=parse_engine(engine))  # fmt: skip
+                 dry_run=options["dry_run"], engine=parse_engine(engine),
+                 published=published if config is not None else None)  # fmt: skip
 
 
 def parse_engine(given: dict[str, str | None]) -> EngineFlags:
@@ -232,7 +235,12 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return axes
 
 
-def read_config(path: Path) -> tuple[str, list[str], dict[str, list[str]]]:
+def read_config(path: Path) -> tuple[str, list[str], dict[str, list[str]], dict | None]:
+    """(mode, base flags, axes, the [published] table or None) of a sweep's TOML file.
+
+    [published] says what the sweep reproduces, for the report to print beside its own numbers:
+    `source` (one sentence: where the numbers come from and what they are) and `methods`, a
+    table of report method names (bp, l2-init, reset, ...) to [mean, standard error]."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -259,7 +267,22 @@ def read_config(path: Path) -> tuple[str, list[str], dict[str, list[str]]]:
             axes[key] = [str(v) for v in values]
         else:
             raise ConfigError(f"--config {path}: grid {key} needs a list of values or a table")
-    return str(data["mode"]), base, axes
+    published = data.get("published")
+    if published is not None:
+        methods = published.get("methods", {}) if isinstance(published, dict) else None
+        if (
+            not isinstance(published.get("source") if methods is not None else None, str)
+            or not methods
+            or not all(
+                isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) for x in v)
+                for v in methods.values()
+            )
+        ):
+            raise ConfigError(
+                f'--config {path}: [published] needs source = "..." and a [published.methods] '
+                "table of method = [mean, standard error]"
+            )
+    return str(data["mode"]), base, axes, published
 
 
 def sweep_name(mode: str, base: list[str], axes: dict[str, list[str]]) -> str:
@@ -349,6 +372,8 @@ class Manifest:
             "code": code_version(),
             "cells": {},
         }
+        if sweep.published is not None:
+            self.data["published"] = sweep.published
         old = {}
         if sweep.manifest_path.exists():
             saved = json.loads(sweep.manifest_path.read_text())

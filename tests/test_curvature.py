@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from agents.networks import Critic, GaussianActor
+from agents.networks import CategoricalActor, Critic, GaussianActor
 from agents.ppo import loss_closures
 from diagnostics.curvature import (
     GGNOperator,
@@ -128,10 +128,43 @@ def ppo_closures(batch: int = 64, hidden=(16,), seed: int = 0) -> dict[str, Loss
     return loss_closures(actor, critic, data, args, batch)
 
 
+def categorical_actor_closure(batch: int = 48, seed: int = 0) -> LossClosure:
+    """A categorical PPO actor (4 -> 10 -> 3 logits, C-CHAIN's leaky ReLU) with the clipped
+    surrogate and entropy bonus over its logits, exactly as agents/ppo.py builds the closure:
+    advantages normalised over the whole rollout beforehand (C-CHAIN), so the loss is a mean of
+    per-sample terms."""
+    torch.manual_seed(seed)
+    actor = CategoricalActor(4, 3, (10,), "leaky-relu-0.1", "torch-default")
+    critic = Critic(4, (10,), "leaky-relu-0.1", "torch-default")
+    with torch.no_grad():
+        actor.logits.out.weight.mul_(8)  # a policy far from uniform
+    obs = torch.randn(batch, 4)
+    with torch.no_grad():
+        log_probs = actor(obs)[0].log_softmax(-1)
+        actions = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+        # old log-probs of a slightly different policy, so ratios spread over the clip range
+        old = log_probs.gather(-1, actions[:, None]).squeeze(-1) + 0.3 * torch.randn(batch)
+        values = critic(obs)[0]
+    data = {
+        "obs": obs,
+        "actions": actions,
+        "logprobs": old,
+        "advantages": torch.randn(batch),  # as if normalised over the rollout they came from
+        "returns": values + torch.randn(batch),
+        "values": values,
+    }
+    args = SimpleNamespace(
+        norm_adv=True, adv_norm_scope="rollout", clip_coef=0.2, ent_coef=0.01, clip_vloss=False,
+        vf_coef=1.0,
+    )  # fmt: skip
+    return loss_closures(actor, critic, data, args, batch)["actor"]
+
+
 CLOSURES = {
-    "mse": lambda: mse_closure(),
-    "ppo-actor": lambda: ppo_closures()["actor"],
-    "ppo-critic": lambda: ppo_closures()["critic"],
+    "mse": lambda batch=40: mse_closure(batch),
+    "ppo-actor": lambda batch=64: ppo_closures(batch)["actor"],
+    "ppo-critic": lambda batch=64: ppo_closures(batch)["critic"],
+    "ppo-categorical-actor": lambda batch=48: categorical_actor_closure(batch),
 }
 
 
@@ -345,10 +378,7 @@ def test_spectral_effective_rank_of_a_known_spectrum():
 
 @pytest.mark.parametrize("name", list(CLOSURES))
 def test_kfac_factors_are_the_exact_ggn_block_for_one_sample(name):
-    if name == "mse":
-        closure = mse_closure(batch=1)
-    else:
-        closure = ppo_closures(batch=1)[name.split("-")[1]]
+    closure = CLOSURES[name](batch=1)
     G_dense = dense_ggn(closure)
     names = list(closure.params)
     offsets = np.cumsum([0] + [p.numel() for p in closure.params.values()])
@@ -382,7 +412,7 @@ def test_kfac_input_factor_is_the_input_second_moment():
 def test_gram_matrix_is_J_J_transpose_and_shares_the_ggn_nonzero_spectrum(name):
     # 4 samples x C outputs rows against ~100-250 parameters: the GGN has rank <= 4C, and its
     # nonzero eigenvalues must be exactly those of the loss-weighted Gram matrix.
-    closure = mse_closure(batch=4) if name == "mse" else ppo_closures(batch=4)[name.split("-")[1]]
+    closure = CLOSURES[name](batch=4)
     theta = flatten(closure.params)
     J = torch.autograd.functional.jacobian(
         lambda v: closure.output_fn(unflatten(v, closure.params)).reshape(-1), theta

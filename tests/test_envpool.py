@@ -423,3 +423,28 @@ def test_sac_end_to_end_on_envpool_across_a_reward_shift(tmp_path):
     logs = [m for m in metrics if "losses/qf1_loss" in m]
     assert logs and all(math.isfinite(m["losses/qf1_loss"]) for m in logs)
     assert any("charts/episodic_return" in m for m in metrics)  # Hopper falls within 400 steps
+
+
+def test_obs_offset_on_envpool_shifts_the_same_transitions_by_the_same_vector():
+    """CartPole on envpool with --shift obs-offset: each observation is the unshifted pool's plus
+    the task's offset, and the offset is the one the gymnasium backend draws."""
+    flags = ShiftFlags(shift=("obs-offset",), shift_every=20)
+    plain = EnvpoolVectorEnv("CartPole-v1", 2, ShiftFlags(), seed=3)
+    shifted = make_vector_env("CartPole-v1", 2, flags, 3, 100, backend="envpool")
+    gym_env = make_vector_env("CartPole-v1", 2, flags, 3, 100, backend="gymnasium")
+    base, _ = plain.reset(seed=3)
+    obs, _ = shifted.reset(seed=3)
+    gym_env.reset(seed=3)
+    np.testing.assert_array_equal(obs, base)
+    actions = np.random.default_rng(1).integers(0, 2, (30, 2))
+    for call, action in enumerate(actions):
+        base, *_ = plain.step(action)
+        obs, *_ = shifted.step(action)
+        gym_env.step(action)
+        offset = np.asarray(shifted.shift_events[-1]["params"]["obs_offset"], np.float32)
+        assert shifted.task == (2 * call) // 20
+        np.testing.assert_array_equal(obs, base + offset, err_msg=f"call {call}")
+    assert shifted.task == 2 and np.abs(offset).max() > 0
+    assert shifted.shift_events[-1]["params"] == gym_env.shift_events[-1]["params"]
+    for env in (plain, shifted, gym_env):
+        env.close()

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import get_args
 
@@ -20,6 +21,7 @@ import tyro
 from envs import (
     SHIFTS,
     SLIPPERY_ANT,
+    OffsetConfig,
     PhysicsFlags,
     ScaleRange,
     ShiftFlags,
@@ -574,3 +576,89 @@ def test_refined_physics_keeps_the_control_period_and_is_refused_where_it_cannot
         make_vector_env("HalfCheetah-v5", 1, EnvFlags(physics_substeps=0), 0, 100)
     with pytest.raises(ConfigError, match="envpool backend"):
         make_vector_env("HalfCheetah-v5", 1, flags, 0, 100, backend="envpool")
+
+
+# --- obs-offset (C-CHAIN's continual Gym Control) ---------------------------------------------
+
+
+def expected_offset(seed: int, task: int, std: float = 2.0, dims: int = 4) -> np.ndarray:
+    """The documented draw: N(0, std^2) per dimension from the task's stream (seed, task, the
+    shift's name), written out here rather than taken from the wrapper."""
+    rng = np.random.default_rng([seed, task, zlib.crc32(b"obs-offset")])
+    return rng.normal(0.0, std, dims).astype(np.float32)
+
+
+def test_obs_offset_adds_the_tasks_vector_from_the_shift_step_on():
+    """Two sub-envs, a shift every 10 global steps: every observation equals the unshifted env's
+    plus the offset of the task its call belongs to, exactly, from the call that starts at the
+    shift step on (autoresets included: CartPole's episodes end here)."""
+    flags = ShiftFlags(shift=("obs-offset",), shift_every=10)
+    shifted = make_vector_env("CartPole-v1", 2, flags, seed=4, total_timesteps=100)
+    plain = make_vector_env("CartPole-v1", 2, ShiftFlags(), seed=4, total_timesteps=100)
+    obs, _ = shifted.reset(seed=7)
+    base, _ = plain.reset(seed=7)
+    np.testing.assert_array_equal(obs, base)  # task 0 sees the env as it is
+    actions = np.random.default_rng(0).integers(0, 2, (40, 2))
+    for call, action in enumerate(actions):
+        obs, _, terminated, _, infos = shifted.step(action)
+        base, *_ = plain.step(action)
+        task = (2 * call) // 10
+        offset = expected_offset(4, task) if task else np.zeros(4, np.float32)
+        np.testing.assert_array_equal(obs, base + offset, err_msg=f"call {call}")
+        if "shift" in infos:
+            assert 2 * call == 10 * task and infos["shift"]["task"] == task
+            np.testing.assert_allclose(infos["shift"]["params"]["obs_offset"], offset, rtol=1e-6)
+    assert shifted.task == 7
+    for env in (shifted, plain):
+        env.close()
+
+
+def test_obs_offset_is_a_function_of_seed_and_task_and_task_0_can_draw_one():
+    offsets = {
+        (seed, task): single_env("CartPole-v1", "obs-offset", seed=seed).set_task(task)[
+            "obs_offset"
+        ]
+        for seed in (1, 2)
+        for task in (0, 1, 2)
+    }
+    assert offsets[1, 0] == [0.0] * 4  # C-CHAIN: the first task has no offset
+    assert offsets[1, 1] != offsets[2, 1] and offsets[1, 1] != offsets[1, 2]
+    again = single_env("CartPole-v1", "obs-offset", seed=1).set_task(2)["obs_offset"]
+    assert again == offsets[1, 2]
+    np.testing.assert_allclose(offsets[1, 2], expected_offset(1, 2), rtol=1e-6)
+    drawn = single_env(
+        "CartPole-v1",
+        "obs-offset",
+        seed=1,
+        obs_offset=OffsetConfig(std=0.5, first_task_unshifted=False),
+    ).set_task(0)["obs_offset"]
+    np.testing.assert_allclose(drawn, expected_offset(1, 0, std=0.5), rtol=1e-6)
+
+
+def test_obs_offset_moves_the_observation_bounds():
+    env = single_env("CartPole-v1", "obs-offset")
+    base_space = env.observation_space
+    offset = np.asarray(env.set_task(3)["obs_offset"], np.float32)
+    np.testing.assert_array_equal(env.observation_space.low, base_space.low + offset)
+    np.testing.assert_array_equal(env.observation_space.high, base_space.high + offset)
+
+
+def test_reset_episodes_starts_a_task_due_at_the_reset_with_its_first_observation():
+    """A learner that starts new episodes at every rollout (reset_episodes) at the shift step:
+    the new task comes with the reset, its first observations already shifted, and infos say so;
+    at any other step a reset changes no task."""
+    flags = ShiftFlags(shift=("obs-offset",), shift_every=10)
+    shifted = make_vector_env("CartPole-v1", 2, flags, seed=4, total_timesteps=100)
+    plain = make_vector_env("CartPole-v1", 2, ShiftFlags(), seed=4, total_timesteps=100)
+    shifted.reset(seed=3)
+    plain.reset(seed=3)
+    for _ in range(5):  # global steps 0-9: task 0
+        shifted.step(np.zeros(2, np.int64))
+        plain.step(np.zeros(2, np.int64))
+    obs, infos = shifted.reset_episodes(seed=11)
+    base, _ = plain.reset(seed=11)
+    assert infos["shift"] == {"step": 10, "task": 1, "params": shifted.shift_events[-1]["params"]}
+    np.testing.assert_array_equal(obs, base + expected_offset(4, 1))
+    obs, infos = shifted.reset_episodes(seed=12)  # still step 10: no second shift
+    assert "shift" not in infos and shifted.task == 1
+    assert [e["event"] for e in shifted.shift_events] == ["task_start", "shift"]

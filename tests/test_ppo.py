@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import torch
 
 import train
 from agents import ppo
-from agents.run import load_checkpoint
+from agents.run import load_checkpoint, preset_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 # A small, fast configuration: 256-step rollouts, shift every 1024 steps.
@@ -387,3 +388,93 @@ def test_compile_flag_trains_the_same_first_update(tmp_path):
     eager, compiled = losses
     for key in ("losses/value_loss", "losses/policy_loss", "losses/approx_kl"):
         assert math.isclose(compiled[key], eager[key], rel_tol=1e-3, abs_tol=1e-6), key
+
+
+def continual_cartpole(tmp_path: Path, **changes) -> ppo.Args:
+    """The continual-cartpole preset (C-CHAIN's setting) with `changes`, writing to tmp_path."""
+    args = preset_defaults(ppo.Args, ppo.LEARNER, "continual-cartpole")
+    return dataclasses.replace(args, runs_dir=str(tmp_path), checkpoint_every=0, **changes)
+
+
+@pytest.mark.slow
+def test_categorical_ppo_learns_cartpole(tmp_path):
+    """A learning claim, tested by learning: C-CHAIN's PPO (a softmax policy over CartPole's two
+    actions) on CartPole without shifts, 20 iterations of 800 steps: the iteration's return
+    rises from a random policy's (~20) to several times that."""
+    args = continual_cartpole(
+        tmp_path, shift=(), shift_every=0, total_timesteps=16_000, seed=2, diagnostics=("none",)
+    )
+    metrics = read_jsonl(ppo.train(args) / "metrics.jsonl")
+    returns = [m["charts/rollout_return"] for m in metrics if "charts/rollout_return" in m]
+    assert len(returns) == 20
+    first, last = returns[0], np.mean(returns[-3:])  # the first: the initial policy's
+    assert first < 40 and last > 4 * first and last > 100, (first, last)
+
+
+def test_reset_every_rollout_counts_every_step_in_an_episode_of_its_rollout(tmp_path):
+    """With --reset-every-rollout (C-CHAIN's loop) every rollout starts new episodes and the one
+    in flight at its end is cut and counted: the lengths of the episodes logged in a rollout sum
+    to its 800 steps, and the rollout's return is their mean. CartPole pays 1 per step, so a
+    logged return equals its length: the reward divisor (20) acts on learning only."""
+    args = continual_cartpole(tmp_path, total_timesteps=2_400, shift_every=1_600, seed=5,
+                              diagnostics=("none",))  # fmt: skip
+    metrics = read_jsonl(ppo.train(args) / "metrics.jsonl")
+    for end in (800, 1600, 2400):
+        episodes = [m for m in metrics if end - 800 < m["step"] <= end and "charts/episodes" in m]
+        lengths = sum(m["charts/episodic_length"] * m["charts/episodes"] for m in episodes)
+        returns = sum(m["charts/episodic_return"] * m["charts/episodes"] for m in episodes)
+        assert lengths == 800 and returns == lengths
+        (rollout,) = [
+            m["charts/rollout_return"]
+            for m in metrics
+            if m["step"] == end and "charts/rollout_return" in m
+        ]
+        count = sum(m["charts/episodes"] for m in episodes)
+        assert rollout == pytest.approx(returns / count)
+        assert episodes[-1]["step"] == end  # the cut episode ends with the rollout
+
+
+def test_monte_carlo_value_targets_are_the_discounted_reward_to_go():
+    """--value-target monte-carlo: R_t = r_t + gamma R_{t+1}, cut where an episode ends and
+    bootstrapped from the value after the rollout; GAE's recursion at lambda 1 plus the values
+    gives exactly that (what train() computes)."""
+    rewards = np.array([[1.0], [2.0], [3.0], [4.0]])
+    values = np.array([[0.5], [0.4], [0.3], [0.2]])
+    over = np.array([[0.0], [1.0], [0.0], [0.0]])
+    gamma, next_value = 0.9, np.array([0.7])
+    returns = ppo.generalized_advantages(rewards, values, next_value, over, gamma, 1.0) + values
+    expected = [1 + gamma * 2, 2, 3 + gamma * (4 + gamma * 0.7), 4 + gamma * 0.7]
+    np.testing.assert_allclose(returns[:, 0], expected, rtol=1e-12)
+
+
+def test_continual_presets_are_c_chains_setting():
+    _, args = train.parse("ppo", ["--preset", "continual-acrobot"])
+    assert (args.env_id, args.shift, args.shift_every, args.total_timesteps) == (
+        "Acrobot-v1", ("obs-offset",), 160_000, 1_600_000,
+    )  # fmt: skip
+    assert (args.obs_offset.std, args.obs_offset.first_task_unshifted) == (2.0, True)
+    assert (args.hidden_sizes, args.activation, args.init) == (
+        (256,) * 3,
+        "leaky-relu-0.1",
+        "torch-default",
+    )
+    assert (args.num_steps, args.num_minibatches, args.update_epochs, args.learning_rate) == (
+        800,
+        25,
+        5,
+        1e-3,
+    )
+    assert (args.max_episode_steps, args.reward_divisor, args.reset_every_rollout) == (
+        400,
+        20.0,
+        True,
+    )
+    assert (args.adv_norm_scope, args.value_target, args.clip_vloss, args.max_grad_norm) == (
+        "rollout", "monte-carlo", False, 0.0,
+    )  # fmt: skip
+    assert (args.norm_obs, args.norm_reward, args.adam_betas, args.adam_eps) == (
+        False,
+        False,
+        (0.9, 0.999),
+        1e-8,
+    )

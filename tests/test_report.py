@@ -198,3 +198,63 @@ def test_a_report_of_nothing_is_one_error_line(tmp_path, argv, message):
     assert (
         result.stderr.strip().startswith(f"error: {message}") and "Traceback" not in result.stderr
     )
+
+
+# --- RL: the return averaged over the run, beside published numbers -----------------------------
+
+ROLLOUT = 800
+
+
+def planted_rl_run(root: Path, regularizer: str, seed: int, returns: list[float]) -> Path:
+    """A PPO run directory: one return per 800-step rollout (logged at the step after it, as PPO
+    logs), a shift every 4 rollouts (at steps 3,200 and 6,400)."""
+    run = root / "cells" / f"{regularizer}-{seed}" / f"CartPole-v1__ppo__{regularizer}__{seed}"
+    run.mkdir(parents=True)
+    total = ROLLOUT * len(returns)
+    config = {"env_id": "CartPole-v1", "seed": seed, "regularizer": regularizer,
+              "total_timesteps": total, "num_steps": ROLLOUT, "num_envs": 1,
+              "shift": ["obs-offset"], "shift_every": 4 * ROLLOUT}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = [{"step": (i + 1) * ROLLOUT, "charts/rollout_return": r, "charts/episodic_return": r,
+                "charts/episodes": 1} for i, r in enumerate(returns)]  # fmt: skip
+    events = [{"step": 0, "event": "start"}]
+    events += [
+        {"step": s, "event": "shift", "task": s // (4 * ROLLOUT)}
+        for s in range(4 * ROLLOUT, total, 4 * ROLLOUT)
+    ]
+    events.append({"step": total, "event": "finished"})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run
+
+
+def test_an_rl_report_averages_each_run_over_its_iterations_beside_the_published_numbers(tmp_path):
+    sweep = tmp_path / "sweep"
+    bp = {1: [10, 20, 30, 40, 5, 5, 5, 5], 2: [20] * 4 + [10] * 4, 3: [30] * 4 + [6] * 4}
+    for seed, returns in bp.items():
+        planted_rl_run(sweep, "none", seed, returns)
+        planted_rl_run(sweep, "reset", seed, [20.0] * 8)
+    published = {"source": "a planted table.", "methods": {"bp": [16.5, 1.0], "reset": [40.0, 1.0]}}
+    (sweep / "manifest.json").write_text(json.dumps({"command": ["train.py", "sweep"], "code": {},
+                                                     "published": published}))  # fmt: skip
+    out = write_report([sweep], tmp_path / "report")
+    summary = json.loads((out / "report.json").read_text())
+    # Phases: the rollout logged at the shift step 3,200 is the last of phase 0, so seed 1's
+    # phase means are 25 and 5 (not 20 and 12.5); over seeds, phase 0 is (25 + 20 + 30) / 3.
+    assert summary["per_task"]["bp"][0][:2] == pytest.approx([0, 25.0])
+    assert summary["per_task"]["bp"][1][:2] == pytest.approx([1, 7.0])
+    # Whole run: per-run means 15, 15, 18 -> 16 ± std(ddof 1) / sqrt(3) = 1.0; exact CI over
+    # the 27 resamples, whose mean is 15 + k for k draws of the 18: P(k = 0) = 8/27 > 2.5 %,
+    # P(k <= 2) = 26/27 < 97.5 %: [15, 18].
+    whole = summary["table"]["bp"]["whole_run"]
+    assert (whole["mean"], whole["se"], whole["n"]) == pytest.approx((16.0, 1.0, 3))
+    assert whole["ci"] == pytest.approx([15.0, 18.0])
+    # Against the published 16.5 ± 1.0: difference -0.5 within 2 sqrt(1 + 1); RESET's 20 ± 0
+    # against 40 ± 1: -20, outside 2.
+    assert whole["published"] == {"mean": 16.5, "se": 1.0, "difference": pytest.approx(-0.5),
+                                  "within_2se": True}  # fmt: skip
+    assert summary["table"]["reset"]["whole_run"]["published"]["within_2se"] is False
+    text = (out / "report.md").read_text()
+    assert "| bp | 3 | 16.0 ± 1.0 | [15.0, 18.0] | 16.5 ± 1.0 | -0.5 | yes |" in text
+    assert "Published: a planted table." in text
+    assert (out / "learning_curves.png").stat().st_size > 10_000

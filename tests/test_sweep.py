@@ -137,3 +137,25 @@ def test_a_toml_file_describes_the_same_sweep(tmp_path):
     result = run_cli("sweep", "--config", str(config), "--sweep-dir", str(tmp_path / "sweep"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(manifest(tmp_path / "sweep")["cells"]) == ["seed=1", "seed=2"]
+
+
+def test_a_named_sweeps_published_numbers_are_read_and_a_malformed_table_refused(tmp_path):
+    from experiments.sweep import read_config
+    from validation import ConfigError
+
+    path = tmp_path / "s.toml"
+    head = 'mode = "ppo"\n[grid]\nseed = [1]\n'
+    path.write_text(
+        head + '[published]\nsource = "Table 1."\n[published.methods]\nbp = [61.8, 6.9]\n'
+    )
+    assert read_config(path)[3] == {"source": "Table 1.", "methods": {"bp": [61.8, 6.9]}}
+    path.write_text(head)
+    assert read_config(path)[3] is None
+    for bad in ('[published]\nsource = "x"\n[published.methods]\nbp = [61.8]\n',
+                '[published]\n[published.methods]\nbp = [61.8, 6.9]\n'):  # fmt: skip
+        path.write_text(head + bad)
+        with pytest.raises(ConfigError, match=r"\[published\] needs source"):
+            read_config(path)
+    # Every named sweep that says what it reproduces says it well.
+    for named in (REPO / "experiments" / "sweeps").glob("*.toml"):
+        read_config(named)
