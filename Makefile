@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,envpool,video,slurm,ray]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,envpool,video,slurm,ray,box2d]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -30,7 +30,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # SAC's bounds of the policy's log-std (Cl
 Activation = Literal["tanh", "relu", "leaky-relu", "leaky-relu-0.1", "gelu", "silu"]
 ARCHITECTURE_FLAGS = ("hidden_sizes", "activation", "init", "layer_norm")
 """The flags every learner builds its networks from (a resumed run cannot change them)."""
-Init = Literal["orthogonal", "kaiming-uniform", "torch-default"]
+Init = Literal["orthogonal", "kaiming-uniform", "lecun-uniform", "torch-default"]
 
 # Plain functions, not modules: calling a submodule costs a few microseconds of Python per
 # layer, which is most of the cost of acting with a small network one step at a time.
@@ -89,6 +89,13 @@ class MLP(nn.Module):
             # weights ~6x further relative to their size and keeps Permuted MNIST at chance.
             for layer in (*self.hidden, self.out):
                 nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+        elif self.init == "lecun-uniform":
+            # The paper's RL networks (its JAX code: flax's lecun_uniform, zero biases):
+            # U(-b, b) with b = sqrt(3 / fan_in), on every layer.
+            for layer in (*self.hidden, self.out):
+                bound = math.sqrt(3.0 / layer.in_features)
+                nn.init.uniform_(layer.weight, -bound, bound)
                 nn.init.zeros_(layer.bias)
         else:
             for layer in (*self.hidden, self.out):

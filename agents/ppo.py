@@ -59,7 +59,7 @@ from envs import SLIPPERY_ANT, OffsetConfig, PhysicsFlags, ShiftFlags, learner_e
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from envs.video import ClipRecorder, VideoFlags, check_video_flags
 from envs.video import unused_flags as unused_video_flags
-from regularizers import RegularizerFlags, build_regularizer
+from regularizers import ERankConfig, L2Config, RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all, require_widths
 
 LOG_2PI = math.log(2 * math.pi)
@@ -126,8 +126,8 @@ class PPOFlags:
     activation: Activation = "tanh"
     """hidden activation of both networks"""
     init: Init = "orthogonal"
-    """weight initialisation: CleanRL's orthogonal, He kaiming-uniform (zero biases), or
-    torch-default (nn.Linear's own)"""
+    """weight initialisation: CleanRL's orthogonal, He kaiming-uniform or LeCun
+    lecun-uniform (zero biases; the paper's RL networks), or torch-default (nn.Linear's own)"""
     layer_norm: bool = False
     """LayerNorm between each hidden linear layer and its activation (always on with
     --regularizer layernorm-l2)"""
@@ -241,22 +241,34 @@ PRESETS: dict[str, dict] = {
         diag=DiagnosticsConfig(plot=True),
         capture_video=True,
     ),
-    # The paper's Slippery Ant (PAPER.md): separate 1x256 ReLU actor and critic, Adam (0.99, 0.99)
-    # at 1e-4, rollout 2048, 10 epochs, 128 minibatches, entropy 0.01, value coefficient 1.0, 1 env.
+    # The paper's Slippery Ant as its code runs it (KevinGuo27/lop-jax: rlopt/config.py,
+    # rlopt/models.py, rlopt/scripts/hyperparams/nonstationary/l2_er.py; docs/slippery-ant.md):
+    # separate 1 x 256 ReLU actor and critic, LeCun-uniform weights and zero biases; its L2-ER:
+    # Adam (0.99, 0.99) at 1e-4 (optax's eps 1e-8), wd 1e-4 and er_lr 1e-6 from its grids;
+    # rollout 2048, 10 epochs, 128 minibatches, entropy 0.01, value coefficient 1.0, 1 env; no
+    # observation or reward normalisation and no gradient clipping (max_grad_norm 1e9); the
+    # friction table of its five phases. Its BP keeps Adam's default betas (the named sweeps).
     "slippery-ant": dict(
         **SLIPPERY_ANT,
         total_timesteps=10_000_000,
         num_envs=1,
         hidden_sizes=(256,),
         activation="relu",
+        init="lecun-uniform",
         learning_rate=1e-4,
         adam_betas=(0.99, 0.99),
+        adam_eps=1e-8,
         num_steps=2048,
         update_epochs=10,
         num_minibatches=128,
         ent_coef=0.01,
         vf_coef=1.0,
+        norm_obs=False,
+        norm_reward=False,
+        max_grad_norm=0.0,
         regularizer="l2-er",
+        l2=L2Config(weight_decay=1e-4),
+        erank=ERankConfig(lr=1e-6),
         diag=DiagnosticsConfig(joint=True, plot=True),
     ),
     "continual-cartpole": dict(**CONTINUAL_GYM_CONTROL, env_id="CartPole-v1"),

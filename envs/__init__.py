@@ -106,17 +106,25 @@ def unused_flags(flags: ShiftFlags) -> dict[str, str]:
     }
 
 
+PAPER_FRICTIONS = (0.2961, 0.2399, 0.0387, 0.3528, 0.0829)
+"""The friction of the paper's code's five Slippery Ant phases (KevinGuo27/lop-jax,
+rlopt/frictions, friction_seed 0: a fixed table log-uniform in [0.02, 2], the same for every
+seed). It sets every geom's sliding friction; Ant-v5's are all 1, so as scales they are the same
+values (docs/slippery-ant.md)."""
+
 SLIPPERY_ANT: dict = {
-    # The named `slippery-ant` preset: Ant whose friction is redrawn log-uniform in [0.02, 2]
-    # every 2M steps, as in the loss-of-plasticity paper's Slippery Ant.
+    # The named `slippery-ant` preset: Ant whose friction changes every 2M steps, as in the
+    # loss-of-plasticity paper's Slippery Ant: the paper's code's table of five frictions
+    # (--friction.table with no values draws log-uniform in [0.02, 2] from the run's seed).
     "env_id": "Ant-v5",
     "shift": ("friction",),
     "shift_every": 2_000_000,
-    "friction": ScaleRange(0.02, 2.0, log_uniform=True),
+    "friction": ScaleRange(0.02, 2.0, log_uniform=True, table=PAPER_FRICTIONS),
 }
 
 __all__ = [
     "FIXED_ON_RESUME",
+    "PAPER_FRICTIONS",
     "SHIFTS",
     "SLIPPERY_ANT",
     "PhysicsFlags",

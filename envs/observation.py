@@ -90,7 +90,7 @@ class ObsNoiseShift(ShiftWrapper):
         return np.random.default_rng([*seed, zlib.crc32(b"obs-noise steps")])
 
     def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
-        return {"obs_noise_std": self.config.draw(rng)}
+        return {"obs_noise_std": self.config.draw(rng, task)}
 
     def apply(self, params: dict[str, Any]) -> None:
         self.noise_std = params["obs_noise_std"]

@@ -103,7 +103,7 @@ class PhysicsShift(ShiftWrapper):
         self.store_base_values()
 
     def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
-        return {self.param_key: self.config.draw(rng)}
+        return {self.param_key: self.config.draw(rng, task)}
 
     def apply(self, params: dict[str, Any]) -> None:
         self.scale_model(params[self.param_key])

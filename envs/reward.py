@@ -49,7 +49,7 @@ class RewardScaleShift(ShiftWrapper):
         self.scale = 1.0
 
     def draw(self, rng: np.random.Generator, task: int) -> dict[str, Any]:
-        return {"reward_scale": self.config.draw(rng)}
+        return {"reward_scale": self.config.draw(rng, task)}
 
     def apply(self, params: dict[str, Any]) -> None:
         self.scale = params["reward_scale"]

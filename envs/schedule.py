@@ -17,6 +17,7 @@ further inside, so that `set_task` on the outermost wrapper shifts the whole sta
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -119,8 +120,13 @@ class ScaleRange:
     """Largest value a task can draw."""
     log_uniform: bool
     """Draw uniformly in log space (suits a scale spanning decades), else uniformly."""
+    table: tuple[float, ...] = ()
+    """Task k takes table[k] instead of a draw (e.g. the paper's code's fixed friction
+    sequence); the run may have at most as many tasks as values. Empty: draw."""
 
-    def draw(self, rng: np.random.Generator) -> float:
+    def draw(self, rng: np.random.Generator, task: int) -> float:
+        if self.table:
+            return float(self.table[task])
         if self.log_uniform:
             return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
         return float(rng.uniform(self.low, self.high))
@@ -136,6 +142,9 @@ class ScaleRange:
             raise ConfigError(
                 f"{flag}.low must be positive for a log-uniform draw ({flag}.log-uniform), got 0"
             )
+        for value in self.table:
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{flag}.table values must be >= 0, got {value}")
 
 
 def task_rng(seed: int, task: int, name: str) -> np.random.Generator:

@@ -82,6 +82,15 @@ def check_shift_flags(flags: envs.ShiftFlags, total_timesteps: int, num_envs: in
         if config_field is not None:
             getattr(flags, config_field).validate("--" + config_field.replace("_", "-"))
     schedule.validate(total_timesteps, num_envs)
+    tasks = len(schedule.shift_steps(total_timesteps)) + 1
+    for name in flags.shift:
+        config_field = envs.SHIFTS[name][1]
+        table = getattr(getattr(flags, config_field), "table", ()) if config_field else ()
+        if table and len(table) < tasks:
+            raise ConfigError(
+                f"--{config_field.replace('_', '-')}.table has {len(table)} values and the run "
+                f"has {tasks} tasks: give one value per task"
+            )
     return schedule
 
 

@@ -42,9 +42,10 @@ class VideoConfig:
     """Settings of the clips (flags --video.*)."""
 
     width: int = 320
-    """frame width in pixels"""
+    """frame width in pixels (MuJoCo envs; classic-control and Box2D envs render at their own
+    size)"""
     height: int = 240
-    """frame height in pixels"""
+    """frame height in pixels (MuJoCo envs, as --video.width)"""
     steps: int = 60
     """control steps a clip runs (60 x HalfCheetah's 0.05 s: 3 s of simulated time)"""
     stride: int = 2
@@ -129,9 +130,12 @@ class ClipRecorder:
         import imageio.v3 as iio
 
         config = self.config
-        env = gym.make(
-            self.env_id, render_mode="rgb_array", width=config.width, height=config.height
-        )
+        try:
+            env = gym.make(
+                self.env_id, render_mode="rgb_array", width=config.width, height=config.height
+            )
+        except TypeError:  # classic control and Box2D envs render at their own size
+            env = gym.make(self.env_id, render_mode="rgb_array")
         env = wrap_shifts(refine_physics(env, self.flags), self.flags, self.seed, env_index=0)
         try:
             if self.flags.shift:
@@ -146,7 +150,7 @@ class ClipRecorder:
                     frames.append(env.render())
                 if terminated or truncated:
                     break
-            fps = max(1, round(1 / (env.unwrapped.dt * config.stride)))
+            fps = max(1, round(env.metadata["render_fps"] / config.stride))  # real time
         finally:
             env.close()
         self.directory.mkdir(parents=True, exist_ok=True)

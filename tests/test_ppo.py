@@ -478,3 +478,14 @@ def test_continual_presets_are_c_chains_setting():
         (0.9, 0.999),
         1e-8,
     )
+
+
+def test_continual_lunarlander_runs_on_real_box2d(tmp_path):
+    pytest.importorskip("Box2D", reason="the box2d extra is not installed")
+    args = dataclasses.replace(
+        preset_defaults(ppo.Args, ppo.LEARNER, "continual-lunarlander"), runs_dir=str(tmp_path),
+        checkpoint_every=0, total_timesteps=1_600, shift_every=800, diagnostics=("none",),
+    )  # fmt: skip
+    events = read_jsonl(ppo.train(args) / "events.jsonl")
+    (shift,) = [e for e in events if e["event"] == "shift"]
+    assert shift["step"] == 800 and len(shift["params"]["obs_offset"]) == 8

@@ -1,0 +1,140 @@
+"""Seconds per PPO iteration of our continual-CartPole run against C-CHAIN's own script, as a
+table of ratios measured in one run.
+
+What it measures: C-CHAIN's `crl_gym_classic_control/control_train_aligned_vanilla.py`
+(github.com/bluecontra/C-CHAIN, with its networks.py and basic_utils.py) and ours
+(`train.py ppo --preset continual-cartpole`, the same setting), both on CartPole-v1 with one
+CPU thread each (OMP_NUM_THREADS=1; `--torch-threads 1`), one after the other, alternating,
+C-CHAIN's first. C-CHAIN's script runs from a temporary copy with only what gymnasium 1.x and
+this machine need changed, each printed by the benchmark:
+- `import gym` -> `import gymnasium as gym` (it uses the gym 0.26 API, which gymnasium kept);
+- `from trac_optimizer import start_trac` dropped (TRAC's optimizer, used only with --opt TRAC,
+  is not on the package index);
+- its wandb run is offline (WANDB_MODE=offline), as the script itself sets.
+Its time per iteration is the median gap between its "Iteration num" lines after the first;
+ours is 800 / the last `charts/SPS` of the run (env steps per second since its training loop
+started), with no diagnostics and no checkpoints (C-CHAIN's script has neither). A full run is
+2,000 iterations (1.6M steps); its time is extrapolated from these, and our measured full runs
+are in docs/continual-gym-control.md.
+
+    git clone https://github.com/bluecontra/C-CHAIN /tmp/C-CHAIN
+    python benchmarks/cchain_speed.py --cchain-dir /tmp/C-CHAIN          # ~4 minutes
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = "control_train_aligned_vanilla.py"
+FILES = (SCRIPT, "networks.py", "basic_utils.py")
+PATCHES = [
+    ("import gym\n", "import gymnasium as gym\n", "gym -> gymnasium (the gym 0.26 API it uses)"),
+    ("from trac_optimizer import start_trac\n", "", "TRAC's import dropped (--opt TRAC only)"),
+]
+FULL_RUN_ITERATIONS = 2_000
+
+
+@dataclass
+class Args:
+    cchain_dir: Path
+    """a checkout of github.com/bluecontra/C-CHAIN"""
+    iterations: int = 40
+    """PPO iterations of 800 steps timed per run"""
+    repeats: int = 2
+    """runs of each implementation, alternating"""
+    env_id: str = "CartPole-v1"
+    """CartPole-v1 or Acrobot-v1"""
+
+
+def prepared_cchain(cchain_dir: Path, into: Path) -> Path:
+    """C-CHAIN's three files in `into`, with PATCHES applied (each must apply exactly once)."""
+    source = cchain_dir / "crl_gym_classic_control"
+    if not (source / SCRIPT).exists():
+        sys.exit(f"error: --cchain-dir {cchain_dir}: no crl_gym_classic_control/{SCRIPT} there")
+    for name in FILES:
+        (into / name).write_text((source / name).read_text())
+    script = into / SCRIPT
+    text = script.read_text()
+    for old, new, _ in PATCHES:
+        if text.count(old) != 1:
+            sys.exit(f"error: C-CHAIN's {SCRIPT} has changed: {old.strip()!r} not found once")
+        text = text.replace(old, new)
+    script.write_text(text)
+    return script
+
+
+def one_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true"}  # fmt: skip
+
+
+def time_cchain(script: Path, env_id: str, iterations: int) -> float:
+    """Seconds per iteration of C-CHAIN's script: the median gap between its iteration lines."""
+    process = subprocess.Popen(
+        [sys.executable, "-u", script.name, "--env_name", env_id, "--seed", "1"],
+        cwd=script.parent, env=one_thread_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    stamps = []
+    for line in process.stdout:
+        if line.startswith("- Iteration num:"):
+            stamps.append(time.perf_counter())
+            if len(stamps) > iterations:
+                break
+    process.kill()
+    process.wait()
+    if len(stamps) < 3:
+        sys.exit(
+            "error: C-CHAIN's script printed fewer than 3 iterations; run it by hand to see why"
+        )
+    return statistics.median(b - a for a, b in itertools.pairwise(stamps))
+
+
+def time_ours(env_id: str, iterations: int) -> float:
+    """Seconds per iteration of ours: 800 / its last charts/SPS."""
+    steps = 800 * iterations
+    with tempfile.TemporaryDirectory(prefix="ours-") as runs_dir:
+        command = [sys.executable, str(REPO / "train.py"), "ppo", "--preset", "continual-cartpole",
+                   "--env-id", env_id, "--total-timesteps", str(steps), "--shift-every",
+                   str(steps // 2), "--diagnostics", "none", "--checkpoint-every", "0",
+                   "--torch-threads", "1", "--runs-dir", runs_dir]  # fmt: skip
+        subprocess.run(command, env=one_thread_env(), check=True, capture_output=True)
+        (metrics,) = Path(runs_dir).glob("*/metrics.jsonl")
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return 800 / [row["charts/SPS"] for row in rows if "charts/SPS" in row][-1]
+
+
+def main(args: Args) -> None:
+    with tempfile.TemporaryDirectory(prefix="cchain-") as tmp:
+        script = prepared_cchain(args.cchain_dir, Path(tmp))
+        print(f"C-CHAIN's {SCRIPT}, changed only so: " + "; ".join(why for *_, why in PATCHES))
+        theirs, ours = [], []
+        for _ in range(args.repeats):
+            theirs.append(time_cchain(script, args.env_id, args.iterations))
+            ours.append(time_ours(args.env_id, args.iterations))
+    cchain, mine = statistics.median(theirs), statistics.median(ours)
+    print(f"\n{args.env_id}, {args.iterations} iterations of 800 steps per run, {args.repeats} runs "
+          "each, one CPU thread each; medians\n")  # fmt: skip
+    print("| implementation | s per iteration | a 1.6M-step run (2,000 iterations) | speed-up |")
+    print("|---|---|---|---|")
+    for name, seconds in (("C-CHAIN's script", cchain), ("ours (continual-cartpole)", mine)):
+        hours = seconds * FULL_RUN_ITERATIONS / 3600
+        print(f"| {name} | {seconds:.3f} | {hours:.2f} h | {cchain / seconds:.2f}x |")
+    print(f"\nper run: C-CHAIN {', '.join(f'{s:.3f}' for s in theirs)}; ours "
+          f"{', '.join(f'{s:.3f}' for s in ours)}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
