@@ -309,11 +309,29 @@ def test_slippery_ant_preset_changes_ant_friction_at_a_shift():
     before = envs.env.envs[0].unwrapped.model.geom_friction[:, 0].copy()
     *_, infos = envs.step(envs.action_space.sample())
     scale = infos["shift"]["params"]["friction_scale"]
-    assert infos["shift"]["step"] == 2_000_000 and 0.02 <= scale <= 2.0
+    # The paper's code's table: task 1 is its second phase, 0.2399, on every geom (Ant's are 1).
+    assert infos["shift"]["step"] == 2_000_000 and scale == 0.2399
+    assert (base_friction == 1.0).all()
     for sub_env in envs.env.envs:
         after = sub_env.unwrapped.model.geom_friction[:, 0]
         np.testing.assert_allclose(after, base_friction * scale, rtol=1e-12)
         assert not np.allclose(after, before)
+
+
+def test_a_table_gives_task_k_its_kth_value_and_must_cover_every_task():
+    table = ScaleRange(0.1, 10.0, log_uniform=True, table=(0.5, 2.0, 0.25))
+    env = single_env("Hopper-v5", "friction", "reward-scale", reward_scale=table, friction=table)
+    for task, value in enumerate(table.table):
+        assert env.set_task(task) == {"friction_scale": value, "reward_scale": value}
+    flags = ShiftFlags(shift=("friction",), shift_every=100, friction=table)
+    make_vector_env("Hopper-v5", 1, flags, seed=0, total_timesteps=300).close()  # 3 tasks
+    with pytest.raises(ConfigError, match="--friction.table has 3 values and the run has 4 tasks"):
+        make_vector_env("Hopper-v5", 1, flags, seed=0, total_timesteps=301)
+    bad = ShiftFlags(
+        shift=("friction",), shift_every=100, friction=dataclasses.replace(table, table=(1.0, -1.0))
+    )
+    with pytest.raises(ConfigError, match="--friction.table values must be >= 0"):
+        make_vector_env("Hopper-v5", 1, bad, seed=0, total_timesteps=200)
 
 
 # --- physics shifts ---------------------------------------------------------------------------

@@ -489,3 +489,18 @@ def test_continual_lunarlander_runs_on_real_box2d(tmp_path):
     events = read_jsonl(ppo.train(args) / "events.jsonl")
     (shift,) = [e for e in events if e["event"] == "shift"]
     assert shift["step"] == 800 and len(shift["params"]["obs_offset"]) == 8
+
+
+def test_lecun_uniform_init_is_uniform_within_sqrt_3_over_fan_in_with_zero_biases():
+    """The paper's RL networks (flax's lecun_uniform): U(-b, b), b = sqrt(3 / fan_in), so the
+    weights' std is 1 / sqrt(fan_in); biases zero."""
+    from agents.networks import MLP
+
+    torch.manual_seed(0)
+    net = MLP(300, (200,), 50, "relu", "lecun-uniform")
+    for layer in (net.hidden[0], net.out):
+        bound = math.sqrt(3 / layer.in_features)
+        weight = layer.weight.detach()
+        assert bound * 0.99 < weight.abs().max() <= bound
+        assert weight.std().item() == pytest.approx(1 / math.sqrt(layer.in_features), rel=0.03)
+        assert not layer.bias.detach().any()
