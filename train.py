@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -28,6 +29,25 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
 import tyro
 
 from validation import ConfigError
+
+
+def _join_wrapped_docstring_lines() -> None:
+    """A field's docstring continues on indented lines, and tyro keeps a line break before
+    every line that does not start with a letter: join each paragraph's lines first, so that
+    --help wraps each flag's sentences instead of breaking them where the source does."""
+    strings = getattr(tyro, "_strings", None)
+    original = getattr(strings, "remove_single_line_breaks", None)
+    if original is None:  # another tyro: leave its help as it is
+        return
+
+    def joined(helptext: str) -> str:
+        paragraphs = re.split(r"\n\s*\n", helptext)
+        return original("\n\n".join(" ".join(p.split()) for p in paragraphs))
+
+    strings.remove_single_line_breaks = joined
+
+
+_join_wrapped_docstring_lines()
 
 MODES = {
     "ppo": "agents.ppo",

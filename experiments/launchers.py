@@ -307,8 +307,11 @@ def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bo
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A terminal gets a progress bar; a log file (Slurm, CI, nohup) one line per cell that ends.
+    on_terminal = sys.stderr.isatty()
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.directory.name}", unit="cell",
-               disable=not sys.stderr.isatty())  # fmt: skip
+               disable=not on_terminal)  # fmt: skip
+    started, ended = {}, 0
     try:
         while running or (pending and not stop["requested"]):
             room = len(pending) if engine.capacity is None else engine.capacity - len(running)
@@ -325,6 +328,7 @@ def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bo
                     attempts = manifest.entry(cell).get("attempts", 0) + 1
                     manifest.update(cell, status="running", error=None, attempts=attempts)
                     running[id(handle)] = (cell, handle, path, offset)
+                    started[cell.id] = time.time()
             for key, (cell, handle, path, offset) in list(running.items()):
                 done, code = engine.poll(handle)
                 if not done:
@@ -337,6 +341,12 @@ def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bo
                         text = log.read()
                 finish(sweep, manifest, cell, code, text, bool(stop["requested"]))
                 bar.update(1)
+                ended += 1
+                if not on_terminal:
+                    status = manifest.entry(cell)["status"]
+                    seconds = time.time() - started[cell.id]
+                    print(f"[{ended}/{len(todo)}] {status}: {cell.id} ({seconds:.0f} s)",
+                          file=sys.stderr, flush=True)  # fmt: skip
             time.sleep(0.1 if engine.capacity else 0.5)
     finally:
         for _, handle, _, _ in running.values():  # only after an error of the sweep's own

@@ -51,6 +51,29 @@ USAGE = """usage: train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [-
                       [--retry-failed] [--dry-run]"""
 
 
+FLAGS_HELP = """
+A sweep's own flags (every other flag is a base flag of each cell; `train.py MODE --help`):
+  MODE                      ppo, sac or supervised (a TOML names it itself)
+  --grid KEY=V1,V2 ...      one axis per KEY (a flag without its dashes, e.g. seed=1,2,3 or
+                            l2.weight-decay=1e-4,1e-3); cells are every combination
+  --config FILE|NAME        a TOML file (mode, base, [grid], optional [published]) or a named
+                            sweep of experiments/sweeps/ (its directory: sweeps/NAME)
+  --workers N               cells run at once by --launcher local (default: the CPU count)
+  --sweep-dir DIR           where the sweep lives (default: sweeps/<its name>)
+  --retry-failed            run the cells that failed before again
+  --dry-run                 check every cell and print its command; run nothing
+  --launcher local|slurm|ray
+                            where cells run: worker processes here (default), a Slurm job
+                            array through submitit, or tasks on a Ray cluster
+  --slurm-partition P, --slurm-time MIN (1440), --slurm-cpus N (1), --slurm-gpus N (0),
+  --slurm-array-parallelism N (256), --slurm-cluster auto|slurm|local (auto)
+                            Slurm's resources per cell (local: submitit's local executor)
+  --ray-cpus N (1), --ray-gpus N (0)
+                            Ray's resources per cell (RAY_ADDRESS: the cluster; else a local one)
+Running the same command again resumes the sweep: finished cells are kept, interrupted ones
+resumed from their checkpoints."""
+
+
 @dataclass
 class EngineFlags:
     """The launcher and its engine's settings (train.py sweep --launcher ...)."""
@@ -430,6 +453,9 @@ def run(argv: list[str]) -> None:
     """train.py sweep ...: build the cells, then run every cell still to run."""
     from experiments.launchers import check_engine, launch
 
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(f"{USAGE}\n{FLAGS_HELP}")
+        return
     sweep = parse_argv(argv)
     sweep.cells = build_cells(sweep)
     if sweep.dry_run:

@@ -226,6 +226,25 @@ def test_help_shows_every_flag_with_its_docstring(tmp_path):
     assert "anneal the learning rate" in result.stdout
 
 
+@pytest.mark.parametrize("mode", ["ppo", "sac", "supervised"])
+def test_help_text_of_every_flag_is_one_paragraph_that_wraps(mode):
+    """Field docstrings continue on indented lines; --help must join them (and let its
+    formatter wrap), not break the sentence where the source does."""
+    import importlib
+
+    import tyro
+
+    module = importlib.import_module(f"agents.{mode}")
+    broken = [
+        f"{cls.__name__}.{field.name}"
+        for cls in module.Args.__mro__
+        if dataclasses.is_dataclass(cls)
+        for field in dataclasses.fields(cls)
+        if "\n" in (tyro._docstrings.get_field_docstring(cls, field.name, ()) or "")
+    ]
+    assert not broken
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_logs(tmp_path):
     # An absurd step size blows the weights up within a few updates.
     result = run_cli(

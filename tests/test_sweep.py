@@ -102,6 +102,12 @@ def test_a_cell_that_fails_is_listed_with_its_error_and_retried_only_when_asked(
     failed = cells["learning-rate=1e30"]
     assert failed["status"] == "failed" and failed["error"].startswith("error: training diverged")
     assert "failed: learning-rate=1e30: error: training diverged" in result.stderr
+    # Without a terminal (here: a pipe) a line per cell as it ends: count, status, cell, time.
+    lines = [line.split(" (")[0] for line in result.stderr.splitlines() if line.startswith("[")]
+    assert [line.split("] ")[0] for line in lines] == ["[1/2", "[2/2"]
+    assert sorted(line.split("] ")[1] for line in lines) == [
+        "failed: learning-rate=1e30", "finished: learning-rate=0.01",
+    ]  # fmt: skip
     assert "1 failed before" in run_cli(*argv).stderr  # listed, not run again
     assert manifest(sweep_dir)["cells"]["learning-rate=1e30"]["attempts"] == 1
     run_cli(*argv, "--retry-failed")
@@ -159,3 +165,15 @@ def test_a_named_sweeps_published_numbers_are_read_and_a_malformed_table_refused
     # Every named sweep that says what it reproduces says it well.
     for named in (REPO / "experiments" / "sweeps").glob("*.toml"):
         read_config(named)
+
+
+@pytest.mark.parametrize(
+    "command", [["sweep", "--help"], ["sweep", "ppo", "-h"], ["report", "--help"]]
+)
+def test_help_of_sweep_and_report_lists_their_flags_and_exits_0(command):
+    result = run_cli(*command)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    for flag in (
+        ("--grid", "--workers", "--launcher", "--dry-run") if command[0] == "sweep" else ("--out",)
+    ):
+        assert flag in result.stdout
