@@ -25,6 +25,19 @@ from validation import ConfigError, require
 Integrator = Literal["model", "euler", "implicit", "implicitfast", "rk4"]
 
 
+def mujoco_warning(message: str) -> None:
+    """MuJoCo's own warnings, as Python warnings: MuJoCo prints each to stderr every time it
+    happens, e.g. mujoco 4 on gymnasium's half_cheetah.xml ("compiler attribute 'settotalmass'
+    is deprecated") once per model compiled, so again at every clip's env. As a Python warning
+    each distinct message is shown once, and none is hidden."""
+    import warnings
+
+    warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
+mujoco.set_mju_user_warning(mujoco_warning)
+
+
 @dataclass
 class PhysicsFlags:
     """How finely MuJoCo integrates the world (a mixin of the RL learners' Args). The control

@@ -680,3 +680,17 @@ def test_reset_episodes_starts_a_task_due_at_the_reset_with_its_first_observatio
     obs, infos = shifted.reset_episodes(seed=12)  # still step 10: no second shift
     assert "shift" not in infos and shifted.task == 1
     assert [e["event"] for e in shifted.shift_events] == ["task_start", "shift"]
+
+
+def test_a_mujoco_warning_is_shown_once_however_often_it_happens():
+    """mujoco 4 warns at every compile of gymnasium's half_cheetah.xml (settotalmass); with the
+    envs package imported, three models give one line on stderr, not three."""
+    import subprocess
+    import sys
+
+    code = "import envs, gymnasium as gym\nfor _ in range(3): gym.make('HalfCheetah-v5')"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("settotalmass") == 1, result.stderr
