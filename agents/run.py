@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import io
 import json
 import math
 import os
@@ -764,8 +765,14 @@ class Run:
                 "wandb_step": self.logger.wandb_step,
             },
         }
+        # Serialised in memory first, then written as plain bytes: torch's writer turns a full
+        # disk into "[enforce fail at inline_container.cc] unexpected pos"; a file write
+        # says "No space left on device".
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getbuffer()
         path = directory / f"step_{step}.pt"
-        write_atomically(path, lambda file: torch.save(state, file))
+        write_atomically(path, lambda file: file.write(data))
         self.checkpoint_path = path
         latest = directory / "latest.pt"
         try:  # a hard link: no second copy on disk, and the same bytes as step_<N>.pt
@@ -774,7 +781,7 @@ class Run:
             os.link(path, link)
             os.replace(link, latest)
         except OSError:
-            write_atomically(latest, lambda file: torch.save(state, file))
+            write_atomically(latest, lambda file: file.write(data))
         for stale in checkpoint_files(self.dir)[self.args.keep_checkpoints :]:
             if stale.name != "latest.pt":
                 stale.unlink(missing_ok=True)
@@ -827,6 +834,7 @@ class Run:
             if self.checkpoint_path
             else "no checkpoint was written"
         )
+        mode = self.learner.mode
         try:
             yield stop
             self._safe_event("finished")  # the run ended normally: what a sweep looks for
@@ -839,10 +847,15 @@ class Run:
             ) from None
         except Diverged as error:
             self._safe_event("diverged", message=str(error), step=error.step)
+            again = (
+                f"resume from it with a smaller learning rate or regularizer strength: "
+                f"train.py {mode} --resume {self.dir} --<flag> <value>"
+                if self.checkpoint_path
+                else "start a new run with a smaller learning rate or regularizer strength"
+            )
             raise ConfigError(
                 f"training diverged at step {error.step}: {error}; logs are in {self.dir} and "
-                f"{last_good()} (resume from it with a smaller learning rate or regularizer "
-                f"strength: train.py {self.learner.mode} --resume {self.dir} --<flag> <value>)"
+                f"{last_good()} ({again})"
             ) from None
         except RunWriteError as error:
             raise ConfigError(

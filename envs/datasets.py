@@ -267,12 +267,21 @@ def _load_idx_dir(name: str, directory: Path) -> Dataset:
                 f"{paths[f'{split}_images']}: {images.shape} images do not match "
                 f"{labels.shape} labels in {paths[f'{split}_labels']}"
             )
+        if len(images) == 0:
+            raise ValueError(f"{paths[f'{split}_images']}: the file holds no images")
+        # MNIST and Fashion-MNIST have 10 classes: another label is a corrupt file, not a class.
+        outside = labels[(labels < 0) | (labels >= 10)]
+        if outside.size:
+            raise ValueError(
+                f"{paths[f'{split}_labels']}: labels must be 0-9 ({name} has 10 classes); "
+                f"{outside.size} are not (e.g. {int(outside[0])})"
+            )
     image_shape = tuple(arrays["train_images"].shape[1:])
     train_x = _to_unit_float(arrays["train_images"], 255.0)
     test_x = _to_unit_float(arrays["test_images"], 255.0)
     train_y = arrays["train_labels"].astype(np.int64)
     test_y = arrays["test_labels"].astype(np.int64)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = 10
     source = f"{name} IDX files in {directory} ({len(train_x):,} train / {len(test_x):,} held out)"
     return Dataset(name, train_x, train_y, test_x, test_y, num_classes, image_shape, source)
 

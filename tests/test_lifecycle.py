@@ -437,6 +437,27 @@ def test_wandb_without_a_key_a_network_or_a_working_server_goes_offline_with_one
 # --- A full disk ----------------------------------------------------------------------------------
 
 
+def test_a_really_full_disk_says_no_space_left(tmp_path):
+    """A 64 KB tmpfs fills at the first checkpoint: the line names the disk's error (torch's
+    own writer would say "[enforce fail at inline_container.cc] unexpected pos")."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        argv = ["supervised", "--dataset", "digits", "--num-tasks", "2", "--hidden-sizes", "64",
+                "--checkpoint-every", "1", "--diagnostics", "none", "--runs-dir", str(disk)]  # fmt: skip
+        result = subprocess.run(train_command(*argv), cwd=REPO, env=cli_env(), capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        line = error_line(result.stderr)
+        assert "No space left on device" in line and "enforce fail" not in line, line
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def limit_file_size(limit: int):
     # Python ignores SIGXFSZ, so a write past RLIMIT_FSIZE fails with EFBIG ("File too
     # large"): the same path through the code as a full disk's ENOSPC, in a real process.

@@ -252,7 +252,13 @@ def test_nan_loss_stops_with_one_line_and_keeps_logs(tmp_path):
         runs_dir=tmp_path,
     )  # fmt: skip
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("error: training diverged")
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: training diverged")
+    # no checkpoint yet: nothing to resume from, so the line says to start again
+    assert (
+        "no checkpoint was written (start a new run with a smaller" in line
+        and "--resume" not in line
+    )
     events = read_jsonl(only_run_dir(tmp_path) / "events.jsonl")
     assert events[-1]["event"] == "diverged"
 

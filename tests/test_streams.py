@@ -120,7 +120,27 @@ def test_mnist_from_data_dir_reads_the_idx_files(tmp_path, compress):
         data.train_x, arrays["train_images"].reshape(6, -1) / 255.0, atol=1e-7
     )
     np.testing.assert_array_equal(data.test_y, [2, 1, 0])
-    assert data.num_classes == 3 and str(tmp_path) in data.source
+    assert data.num_classes == 10 and str(tmp_path) in data.source  # MNIST's, not the labels seen
+
+
+@pytest.mark.parametrize(
+    ("key", "array", "message"),
+    [
+        ("train_images", np.zeros((0, 28, 28), np.uint8), "holds no images"),
+        ("train_labels", np.array([0, 1, 255, 0, 1, 2], np.uint8), "labels must be 0-9"),
+    ],
+)
+def test_mnist_with_no_images_or_a_label_outside_0_to_9_is_one_line(tmp_path, key, array, message):
+    arrays = write_fake_mnist(tmp_path, compress=False)
+    arrays[key] = array
+    if key == "train_images":
+        arrays["train_labels"] = np.zeros(0, np.uint8)
+    for name, stem in IDX_FILES.items():
+        write_idx(tmp_path / stem, arrays[name], False)
+    with pytest.raises(ValueError, match=message):
+        load_dataset("mnist", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=message):  # the stream: one line for train.py
+        make_stream("permuted-mnist", 2, 10, seed=0, data_dir=str(tmp_path))
 
 
 def test_mnist_data_dir_missing_file_is_named(tmp_path):
