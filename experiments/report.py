@@ -60,7 +60,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from diagnostics.curvature import epsilon_rank, paper_density, paper_epsilon_rank
-from diagnostics.plasticity import pearson
+from diagnostics.plasticity import pearson, spearman
 from diagnostics.plot import RITZ_KEY, read_jsonl
 from validation import ConfigError
 
@@ -534,7 +534,8 @@ def metric_vs_eps_rank(runs: list[RunRecord], methods: list[str]) -> list[dict]:
             y = np.array([p[2] for p in points])
             pooled, r = r_squared(x, y)
             row = {"net": net, "eps": eps, "convention": convention, "points": len(points),
-                   "pooled": pooled, "pooled_r": r, "per_method": {}}  # fmt: skip
+                   "pooled": pooled, "pooled_r": r, "spearman": spearman(x, y),
+                   "per_method": {}}  # fmt: skip
             for method in methods:
                 mine = np.array([p[0] == method for p in points], dtype=bool)
                 row["per_method"][method] = (
@@ -744,9 +745,15 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
         y = np.array([p[2] for p in points])
         if len(points) >= 3 and np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, y, 1)
-            xs = np.linspace(x.min(), x.max(), 2)
+            xs = np.linspace(x.min(), x.max(), 400)  # a line, drawn on a log axis too
             ax.plot(xs, slope * xs + intercept, color="k", linewidth=1)
-        ax.set_title(f"{row['net']}, eps = {row['eps']:g}: R^2 = {row['pooled']:.2f}", size=10)
+        ax.set_title(f"{row['net']}, eps = {row['eps']:g}: R^2 = {row['pooled']:.2f}, "
+                     f"rho = {row['spearman']:+.2f}", size=10)  # fmt: skip
+        positive = x[x > 0]
+        if len(positive) and x.max() > 100 * positive.min():
+            # eps-ranks spanning decades (a collapsed spectrum sits at 0): log above the smallest
+            ax.set_xscale("symlog", linthresh=max(float(positive.min()), x.max() * 1e-4),
+                          linscale=0.3)  # fmt: skip
         ax.set_xlabel("Hessian eps-rank at task init, % (exact)")
         ax.set_ylabel(summary["metric"])
     axes[0, 0].legend(fontsize=7)
@@ -846,14 +853,18 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
         ]
     lines += ["", "## The metric against the Hessian epsilon-rank at each task's init", "",
               "R^2 of the least-squares line over every (method, seed, task) point after task 0 (the "
-              "paper: 0.711 on Continual ImageNet); r is its sign.", ""]  # fmt: skip
+              "paper: 0.711 on Continual ImageNet); r is its sign. Spearman's rho (the Pearson r of "
+              "the ranks) says whether the metric rises with the epsilon-rank at all, where the "
+              "relation is not a line (e.g. a threshold). Per method: R^2.", ""]  # fmt: skip
     methods = summary["methods"]
-    lines += ["| net | eps | convention | points | pooled R^2 (r) | " + " | ".join(methods) + " |",
-              "|---|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
+    lines += ["| net | eps | convention | points | pooled R^2 (r) | Spearman rho | "
+              + " | ".join(methods) + " |",
+              "|---|---|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
     for row in summary["r_squared"]:
         per = " | ".join(f"{row['per_method'][m]:.2f}" for m in methods)
         lines.append(f"| {row['net']} | {row['eps']:g} | {row['convention']} | {row['points']} | "
-                     f"{row['pooled']:.2f} ({row['pooled_r']:+.2f}) | {per} |")  # fmt: skip
+                     f"{row['pooled']:.2f} ({row['pooled_r']:+.2f}) | "
+                     f"{row.get('spearman', math.nan):+.2f} | {per} |")  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     lines += ["", "## Where every number comes from", ""]
     if manifest is not None:

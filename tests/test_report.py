@@ -148,6 +148,7 @@ def test_a_report_over_planted_runs_gives_the_hand_computed_numbers(tmp_path):
     (exact,) = [r for r in summary["r_squared"] if r["convention"] == "exact"]
     assert exact["points"] == 2 * 3 * 3 and exact["eps"] == 0.1
     assert exact["pooled"] == pytest.approx(1.0) and exact["pooled_r"] > 0
+    assert exact["spearman"] == pytest.approx(1.0)  # a rising line is rising in rank too
     assert "beats_reset" not in bp  # no RESET runs here
     text = (out / "report.md").read_text()
     assert "| bp | 3 | 0.833 [0.800, 0.900] |" in text
