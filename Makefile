@@ -38,7 +38,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ppo_throughput.py
 
-# The GPU check (README, "The GPU path"): `make gpu-wheels` here, where there is a package index,
+# The GPU check (docs/gpu.md): `make gpu-wheels` here, where there is a package index,
 # then carry .gpu-wheels/ to the GPU machine and run `benchmarks/gpu_check.sh OUT_DIR` there.
 gpu-wheels: $(STAMP)
 	$(PY) benchmarks/gpu_wheels.py --out .gpu-wheels

@@ -87,12 +87,12 @@ class PPOFlags:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """use CUDA when it is available (whether a GPU is faster than the CPU for these small
-    networks is what the GPU check's throughput rows measure: README, The GPU path)"""
+    networks is what the GPU check's throughput rows measure: docs/gpu.md)"""
     torch_threads: int = 1
     """CPU threads for torch (0 = torch's default); small networks run fastest on one"""
     compile: bool = False
     """torch.compile the minibatch loss (its forward and backward graphs): a faster update after
-    some seconds of compiling at the first one (measured in the README's Speed section)"""
+    some seconds of compiling at the first one (measured in docs/benchmarks.md)"""
 
     # Environment
     env_id: str = "HalfCheetah-v5"
@@ -228,7 +228,7 @@ CONTINUAL_GYM_CONTROL: dict = dict(
 PRESETS: dict[str, dict] = {
     "none": {},
     # HalfCheetah integrates with semi-implicit Euler at 0.01 s, under which a flailing policy
-    # at low friction gains momentum no contact can supply (README, Physics); RK4 at the same
+    # at low friction gains momentum no contact can supply (docs/shifts-and-envs.md); RK4 at the same
     # step (Ant's own integrator) keeps it physical for ~10% of the run's time.
     "demo": dict(
         env_id="HalfCheetah-v5",
@@ -764,7 +764,7 @@ def train(args: Args) -> Path:
             if diagnostics.enabled:
                 # Task boundaries, measured before this rollout's update: "end" with the
                 # parameters that finished the old task, on its last rollout; "init" on the
-                # first post-shift data, before any update on it (PAPER.md).
+                # first post-shift data, before any update on it (docs/paper.md).
                 run_start = global_step - batch_size == 0
                 if shift_in_rollout is not None:
                     cut = shift_in_rollout["index"]

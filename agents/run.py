@@ -12,7 +12,7 @@ A learner writes only its algorithm; this module owns what a run leaves behind:
         run.finish(step, state())
     return run.dir
 
-What it guarantees (README, "What a run leaves behind"):
+What it guarantees (docs/run-lifecycle.md):
 - a new run gets a directory of its own, created exclusively (`{title}__{exp}__{method}__{seed}
   __{time}`, then `-2`, `-3`, ... when another run took that name in the same second), and
   holds a lock on it while it writes: no two processes ever write one run directory;

@@ -65,7 +65,7 @@ class SupervisedFlags:
     """seed of the run: the network, the tasks and the order of examples"""
     cuda: bool = True
     """use CUDA when it is available (whether a GPU is faster than the CPU for these small
-    networks is what the GPU check's throughput rows measure: README, The GPU path)"""
+    networks is what the GPU check's throughput rows measure: docs/gpu.md)"""
     torch_threads: int = 0
     """CPU threads for torch; 0 = 1 thread at batch size 1 (each step's small products only pay
     a second thread's synchronisation: measured 2-4x slower and far noisier with 2 on 2 cores)
@@ -141,7 +141,7 @@ PRESETS: dict[str, dict] = {
         checkpoint_every=0,
         diag=DiagnosticsConfig(batch_size=500, plot=True),
     ),
-    # PAPER.md, Permuted MNIST: 3 x 1000 ReLU, online SGD lr 0.01, L2-ER (wd 1e-3, er_lr 1e-2,
+    # docs/paper.md, Permuted MNIST: 3 x 1000 ReLU, online SGD lr 0.01, L2-ER (wd 1e-3, er_lr 1e-2,
     # one ER step per 100 examples), diagnostics every 10 tasks on 2,000 samples.
     "permuted-mnist": dict(
         stream="permuted-mnist",

@@ -1,5 +1,5 @@
 """The GPU check's parts, each run in its own process under a time budget (benchmarks/gpu_check.sh
-installs the carried wheels and calls this; see the README's GPU section).
+installs the carried wheels and calls this; see docs/gpu.md).
 
     python benchmarks/gpu_check.py run --out OUT [--dry-run]    # every part, in order
     python benchmarks/gpu_check.py part NAME --out OUT [--dry-run]

@@ -5,7 +5,7 @@ split as `loss_fn(output_fn(params))` so that the same closure gives both the He
 Generalized Gauss-Newton matrix G = J^T H_out J (J: Jacobian of the outputs in the parameters,
 H_out: Hessian of the loss in the outputs). Nothing here knows which agent built the closure.
 
-What is computed, following arXiv 2509.22335 (PAPER.md, "How the Hessian is measured"):
+What is computed, following arXiv 2509.22335 (docs/paper.md, "How the Hessian is measured"):
 - Lanczos with full reorthogonalisation driven by curvature-vector products;
 - stochastic Lanczos quadrature (SLQ): per probe vector, the Ritz values theta_i and weights
   tau_i (squared first components of the Ritz vectors), a Gaussian-smoothed density

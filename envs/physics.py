@@ -47,8 +47,8 @@ class PhysicsFlags:
     physics_substeps: int = 1
     """integrate each control period in K times as many MuJoCo steps (timestep / K, frame_skip
     x K; an env step costs about K times as much). HalfCheetah's semi-implicit Euler at 0.01 s
-    lets a flailing policy at low friction gain momentum no contact can supply (README,
-    Physics); K >= 10 or --physics-integrator rk4 keep it physical"""
+    lets a flailing policy at low friction gain momentum no contact can supply
+    (docs/shifts-and-envs.md); K >= 10 or --physics-integrator rk4 keep it physical"""
     physics_integrator: Integrator = "model"
     """MuJoCo's integrator: model (the env's own: semi-implicit Euler for HalfCheetah, RK4 for
     Ant, Hopper, Walker2d, Humanoid), euler, implicit, implicitfast or rk4 (4 evaluations a

@@ -19,7 +19,7 @@ A TOML file says the same: mode = "supervised", base = ["--preset", "demo"], and
 table of key = [values]. There an axis can also be a table of named flag sets, one per value
 (`[grid.method]` with `l2 = ["--regularizer", "l2", "--l2.weight-decay", "1e-4"]`): a method is
 then its own best settings, not one row of a full grid. `--config NAME` with no such file reads
-the named sweep experiments/sweeps/NAME.toml (the paper's setups; README, Experiments), whose
+the named sweep experiments/sweeps/NAME.toml (the paper's setups; docs/experiments.md), whose
 sweep directory is sweeps/NAME.
 """
 

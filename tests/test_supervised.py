@@ -123,7 +123,7 @@ def test_presets_resolve():
     assert paper.hidden_sizes == (1000, 1000, 1000) and paper.batch_size == 1
     assert paper.learning_rate == 0.01 and paper.optimizer == "sgd"
     assert paper.regularizer == "l2-er" and paper.erank.every == 100 and paper.erank.lr == 1e-2
-    assert paper.l2.weight_decay == 1e-3  # the paper's L2-ER (PAPER.md), not L2's own 1e-4
+    assert paper.l2.weight_decay == 1e-3  # the paper's L2-ER (docs/paper.md), not L2's own 1e-4
     assert paper.diag_every_tasks == 10 and paper.diag == DiagnosticsConfig(
         batch_size=2000, plot=True
     )
