@@ -20,6 +20,7 @@ else is the same code. Differences from CleanRL, each on purpose:
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -509,10 +510,17 @@ LEARNER = Learner(
     # depend on: a resume with another value would continue a different run.
     fixed_on_resume=(
         *("seed", "norm_obs", "norm_reward", *ARCHITECTURE_FLAGS, "regularizer"),
+        # what an episode is and what is learnt from it: another value is another MDP
+        *("max_episode_steps", "reset_every_rollout", "reward_divisor", "value_target"),
         *ENV_FIXED_ON_RESUME,
     ),
     unused_flags=unused_flags,
 )
+
+
+def snapshot(actor: Actor, critic: Critic) -> dict[str, torch.nn.Module]:
+    """Copies of both networks as they are now (the diagnostics measure them later)."""
+    return {"actor": copy.deepcopy(actor), "critic": copy.deepcopy(critic)}
 
 
 def begin_task(shift: dict, run: Run, regularizer, clips: ClipRecorder | None, greedy) -> None:
@@ -588,14 +596,17 @@ def train(args: Args) -> Path:
             global_step = saved["global_step"]
             envs.set_global_step(global_step)
 
-        def probe(data: dict[str, Tensor], **note: float) -> Probe:
-            """The diagnostics' view of one batch of rollout data (frozen copies)."""
+        def probe(data: dict[str, Tensor], nets: dict | None = None, **note: float) -> Probe:
+            """The diagnostics' view of one batch of rollout data (frozen copies), measured
+            on the live networks or on `nets`, a snapshot taken earlier."""
             data = {k: v.detach().clone() for k, v in data.items()}
+            a, c = (nets["actor"], nets["critic"]) if nets is not None else (actor, critic)
             return Probe(
-                closures=functools.partial(loss_closures, actor, critic, data, args),
-                features=lambda n: hidden_features(actor, critic, data["obs"][:n]),
+                closures=functools.partial(loss_closures, a, c, data, args),
+                features=lambda n: hidden_features(a, c, data["obs"][:n]),
                 size=len(data["obs"]),
                 note=note,
+                nets=nets,
             )
 
         def checkpoint_state() -> dict:
@@ -610,6 +621,8 @@ def train(args: Args) -> Path:
                 "obs_normalizer": obs_normalizer.rms.state_dict(),
                 "reward_normalizer": reward_normalizer.state_dict(),
                 "rng": rng_state(),
+                # the last rollout, for the "end" measurement of a task that ends here
+                "previous_batch": previous_batch,
             }
 
         # Rollout storage, on the device where the update runs.
@@ -655,6 +668,11 @@ def train(args: Args) -> Path:
         # because too few post-shift samples were in the rollout that held the shift.
         shift_in_rollout: dict | None = None
         previous_batch: dict[str, Tensor] | None = None
+        if run.checkpoint is not None:  # a checkpoint at a task's end keeps its last rollout
+            saved_batch = run.checkpoint.get("previous_batch")
+            if saved_batch is not None:
+                previous_batch = {k: v.to(device) for k, v in saved_batch.items()}
+        end_nets: dict | None = None  # the networks as a task ended, taken before its shift
         pending_init: dict | None = None
         updates = 0
         # Compiled at its first call (5-15 s); later calls with the same shapes reuse the graphs.
@@ -673,6 +691,7 @@ def train(args: Args) -> Path:
                 next_obs = to_device(obs_normalizer(raw_obs))
                 if "shift" in infos:
                     shift_in_rollout = {**infos["shift"], "index": 0}
+                    end_nets = snapshot(actor, critic) if diagnostics.enabled else None
                     begin_task(infos["shift"], run, regularizer, clips, greedy)
             for step in range(args.num_steps):
                 obs_buffer[step] = next_obs
@@ -721,6 +740,7 @@ def train(args: Args) -> Path:
 
                 if "shift" in infos:
                     shift_in_rollout = {**infos["shift"], "index": step * args.num_envs}
+                    end_nets = snapshot(actor, critic) if diagnostics.enabled else None
                     begin_task(infos["shift"], run, regularizer, clips, greedy)
 
             # --- Values of the whole rollout in one pass (the critic does not change while
@@ -772,11 +792,13 @@ def train(args: Args) -> Path:
                     after = {k: v[cut:] for k, v in batch.items()}
                     if run_start and cut > 0:
                         diagnostics.boundary(0, {"init": probe(before)}, None, task_before_rollout)
+                    # "end" on the networks as the old task left them: a snapshot taken before
+                    # the shift's moment (a reset or shrink-perturb changes them there)
                     probes = {}
                     if previous_batch is not None:
-                        probes["end"] = probe(previous_batch)
-                    elif cut >= args.diag.min_init_samples:  # the run started (or resumed) here
-                        probes["end"] = probe(before)
+                        probes["end"] = probe(previous_batch, nets=end_nets)
+                    elif cut >= args.diag.min_init_samples:  # the run started here
+                        probes["end"] = probe(before, nets=end_nets)
                     if batch_size - cut >= args.diag.min_init_samples:
                         probes["init"] = probe(after)
                     else:

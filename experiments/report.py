@@ -618,7 +618,11 @@ def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
     if summary["kind"] != "rl" or not with_rollouts:
         return None
     methods = summary["methods"]
-    end = max(float(r.rollouts[0].max()) for r in with_rollouts)
+    # the planned end, so the bins line up with the task boundaries while runs are unfinished
+    end = max(
+        max(float(r.config.get("total_timesteps", 0)), float(r.rollouts[0].max()))
+        for r in with_rollouts
+    )
     bins = CURVE_POINTS_PER_TASK * summary["planned_tasks"]
     edges = np.linspace(0, end, bins + 1)
     centres = (edges[1:] + edges[:-1]) / 2

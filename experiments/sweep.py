@@ -292,12 +292,14 @@ def read_config(path: Path) -> tuple[str, list[str], dict[str, list[str]], dict 
             raise ConfigError(f"--config {path}: grid {key} needs a list of values or a table")
     published = data.get("published")
     if published is not None:
-        methods = published.get("methods", {}) if isinstance(published, dict) else None
+        methods = published.get("methods") if isinstance(published, dict) else None
+        number = lambda x: isinstance(x, int | float) and not isinstance(x, bool)  # noqa: E731
         if (
-            not isinstance(published.get("source") if methods is not None else None, str)
+            not isinstance(methods, dict)
             or not methods
+            or not isinstance(published.get("source"), str)
             or not all(
-                isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) for x in v)
+                isinstance(v, list) and len(v) == 2 and all(number(x) for x in v)
                 for v in methods.values()
             )
         ):

@@ -418,7 +418,9 @@ def test_compile_flag_trains_the_same_first_update(tmp_path):
 def continual_cartpole(tmp_path: Path, **changes) -> ppo.Args:
     """The continual-cartpole preset (C-CHAIN's setting) with `changes`, writing to tmp_path."""
     args = preset_defaults(ppo.Args, ppo.LEARNER, "continual-cartpole")
-    return dataclasses.replace(args, runs_dir=str(tmp_path), checkpoint_every=0, **changes)
+    return dataclasses.replace(
+        args, **{"runs_dir": str(tmp_path), "checkpoint_every": 0, **changes}
+    )
 
 
 @pytest.mark.slow
@@ -529,3 +531,29 @@ def test_lecun_uniform_init_is_uniform_within_sqrt_3_over_fan_in_with_zero_biase
         assert bound * 0.99 < weight.abs().max() <= bound
         assert weight.std().item() == pytest.approx(1 / math.sqrt(layer.in_features), rel=0.03)
         assert not layer.bias.detach().any()
+
+
+def test_a_tasks_end_is_measured_on_the_networks_that_finished_it_even_under_reset(tmp_path):
+    """--regularizer reset re-initialises the networks when a task starts; the "end" measurement
+    of the task before must still see the networks as that task left them: the ones in the
+    checkpoint taken at its last step. And a run resumed from that checkpoint still measures
+    that task's end (its last rollout is in the checkpoint)."""
+    from diagnostics.representation import weight_norm
+
+    args = continual_cartpole(tmp_path, regularizer="reset", total_timesteps=2_400,
+                              shift_every=800, checkpoint_every=800, seed=3,
+                              diagnostics=("weights",))  # fmt: skip
+    run_dir = ppo.train(args)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    saved = torch.load(run_dir / "checkpoints" / "step_1600.pt", weights_only=False)
+    (end,) = [m for m in metrics if m["step"] == 1600 and "shift/end/actor/weight_norm" in m]
+    for net in ("actor", "critic"):
+        assert end[f"shift/end/{net}/weight_norm"] == pytest.approx(
+            weight_norm(saved[net].values()), rel=1e-9
+        )
+        assert end[f"shift/init/{net}/weight_norm"] != pytest.approx(
+            end[f"shift/end/{net}/weight_norm"], rel=1e-3
+        )  # the init is the re-initialised network's
+    resumed = ppo.train(dataclasses.replace(args, resume=str(run_dir), total_timesteps=3_200))
+    rows = [m for m in read_jsonl(resumed / "metrics.jsonl") if m["step"] == 2400]
+    assert any("shift/end/actor/weight_norm" in m for m in rows)

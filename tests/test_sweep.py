@@ -158,7 +158,9 @@ def test_a_named_sweeps_published_numbers_are_read_and_a_malformed_table_refused
     path.write_text(head)
     assert read_config(path)[3] is None
     for bad in ('[published]\nsource = "x"\n[published.methods]\nbp = [61.8]\n',
-                '[published]\n[published.methods]\nbp = [61.8, 6.9]\n'):  # fmt: skip
+                '[published]\n[published.methods]\nbp = [61.8, 6.9]\n',
+                '[published]\nsource = "x"\nmethods = [1, 2]\n',
+                '[published]\nsource = "x"\n[published.methods]\nbp = [true, 6.9]\n'):  # fmt: skip
         path.write_text(head + bad)
         with pytest.raises(ConfigError, match=r"\[published\] needs source"):
             read_config(path)
