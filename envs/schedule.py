@@ -59,8 +59,10 @@ class ShiftSchedule:
         periodic = range(self.every, total, self.every) if self.every > 0 else range(0)
         return sorted(set(periodic) | {s for s in self.at if s < total})
 
-    def validate(self, total_timesteps: int, num_envs: int) -> None:
-        """Raise ConfigError (one line naming the flag) unless this schedule can be run."""
+    def validate(self, total_timesteps: int, num_envs: int, require_a_shift: bool = True) -> None:
+        """Raise ConfigError (one line naming the flag) unless this schedule can be run.
+        `require_a_shift`: a new run whose total ends before its first shift is a mistake; a
+        resume may stop a run anywhere (its plan was checked when it started)."""
         if self.every < 0:
             raise ConfigError(
                 f"--shift-every must be a positive number of env steps, got {self.every}"
@@ -80,7 +82,7 @@ class ShiftSchedule:
                 raise ConfigError(
                     f"--shift-at must be strictly increasing, got {step} after {previous}"
                 )
-        if not self.shift_steps(total_timesteps):
+        if require_a_shift and not self.shift_steps(total_timesteps):
             raise ConfigError(self._no_shift_message(total_timesteps))
         # A vector env advances num_envs global steps per call, so the schedule is only ever
         # consulted at multiples of num_envs; any other shift step would land late.

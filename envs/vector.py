@@ -59,8 +59,11 @@ def check_spaces(
         raise ConfigError(f"--env-id {env_id}: {learner} needs a bounded Box action space")
 
 
-def check_shift_flags(flags: envs.ShiftFlags, total_timesteps: int, num_envs: int) -> ShiftSchedule:
-    """Raise ConfigError on a bad shift configuration; return the run's schedule."""
+def check_shift_flags(
+    flags: envs.ShiftFlags, total_timesteps: int, num_envs: int, require_a_shift: bool = True
+) -> ShiftSchedule:
+    """Raise ConfigError on a bad shift configuration; return the run's schedule.
+    `require_a_shift=False` (a resume) allows a total that ends the run before its next shift."""
     schedule = ShiftSchedule(every=flags.shift_every, at=tuple(flags.shift_at))
     if not flags.shift:
         if schedule.has_shifts:
@@ -81,7 +84,7 @@ def check_shift_flags(flags: envs.ShiftFlags, total_timesteps: int, num_envs: in
         config_field = envs.SHIFTS[name][1]
         if config_field is not None:
             getattr(flags, config_field).validate("--" + config_field.replace("_", "-"))
-    schedule.validate(total_timesteps, num_envs)
+    schedule.validate(total_timesteps, num_envs, require_a_shift)
     tasks = len(schedule.shift_steps(total_timesteps)) + 1
     for name in flags.shift:
         config_field = envs.SHIFTS[name][1]
@@ -218,6 +221,7 @@ def make_vector_env(
     backend: str = "gymnasium",
     envpool_threads: int = 0,
     max_episode_steps: int = 0,
+    require_a_shift: bool = True,
 ) -> ShiftingVectorEnv:
     """Check the flags, then build `num_envs` shifting sub-envs behind one ShiftingVectorEnv.
 
@@ -242,14 +246,14 @@ def make_vector_env(
                 "MuJoCo models in C++ and takes neither; use --env-backend gymnasium"
             )
         check_envpool_env_id(env_id)
-        schedule = check_shift_flags(flags, total_timesteps, num_envs)
+        schedule = check_shift_flags(flags, total_timesteps, num_envs, require_a_shift)
         limit = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
         pool = EnvpoolVectorEnv(env_id, num_envs, flags, seed, num_threads=envpool_threads, **limit)
         return ShiftingVectorEnv(pool, schedule)
     if backend != "gymnasium":
         raise ConfigError(f"--env-backend {backend!r}: choose gymnasium or envpool")
     check_env_id(env_id)
-    schedule = check_shift_flags(flags, total_timesteps, num_envs)
+    schedule = check_shift_flags(flags, total_timesteps, num_envs, require_a_shift)
     vector_env = gym.vector.SyncVectorEnv(
         [
             make_env(env_id, flags, seed, env_index, max_episode_steps)
@@ -275,6 +279,8 @@ def learner_envs(
         backend=args.env_backend,
         envpool_threads=args.envpool_threads,
         max_episode_steps=getattr(args, "max_episode_steps", 0),
+        # A resume may end the run before its next shift (--total-timesteps at its checkpoint).
+        require_a_shift=not getattr(args, "resume", None),
     )
     try:
         check_spaces(envs, args.env_id, learner, bounded_actions, discrete_actions)

@@ -192,6 +192,24 @@ def finished_supervised_run(tmp_path_factory) -> Path:
     return only_run_dir(runs)
 
 
+def test_a_resume_may_end_the_run_at_its_checkpoint_before_the_next_shift(tmp_path):
+    """A run whose newest good checkpoint sits at its first shift step resumes with
+    --total-timesteps at that step: "the run would have no shift" is a new run's mistake, not a
+    resume's (the random-kill test above hits this when the kill lands before step 2048)."""
+    argv = [*RUNS["ppo"], "--total-timesteps", "2048", "--runs-dir", str(tmp_path)]
+    first = run_cli(*argv)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    (run_dir / "checkpoints" / "latest.pt").unlink()
+    (run_dir / "checkpoints" / "step_2048.pt").write_bytes(b"")  # a kill during its write
+    again = run_cli("ppo", "--resume", str(run_dir), "--total-timesteps", "1024")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert final_step(run_dir) == 1024
+    metrics, _ = assert_records_once(run_dir)
+    assert max(m["step"] for m in metrics) <= 1024
+    # (A new run with that total is still refused: tests/test_envs.py.)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
 def test_a_damaged_newest_checkpoint_is_skipped_with_one_line(
     tmp_path, finished_supervised_run, damage
