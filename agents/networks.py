@@ -278,7 +278,7 @@ class TwinCritic(nn.Module):
     forward -> (Q values (2, batch), hidden features: Q_1's layers, then Q_2's). Two plain
     networks, not one with stacked weights: the stacked form (one batched GEMM per layer for
     both) measured 0.89-0.97x the speed of this one on the CPU
-    (benchmarks/sac_critic_ablation.py), and it would need every method that edits units or
+    (docs/benchmarks.md, "SAC against CleanRL"), and it would need every method that edits units or
     weight matrices to know about the stacking."""
 
     def __init__(

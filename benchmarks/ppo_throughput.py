@@ -1,13 +1,16 @@
 """Env steps per second of our PPO against CleanRL's, in one process, as a table of ratios.
 
-What it measures: our PPO (`agents/ppo.py`) and the reference (`cleanrl_ppo_reference.py`, a
-faithful gymnasium-1.x port of CleanRL's `ppo_continuous_action.py`), both in CleanRL's default
+What it measures: our PPO (`agents/ppo.py`) and the reference, CleanRL's own
+`ppo_continuous_action.py` from the cleanrl 1.2.0 wheel with only the gymnasium-1.x edits of
+`cleanrl_wheel.py` (printed with the table), in a process of its own; both in CleanRL's default
 configuration: HalfCheetah-v5, 1 env, 64x64 tanh actor and critic, rollout 2048, 10 epochs, 32
 minibatches, lr 3e-4 annealed to zero, gamma 0.99, lambda 0.95, clip 0.2, entropy 0, value 0.5,
 max grad norm 0.5, observation and reward normalisation, on the CPU with one torch thread each
-(the reference is no faster with two threads on a 2-core machine, only noisier). Ours runs with
+(OMP_NUM_THREADS=1 for the reference; it is no faster with two threads on a 2-core machine,
+only noisier). Ours runs with
 no shift and no regularizer. SPS is each implementation's own measure: env steps / seconds since
-its training loop started (set-up excluded; ours is the last "charts/SPS" of its metrics.jsonl);
+its training loop started (set-up excluded; CleanRL's is its last printed "SPS:", ours the last
+"charts/SPS" of its metrics.jsonl);
 the wall time of each whole call, set-up included, is reported as well. Runs alternate, the
 reference first, so that machine noise falls on both alike; the ratio is the median of the
 per-pair ratios. With --learning the returns reached are compared too: the mean of the last 10
@@ -23,7 +26,6 @@ this kind; the target is ours at >= 1.5x that, with the same learning.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -39,7 +41,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cleanrl_ppo_reference import run_cleanrl_ppo  # noqa: E402
+from cleanrl_wheel import PPO_CONTINUOUS_EDITS, prepared_script, run_script  # noqa: E402
 
 from agents import ppo  # noqa: E402
 
@@ -61,14 +63,13 @@ class Args:
     """also compare learning: returns at equal env steps and the last 10 returns, over seeds"""
 
 
-def run_reference(env_id: str, total_timesteps: int, seed: int) -> dict:
-    """CleanRL's PPO; its per-episode and per-iteration prints go to /dev/null."""
-    started = time.perf_counter()
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        result = run_cleanrl_ppo(env_id, total_timesteps, seed, torch_threads=TORCH_THREADS)
-    wall = time.perf_counter() - started
-    episodes = [(step, ret) for step, ret, _length in result["episodes"]]
-    return {"sps": result["sps"], "wall_s": wall, "episodes": episodes}
+def run_reference(script: Path, env_id: str, total_timesteps: int, seed: int) -> dict:
+    """CleanRL's PPO script in a process of its own, on the CPU with one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(TORCH_THREADS), "MKL_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    argv = ["--env-id", env_id, "--total-timesteps", str(total_timesteps), "--seed", str(seed),
+            "--cuda", "False"]  # fmt: skip
+    return run_script(script, argv, env)
 
 
 def run_ours(env_id: str, total_timesteps: int, seed: int, runs_dir: str) -> dict:
@@ -112,11 +113,17 @@ def main(args: Args) -> None:
     results: dict[str, list[dict]] = {REFERENCE: [], OURS: []}
     total_runs = 2 * len(args.seeds) * args.repeats
     with tempfile.TemporaryDirectory() as runs_dir:
+        script = prepared_script("ppo_continuous_action.py", PPO_CONTINUOUS_EDITS, Path(runs_dir))
+        print(
+            "CleanRL's ppo_continuous_action.py (cleanrl 1.2.0), changed only so:", file=sys.stderr
+        )
+        for *_, why in PPO_CONTINUOUS_EDITS:
+            print(f"- {why}", file=sys.stderr)
         for seed in args.seeds:
             for _ in range(args.repeats):
                 for name in (REFERENCE, OURS):
                     if name == REFERENCE:
-                        run = run_reference(args.env_id, args.total_timesteps, seed)
+                        run = run_reference(script, args.env_id, args.total_timesteps, seed)
                     else:
                         run = run_ours(args.env_id, args.total_timesteps, seed, runs_dir)
                     results[name].append({"seed": seed, **run})
