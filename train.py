@@ -77,7 +77,8 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 
 def parse(mode: str, argv: list[str]) -> tuple[Any, Any]:
     """The mode's module and its Args: defaults <- preset or resumed config <- flags."""
-    from agents.run import check_mode, newest_checkpoint, preset_defaults
+    from agents.checkpoints import check_mode, newest_checkpoint
+    from agents.flags import preset_defaults
 
     module = importlib.import_module(MODES[mode])
     defaults = module.Args()

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agents.checkpoints import restore_optimizer, rng_state, set_rng_state
+from agents.flags import Learner, RunFlags
 from agents.networks import (
     ARCHITECTURE_FLAGS,
     Activation,
@@ -41,18 +43,8 @@ from agents.networks import (
     GaussianActor,
     Init,
 )
-from agents.run import (
-    Diverged,
-    EpisodeStats,
-    HostToDevice,
-    Learner,
-    Run,
-    RunFlags,
-    progress_bar,
-    restore_optimizer,
-    rng_state,
-    set_rng_state,
-)
+from agents.progress import EpisodeStats, progress_bar
+from agents.run import Diverged, HostToDevice, Run
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME

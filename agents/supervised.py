@@ -31,17 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from agents.checkpoints import restore_optimizer, rng_state, set_rng_state
+from agents.flags import Learner, RunFlags
 from agents.networks import ARCHITECTURE_FLAGS, MLP, Activation, Init
-from agents.run import (
-    Diverged,
-    Learner,
-    Run,
-    RunFlags,
-    progress_bar,
-    restore_optimizer,
-    rng_state,
-    set_rng_state,
-)
+from agents.progress import progress_bar
+from agents.run import Diverged, Run
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics import check_flags as check_diagnostics_flags
 from envs.streams import STREAMS, StreamName, Task, make_stream

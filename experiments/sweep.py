@@ -324,7 +324,7 @@ def build_cells(sweep: Sweep) -> list[Cell]:
     """Every combination of the axes, checked as train.py would check it; axis flags with no
     effect in a cell are left out of it and cells that become the same run are merged."""
     import train
-    from agents.run import changed_flags, check_unused_flags, preset_defaults, unused_fields
+    from agents.flags import changed_flags, check_unused_flags, preset_defaults, unused_fields
     from validation import flag_name
 
     def as_flags(values: dict[str, str]) -> list[str]:
@@ -386,7 +386,7 @@ class Manifest:
     """SWEEP_DIR/manifest.json: the sweep, its cells and their status; written atomically."""
 
     def __init__(self, sweep: Sweep, command: list[str]):
-        from agents.run import code_version
+        from agents.records import code_version
 
         self.sweep = sweep
         self.data: dict[str, Any] = {

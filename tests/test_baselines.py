@@ -19,8 +19,8 @@ import tyro
 from torch import nn
 
 from agents import ppo, supervised
+from agents.checkpoints import load_checkpoint
 from agents.networks import MLP, Critic, GaussianActor
-from agents.run import load_checkpoint
 from diagnostics.representation import dormant_mask
 from regularizers import (
     CBP,

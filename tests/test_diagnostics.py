@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from agents import ppo
 from agents.networks import MLP
-from agents.run import RunLogger
+from agents.records import RunLogger
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics.plot import plot_run
 from validation import ConfigError

@@ -86,7 +86,7 @@ def test_a_gpu_run_resumes_on_the_gpu_and_on_the_cpu(tmp_path):
     """A resume restores the run's state onto the device (the weights diagnostics compare with
     the initial weights saved in the checkpoint), and a GPU checkpoint resumes with --no-cuda."""
     from agents import ppo
-    from agents.run import load_checkpoint
+    from agents.checkpoints import load_checkpoint
 
     first = ppo.train(ppo_args(tmp_path / "gpu", total_timesteps=1024, shift_every=512))
     ppo.train(dataclasses.replace(load_checkpoint(first)["args"], resume=str(first),
@@ -169,7 +169,7 @@ def test_supervised_on_the_gpu_learns(tmp_path, optimizer, layer_norm, update):
 def test_diagnostics_leave_the_devices_random_streams_alone(tmp_path):
     """Bit-identical parameters and CUDA random state with diagnostics on and off."""
     from agents import ppo
-    from agents.run import load_checkpoint
+    from agents.checkpoints import load_checkpoint
 
     finals = []
     for measures in (("none",), ("hessian", "features", "weights", "readiness")):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from run_helpers import REPO, cli_env, run_cli
 
-from agents.run import load_checkpoint
+from agents.checkpoints import load_checkpoint
 
 # 2 methods x 2 seeds x 3 tasks of the 8x8 digits, with a small Hessian at every boundary
 TINY = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "32",

@@ -33,7 +33,8 @@ from run_helpers import (
 
 import train
 from agents import ppo, supervised
-from agents.run import create_run_dir, load_checkpoint
+from agents.checkpoints import load_checkpoint
+from agents.records import create_run_dir
 
 # Small runs of each learner, long enough to be killed in the middle. PPO: 256-step rollouts
 # (an update line every 256 steps); SAC: one update per step after 200; supervised: three
@@ -652,7 +653,7 @@ def test_cuda_random_states_are_restored_for_the_devices_this_host_has(monkeypat
     """A checkpoint from a host with more GPUs restores the states it can, by index, instead of
     failing (torch.cuda.set_rng_state_all would index past this host's devices). Only the
     CUDA calls are stand-ins here: this machine has no GPU."""
-    from agents import run as lifecycle
+    from agents import checkpoints as lifecycle
 
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

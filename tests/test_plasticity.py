@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 
 from agents import ppo, supervised
 from agents.networks import MLP, Critic, GaussianActor
-from agents.run import RunLogger
+from agents.records import RunLogger
 from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
 from diagnostics.plasticity import (
     optimization_readiness,

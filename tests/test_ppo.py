@@ -18,7 +18,8 @@ import torch
 
 import train
 from agents import ppo
-from agents.run import load_checkpoint, preset_defaults
+from agents.checkpoints import load_checkpoint
+from agents.flags import preset_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 # A small, fast configuration: 256-step rollouts, shift every 1024 steps.

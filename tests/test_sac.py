@@ -21,9 +21,9 @@ import torch
 
 import train
 from agents import sac
+from agents.checkpoints import load_checkpoint
 from agents.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor, TwinCritic
 from agents.replay import ReplayBuffer
-from agents.run import load_checkpoint
 from diagnostics import DiagnosticsConfig
 from regularizers import CBPConfig, ERankConfig, L2Config, ParsevalConfig, ReDoConfig
 from validation import ConfigError

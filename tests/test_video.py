@@ -12,7 +12,7 @@ import torch
 from run_helpers import read_jsonl
 
 from agents import ppo, sac
-from agents.run import load_checkpoint
+from agents.checkpoints import load_checkpoint
 from envs.video import VideoConfig
 
 pytest.importorskip("imageio_ffmpeg", reason="the video extra: pip install -e '.[video]'")
