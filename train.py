@@ -75,24 +75,25 @@ def flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def parse(mode: str, argv: list[str]) -> tuple[Any, Any]:
-    """The mode's module and its Args: defaults <- preset or resumed config <- flags."""
-    from agents.checkpoints import check_mode, newest_checkpoint
-    from agents.flags import preset_defaults
+def parse(mode: str, argv: list[str]) -> tuple[Any, Any, Any]:
+    """The mode's module, its Args (defaults <- preset or resumed config <- flags), and what a
+    --resume read (`agents.checkpoints.resume_from`: the saved config and its checkpoint, read
+    once and handed to the run) or None."""
+    from agents.checkpoints import resume_from
+    from agents.flags import baseline_config
 
     module = importlib.import_module(MODES[mode])
-    defaults = module.Args()
     resume = flag_value(argv, "--resume")
     preset = flag_value(argv, "--preset")
     if resume is not None and preset is not None:
         raise ConfigError(
             "--preset cannot be combined with --resume: a resumed run starts from its saved config"
         )
-    if resume is not None:
-        defaults = check_mode(newest_checkpoint(resume, keep=True).state["args"], mode, resume)
-    elif preset is not None:
-        defaults = preset_defaults(module.Args, module.LEARNER, preset)
-    return module, tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")
+    resumed = resume_from(resume, mode) if resume is not None else None
+    saved = resumed[0] if resumed is not None else None
+    defaults = baseline_config(module.Args, module.LEARNER, preset or "none", saved)
+    args = tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")
+    return module, args, resumed
 
 
 def one_line_errors(command: Callable[[], Any]) -> Any:
@@ -130,8 +131,8 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     def train() -> Any:
-        module, args = parse(argv[0], argv[1:])
-        return module.train(args)
+        module, args, resumed = parse(argv[0], argv[1:])
+        return module.train(args, resumed)
 
     print(f"run directory: {one_line_errors(train)}")
 

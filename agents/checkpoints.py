@@ -36,16 +36,9 @@ class LoadedCheckpoint:
     """one line per newer checkpoint that did not load, with why"""
 
 
-_kept: dict[Path, LoadedCheckpoint] = {}
-
-
-def newest_checkpoint(run_dir: str | Path, keep: bool = False) -> LoadedCheckpoint:
-    """The newest checkpoint of a run directory that loads. train.py reads the config of a
-    resumed run from it with `keep=True`, and the run that starts next takes that same copy
-    (one load per process, and the one whose config was parsed)."""
+def newest_checkpoint(run_dir: str | Path) -> LoadedCheckpoint:
+    """The newest checkpoint of a run directory that loads."""
     run_dir = Path(run_dir).resolve()
-    if run_dir in _kept:
-        return _kept[run_dir] if keep else _kept.pop(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise ConfigError(f"--resume {run_dir}: not a run directory (it has no checkpoints/)")
     skipped = []
@@ -64,10 +57,7 @@ def newest_checkpoint(run_dir: str | Path, keep: bool = False) -> LoadedCheckpoi
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
             skipped.append(f"{path.name} ({path.stat().st_size} bytes: {reason})")
             continue
-        loaded = LoadedCheckpoint(path, state, skipped)
-        if keep:
-            _kept[run_dir] = loaded
-        return loaded
+        return LoadedCheckpoint(path, state, skipped)
     if skipped:
         raise ConfigError(f"--resume {run_dir}: no checkpoint loads: {'; '.join(skipped)}")
     raise ConfigError(
@@ -90,6 +80,19 @@ def check_mode(saved_args: Any, mode: str, run_dir: str | Path) -> Any:
         if f.name not in vars(saved_args):
             setattr(saved_args, f.name, getattr(defaults, f.name))
     return saved_args
+
+
+Resumed = tuple[Any, LoadedCheckpoint]
+"""(a resumed run's saved config, the checkpoint it was read from)"""
+
+
+def resume_from(run_dir: str | Path, mode: str) -> Resumed:
+    """What a resume continues from, read once: the run's saved config (checked to be a `mode`
+    run, with flags added since at their defaults) and the checkpoint it was read from. train.py
+    parses the flags over that config and hands the checkpoint to the learner, whose run then
+    starts from the same copy; a learner called with only `args.resume` reads it here too."""
+    loaded = newest_checkpoint(run_dir)
+    return check_mode(loaded.state["args"], mode, run_dir), loaded
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:

@@ -54,6 +54,17 @@ class Learner:
     """args -> {field: why it has no effect in this configuration}, for the learner's own flags"""
 
 
+def baseline_config(args_type: type, learner: Learner, preset: str, saved: Any = None) -> Any:
+    """The config a run's flags are given against: a resumed run's saved config, else its
+    preset's defaults, else the learner's defaults. Which flags were "given" (and so must have
+    an effect, or must not change on a resume) is the difference from this."""
+    if saved is not None:
+        return saved
+    if preset != "none":
+        return preset_defaults(args_type, learner, preset)
+    return args_type()
+
+
 def preset_defaults(args_type: type, learner: Learner, preset: str) -> Any:
     """The defaults of `--preset NAME`: the one place presets are applied (train.py, the run's
     check of which flags were given, and tests all come here)."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoints import restore_optimizer, rng_state, set_rng_state
+from agents.checkpoints import Resumed, restore_optimizer, rng_state, set_rng_state
 from agents.flags import Learner, RunFlags
 from agents.networks import (
     ARCHITECTURE_FLAGS,
@@ -526,14 +526,14 @@ def begin_task(shift: dict, run: Run, regularizer, clips: ClipRecorder | None, g
         run.log(shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()})
 
 
-def train(args: Args) -> Path:
+def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run PPO as configured; return the run directory."""
     check_args(args)
     batch_size = args.num_envs * args.num_steps
     minibatch_size = batch_size // args.num_minibatches
     regularizer = build_regularizer(args)
     envs = learner_envs(args, "PPO", bounded_actions=False, discrete_actions=True)
-    run = Run.start_rl(args, LEARNER, envs)
+    run = Run.start_rl(args, LEARNER, envs, resumed)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     action_space = envs.single_action_space

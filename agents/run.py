@@ -57,17 +57,17 @@ import numpy as np
 import torch
 
 from agents.checkpoints import (
-    check_mode,
+    Resumed,
     checkpoint_files,
-    newest_checkpoint,
+    resume_from,
     rewind_to_checkpoint,
 )
 from agents.flags import (
     Learner,
+    baseline_config,
     changed_flags,
     check_fixed_flags,
     check_unused_flags,
-    preset_defaults,
 )
 from agents.records import (
     STEP_FILE_FOLDERS,
@@ -139,15 +139,19 @@ class Run:
         cuda: bool,
         deterministic: bool = True,
         closers: tuple[Callable[[], None], ...] = (),
+        resumed: Resumed | None = None,
     ) -> Run:
         """Check the run's flags, make (or reopen) its directory, seed, pick the device, start
         the records and W&B; on a resume also load the checkpoint and apply the new flags.
 
         `title` starts the run name (the env id or the stream); `threads` is the torch thread
         count (0: torch's default); `closers` close what the learner opened before (its envs),
-        when the run ends or fails to start."""
+        when the run ends or fails to start; `resumed` is what train.py read for --resume
+        (`resume_from`), read here when not given."""
         try:
-            run = cls._start(args, learner, title, group, tags, seed, threads, cuda, deterministic)
+            run = cls._start(
+                args, learner, title, group, tags, seed, threads, cuda, deterministic, resumed
+            )
         except BaseException:
             for closer in closers:
                 closer()
@@ -156,7 +160,9 @@ class Run:
         return run
 
     @classmethod
-    def _start(cls, args, learner, title, group, tags, seed, threads, cuda, deterministic) -> Run:
+    def _start(
+        cls, args, learner, title, group, tags, seed, threads, cuda, deterministic, resumed
+    ) -> Run:
         require_all(
             [
                 ("--seed", seed, "a seed in [0, 2**32)"),
@@ -165,13 +171,10 @@ class Run:
                 ("--torch-threads", threads, ">= 0"),
             ]
         )
-        loaded = newest_checkpoint(args.resume) if args.resume else None
-        if loaded is not None:
-            baseline = check_mode(loaded.state["args"], learner.mode, args.resume)
-        elif getattr(args, "preset", "none") != "none":
-            baseline = preset_defaults(type(args), learner, args.preset)
-        else:
-            baseline = type(args)()
+        if resumed is None and args.resume:
+            resumed = resume_from(args.resume, learner.mode)
+        saved, loaded = resumed if resumed is not None else (None, None)
+        baseline = baseline_config(type(args), learner, getattr(args, "preset", "none"), saved)
         changes = changed_flags(baseline, args)
         check_unused_flags(args, learner, set(changes))
         if loaded is not None:
@@ -234,7 +237,7 @@ class Run:
         return run
 
     @classmethod
-    def start_rl(cls, args: Any, learner: Learner, envs: Any) -> Run:
+    def start_rl(cls, args: Any, learner: Learner, envs: Any, resumed: Resumed | None) -> Run:
         """`start` for an RL learner (PPO, SAC): named by its env, grouped in W&B by env and
         shifts (so methods compare side by side), tagged with the method; closes its envs."""
         shifts = "+".join(args.shift) or "stationary"
@@ -249,6 +252,7 @@ class Run:
             cuda=args.cuda,
             deterministic=args.torch_deterministic,
             closers=(envs.close,),
+            resumed=resumed,
         )
 
     # --- records --------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoints import restore_optimizer, rng_state, set_rng_state
+from agents.checkpoints import Resumed, restore_optimizer, rng_state, set_rng_state
 from agents.flags import Learner, RunFlags
 from agents.networks import ARCHITECTURE_FLAGS, Activation, Init, SquashedGaussianActor, TwinCritic
 from agents.progress import EpisodeStats, progress_bar
@@ -415,12 +415,12 @@ LEARNER = Learner(
 )
 
 
-def train(args: Args) -> Path:
+def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run SAC as configured; return the run directory."""
     check_args(args)
     regularizers = {"actor": build_regularizer(args), "critic": build_regularizer(args)}
     envs = learner_envs(args, "SAC", bounded_actions=True)
-    run = Run.start_rl(args, LEARNER, envs)
+    run = Run.start_rl(args, LEARNER, envs, resumed)
     device = run.device
     obs_dim = envs.single_observation_space.shape[0]
     act_dim = envs.single_action_space.shape[0]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.checkpoints import restore_optimizer, rng_state, set_rng_state
+from agents.checkpoints import Resumed, restore_optimizer, rng_state, set_rng_state
 from agents.flags import Learner, RunFlags
 from agents.networks import ARCHITECTURE_FLAGS, MLP, Activation, Init
 from agents.progress import progress_bar
@@ -304,7 +304,7 @@ LEARNER = Learner(
 )
 
 
-def train(args: Args) -> Path:
+def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run the stream as configured; return the run directory."""
     check_args(args)
     # the stream-specific flags, passed to the streams that take them
@@ -334,6 +334,7 @@ def train(args: Args) -> Path:
         # 1 thread at batch size 1 (see --torch-threads), torch's default otherwise
         threads=args.torch_threads or (1 if args.batch_size == 1 else 0),
         cuda=args.cuda,
+        resumed=resumed,
     )
     device = run.device
     with run.training() as stop:

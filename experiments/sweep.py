@@ -324,7 +324,7 @@ def build_cells(sweep: Sweep) -> list[Cell]:
     """Every combination of the axes, checked as train.py would check it; axis flags with no
     effect in a cell are left out of it and cells that become the same run are merged."""
     import train
-    from agents.flags import changed_flags, check_unused_flags, preset_defaults, unused_fields
+    from agents.flags import baseline_config, changed_flags, check_unused_flags, unused_fields
     from validation import flag_name
 
     def as_flags(values: dict[str, str]) -> list[str]:
@@ -335,10 +335,8 @@ def build_cells(sweep: Sweep) -> list[Cell]:
         return flags
 
     def parsed(values: dict[str, str]) -> tuple[Any, Any, set[str]]:
-        module, args = train.parse(sweep.mode, [*sweep.base, *as_flags(values)])
-        baseline = module.Args()
-        if args.preset != "none":
-            baseline = preset_defaults(module.Args, module.LEARNER, args.preset)
+        module, args, _ = train.parse(sweep.mode, [*sweep.base, *as_flags(values)])
+        baseline = baseline_config(module.Args, module.LEARNER, args.preset)
         return module, args, set(changed_flags(baseline, args))
 
     cells: dict[tuple, Cell] = {}

@@ -152,7 +152,7 @@ def test_supervised_on_the_gpu_learns(tmp_path, optimizer, layer_norm, update):
     import train
     from agents import supervised
 
-    _, demo = train.parse("supervised", ["--preset", "demo"])
+    _, demo, _ = train.parse("supervised", ["--preset", "demo"])
     args = dataclasses.replace(
         demo, num_tasks=2, runs_dir=str(tmp_path), cuda=not ON_CPU, optimizer=optimizer,
         learning_rate=1e-3 if optimizer == "adam" else demo.learning_rate, layer_norm=layer_norm,

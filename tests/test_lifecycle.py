@@ -363,10 +363,10 @@ def test_supervised_adam_takes_the_resumed_learning_rate(tmp_path):
     ])[1]  # fmt: skip
     run_dir = supervised.train(args)
     before = load_checkpoint(run_dir)
-    _, resumed = train.parse(
+    _, args, resumed = train.parse(
         "supervised", ["--resume", str(run_dir), "--num-tasks", "2", "--learning-rate", "1e-7"]
     )
-    supervised.train(resumed)
+    supervised.train(args, resumed)  # the checkpoint train.py read is the one the run starts from
     after = load_checkpoint(run_dir)
     assert largest_change(before["model"], after["model"]) < 3 * 1497 * 1e-7
     assert after["optimizer"]["param_groups"][0]["lr"] == 1e-7
@@ -387,8 +387,10 @@ def test_supervised_adam_takes_the_resumed_learning_rate(tmp_path):
 )
 def test_flags_that_cannot_change_on_a_resume_are_refused(finished_supervised_run, flags, message):
     with pytest.raises(Exception) as error:
-        _, args = train.parse("supervised", ["--resume", str(finished_supervised_run), *flags])
-        supervised.train(args)
+        _, args, resumed = train.parse(
+            "supervised", ["--resume", str(finished_supervised_run), *flags]
+        )
+        supervised.train(args, resumed)
     assert message in str(error.value)
 
 
@@ -639,7 +641,7 @@ def test_the_help_lists_the_learners_own_flags_first(tmp_path):
 
 
 def test_presets_go_through_one_function(tmp_path):
-    _, args = train.parse("ppo", ["--preset", "demo", "--seed", "3"])
+    _, args, _ = train.parse("ppo", ["--preset", "demo", "--seed", "3"])
     assert (args.preset, args.total_timesteps, args.regularizer, args.seed) == (
         "demo",
         200_000,

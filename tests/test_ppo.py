@@ -265,7 +265,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_logs(tmp_path):
 
 
 def test_presets_resolve_to_the_paper_setting():
-    _, args = train.parse("ppo", ["--preset", "slippery-ant"])
+    _, args, _ = train.parse("ppo", ["--preset", "slippery-ant"])
     assert (args.env_id, args.shift, args.shift_every) == ("Ant-v5", ("friction",), 2_000_000)
     assert (args.friction.low, args.friction.high) == (0.02, 2.0)
     assert (args.hidden_sizes, args.activation, args.adam_betas, args.learning_rate) == (
@@ -476,7 +476,7 @@ def test_monte_carlo_value_targets_are_the_discounted_reward_to_go():
 
 
 def test_continual_presets_are_c_chains_setting():
-    _, args = train.parse("ppo", ["--preset", "continual-acrobot"])
+    _, args, _ = train.parse("ppo", ["--preset", "continual-acrobot"])
     assert (args.env_id, args.shift, args.shift_every, args.total_timesteps) == (
         "Acrobot-v1", ("obs-offset",), 160_000, 1_600_000,
     )  # fmt: skip

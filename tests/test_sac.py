@@ -557,7 +557,7 @@ def test_cli_help_and_errors(tmp_path):
 
 
 def test_demo_preset_resolves():
-    _, args = train.parse("sac", ["--preset", "demo"])
+    _, args, _ = train.parse("sac", ["--preset", "demo"])
     assert (args.env_id, args.shift, args.regularizer) == ("Hopper-v5", ("friction",), "l2-er")
     assert args.shift_at[0] < args.total_timesteps and args.learning_starts < args.shift_at[0]
 

@@ -119,7 +119,7 @@ def test_missing_fashion_mnist_gets_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_presets_resolve():
-    _, paper = train.parse("supervised", ["--preset", "permuted-mnist"])
+    _, paper, _ = train.parse("supervised", ["--preset", "permuted-mnist"])
     assert paper.hidden_sizes == (1000, 1000, 1000) and paper.batch_size == 1
     assert paper.learning_rate == 0.01 and paper.optimizer == "sgd"
     assert paper.regularizer == "l2-er" and paper.erank.every == 100 and paper.erank.lr == 1e-2
