@@ -28,7 +28,6 @@ backend is ever picked and no pyplot state is left behind in the trainer's proce
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from diagnostics.curvature import (
     smoothed_density,
 )
 from diagnostics.plasticity import pearson, spearman
+from run_directory import read_run_files
 
 PERFORMANCE_KEYS = ("charts/episodic_return", "charts/online_accuracy")
 PHASES = ("init", "end")
@@ -90,41 +90,18 @@ def as_float(value) -> float:
         return math.nan
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a run killed mid-write leaves a truncated last line
-    return rows
-
-
 def load_run(run_dir: Path) -> Run:
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}")
-    metrics = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "step" in row]
-    events = read_jsonl(run_dir / "events.jsonl")
-    boundaries = []
-    for path in sorted((run_dir / "diagnostics").glob("step_*.npz")):
-        with np.load(path, allow_pickle=False) as data:
-            boundaries.append({key: data[key] for key in data.files})
-    boundaries.sort(key=lambda boundary: int(boundary["step"]))
+    files = read_run_files(run_dir)
     return Run(
         name=run_dir.resolve().name,
-        metrics=metrics,
-        metric_keys={key for row in metrics for key in row},
-        shift_steps=[event["step"] for event in events if event.get("event") == "shift"],
-        boundaries=boundaries,
-        step_unit="example" if "stream" in read_config(run_dir) else "env step",
+        metrics=files.metrics,
+        metric_keys={key for row in files.metrics for key in row},
+        shift_steps=files.shift_steps,
+        boundaries=list(files.boundaries()),
+        step_unit="example" if files.is_supervised else "env step",
     )
-
-
-def read_config(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def boundary_label(boundary: dict[str, np.ndarray], phase: str) -> str:

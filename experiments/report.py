@@ -61,7 +61,8 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from diagnostics.curvature import epsilon_rank, paper_density, paper_epsilon_rank
 from diagnostics.plasticity import pearson, spearman
-from diagnostics.plot import RITZ_KEY, read_jsonl
+from diagnostics.plot import RITZ_KEY
+from run_directory import read_run_files
 from validation import ConfigError
 
 CONFIDENCE = 0.95
@@ -239,13 +240,10 @@ def logged(metrics: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_run(path: Path) -> RunRecord:
-    config = json.loads((path / "config.json").read_text())
-    metrics = [row for row in read_jsonl(path / "metrics.jsonl") if "step" in row]
-    events = read_jsonl(path / "events.jsonl")
-    origin = next((e for e in events if e.get("event") == "start"), {})
-    kind = "supervised" if "stream" in config else "rl"
-    shifts = sorted(e["step"] for e in events if e.get("event") == "shift")
-    ended = any(e.get("event") == "finished" for e in events)
+    files = read_run_files(path)
+    config, metrics, origin = files.config, files.metrics, files.origin
+    kind = "supervised" if files.is_supervised else "rl"
+    shifts, ended = files.shift_steps, files.finished
     if kind == "supervised":
         planned = int(config["num_tasks"])
         task_metric = {
@@ -287,9 +285,7 @@ def read_run(path: Path) -> RunRecord:
         record.rollouts = rollouts
     # Boundaries: each diagnostics file is one shift (the end of one task, the init of the next)
     step_tasks: dict[int, dict[str, int]] = {}
-    for npz in sorted((path / "diagnostics").glob("step_*.npz")):
-        with np.load(npz, allow_pickle=False) as data:
-            boundary = {key: data[key] for key in data.files}
+    for boundary in files.boundaries():
         tasks = {phase: int(boundary.get(f"task_{phase}", -1)) for phase in ("init", "end")}
         step_tasks[int(boundary["step"])] = tasks
         epsilons = [float(e) for e in boundary.get("epsilons", [0.1])]

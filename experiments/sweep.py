@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from run_directory import has_finished
 from validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -371,9 +372,7 @@ def cell_state(cell_dir: Path) -> str:
     run_dir = run_dir_of(cell_dir)
     if run_dir is None:
         return "pending"
-    events = run_dir / "events.jsonl"
-    lines = events.read_text().splitlines() if events.exists() else []
-    if any('"event": "finished"' in line for line in lines):
+    if has_finished(run_dir):
         return "finished"
     if list((run_dir / "checkpoints").glob("step_*.pt")):
         return "interrupted"
