@@ -5,8 +5,7 @@
     python train.py ppo --env-id HalfCheetah-v5 --shift friction --shift-every 200000 \\
         --regularizer l2-er --total-timesteps 1000000 --track
 
-A mode is a learner module in agents/ with an `Args` dataclass, a `LEARNER` (its presets and
-what a resume may not change) and a `train(args)` function; adding a mode is one line in MODES.
+A mode is a learner module in agents/ (agents/cli.py: MODES, and how its flags are parsed).
 A preset is a named set of defaults that the flags given after it override; --resume starts
 from the saved config of a run directory instead, and the flags given replace it.
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -26,34 +24,8 @@ from typing import Any
 if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-import tyro
-
+from agents.cli import MODES, parse  # noqa: E402  (after MUJOCO_GL is set)
 from validation import ConfigError
-
-
-def _join_wrapped_docstring_lines() -> None:
-    """A field's docstring continues on indented lines, and tyro keeps a line break before
-    every line that does not start with a letter: join each paragraph's lines first, so that
-    --help wraps each flag's sentences instead of breaking them where the source does."""
-    strings = getattr(tyro, "_strings", None)
-    original = getattr(strings, "remove_single_line_breaks", None)
-    if original is None:  # another tyro: leave its help as it is
-        return
-
-    def joined(helptext: str) -> str:
-        paragraphs = re.split(r"\n\s*\n", helptext)
-        return original("\n\n".join(" ".join(p.split()) for p in paragraphs))
-
-    strings.remove_single_line_breaks = joined
-
-
-_join_wrapped_docstring_lines()
-
-MODES = {
-    "ppo": "agents.ppo",
-    "sac": "agents.sac",
-    "supervised": "agents.supervised",
-}
 
 USAGE = f"""usage: train.py MODE [--preset NAME] [--resume RUN_DIR] [FLAGS]
        train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
@@ -63,37 +35,6 @@ USAGE = f"""usage: train.py MODE [--preset NAME] [--resume RUN_DIR] [FLAGS]
 modes: {", ".join(MODES)}   (python train.py MODE --help lists every flag; a sweep is a grid
 of ordinary runs of one mode, resumed by running the same command again; a report reads run
 directories and answers, across methods and seeds, whether a method keeps plasticity)"""
-
-
-def flag_value(argv: list[str], flag: str) -> str | None:
-    """The value of `--flag VALUE` or `--flag=VALUE` in argv (read before tyro parses the rest)."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def parse(mode: str, argv: list[str]) -> tuple[Any, Any, Any]:
-    """The mode's module, its Args (defaults <- preset or resumed config <- flags), and what a
-    --resume read (`agents.checkpoints.resume_from`: the saved config and its checkpoint, read
-    once and handed to the run) or None."""
-    from agents.checkpoints import resume_from
-    from agents.flags import baseline_config
-
-    module = importlib.import_module(MODES[mode])
-    resume = flag_value(argv, "--resume")
-    preset = flag_value(argv, "--preset")
-    if resume is not None and preset is not None:
-        raise ConfigError(
-            "--preset cannot be combined with --resume: a resumed run starts from its saved config"
-        )
-    resumed = resume_from(resume, mode) if resume is not None else None
-    saved = resumed[0] if resumed is not None else None
-    defaults = baseline_config(module.Args, module.LEARNER, preset or "none", saved)
-    args = tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")
-    return module, args, resumed
 
 
 def one_line_errors(command: Callable[[], Any]) -> Any:

@@ -15,6 +15,7 @@ one line in `SHIFTS`, its name in `ShiftName`, and its config field in `ShiftFla
 from dataclasses import dataclass, field
 from typing import Literal
 
+from envs.build import learner_envs, make_vector_env
 from envs.observation import ObsNoiseShift, ObsOffsetShift, ObsPermuteShift, OffsetConfig
 from envs.physics import (
     FrictionShift,
@@ -26,14 +27,7 @@ from envs.physics import (
 )
 from envs.reward import RewardScaleShift, RewardSignShift
 from envs.schedule import ScaleRange, ShiftSchedule, ShiftWrapper
-from envs.vector import (
-    ShiftingVectorEnv,
-    check_env_id,
-    check_spaces,
-    learner_envs,
-    make_env,
-    make_vector_env,
-)
+from envs.vector import ShiftingVectorEnv, check_env_id, check_spaces, make_env
 
 ShiftName = Literal[
     "friction",

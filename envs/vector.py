@@ -1,8 +1,9 @@
 """Building shifting envs from the flags, and the vector env that shifts them all at once.
 
-`make_vector_env` checks the flags, builds one env per sub-env with `make_env` (gym.make plus
-the requested shift wrappers, nothing else) and wraps the lot in `ShiftingVectorEnv`, which
-counts global env steps and applies each task to every sub-env at the same global step.
+`make_vector_env` (envs/build.py) checks the flags, builds one env per sub-env with `make_env`
+(gym.make plus the requested shift wrappers, nothing else) and wraps the lot in
+`ShiftingVectorEnv`, which counts global env steps and applies each task to every sub-env at
+the same global step.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 # The registry of shift kinds (envs.SHIFTS) and ShiftFlags live in envs/__init__.py, which
 # imports this module; they are read at call time, when the package is fully imported.
 import envs
-from envs.physics import check_physics_flags, refine_physics, refines_physics
+from envs.physics import refine_physics
 from envs.schedule import ShiftSchedule
 from validation import ConfigError
 
@@ -210,81 +211,3 @@ class ShiftingVectorEnv(gym.vector.VectorWrapper):
         record = {"step": self.global_step, "task": task, "params": params}
         self.shift_events.append({"event": event, **record})
         return record
-
-
-def make_vector_env(
-    env_id: str,
-    num_envs: int,
-    flags: envs.ShiftFlags,
-    seed: int,
-    total_timesteps: int,
-    backend: str = "gymnasium",
-    envpool_threads: int = 0,
-    max_episode_steps: int = 0,
-    require_a_shift: bool = True,
-) -> ShiftingVectorEnv:
-    """Check the flags, then build `num_envs` shifting sub-envs behind one ShiftingVectorEnv.
-
-    Same-step autoreset: after a terminated or truncated step the returned obs is the new
-    episode's first obs, and infos["final_obs"][i] (with mask infos["_final_obs"]) holds the
-    last obs of the finished episode, which the agent needs to bootstrap truncated episodes.
-    `reset(seed=s)` seeds sub-env i with s + i (SyncVectorEnv does this itself).
-
-    `backend` "gymnasium" steps gymnasium envs one after another in this process; "envpool"
-    steps envpool's C++ envs in `envpool_threads` threads (0: envpool's choice) with the same
-    contract, except that a physics shift ends every episode at the shift step
-    (envs/envpool_backend.py).
-    """
-    if hasattr(flags, "physics_substeps"):  # a learner's flags (tests may pass ShiftFlags)
-        check_physics_flags(flags)
-    if backend == "envpool":
-        from envs.envpool_backend import EnvpoolVectorEnv, check_envpool_env_id
-
-        if refines_physics(flags):
-            raise ConfigError(
-                "--physics-substeps / --physics-integrator: the envpool backend builds its "
-                "MuJoCo models in C++ and takes neither; use --env-backend gymnasium"
-            )
-        check_envpool_env_id(env_id)
-        schedule = check_shift_flags(flags, total_timesteps, num_envs, require_a_shift)
-        limit = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-        pool = EnvpoolVectorEnv(env_id, num_envs, flags, seed, num_threads=envpool_threads, **limit)
-        return ShiftingVectorEnv(pool, schedule)
-    if backend != "gymnasium":
-        raise ConfigError(f"--env-backend {backend!r}: choose gymnasium or envpool")
-    check_env_id(env_id)
-    schedule = check_shift_flags(flags, total_timesteps, num_envs, require_a_shift)
-    vector_env = gym.vector.SyncVectorEnv(
-        [
-            make_env(env_id, flags, seed, env_index, max_episode_steps)
-            for env_index in range(num_envs)
-        ],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    return ShiftingVectorEnv(vector_env, schedule)
-
-
-def learner_envs(
-    args: Any, learner: str, bounded_actions: bool, discrete_actions: bool = False
-) -> ShiftingVectorEnv:
-    """An RL learner's envs, from its flags (env_id, num_envs, seed, total_timesteps,
-    env_backend, envpool_threads, max_episode_steps if it has it, and the shift flags), with
-    their spaces checked (see `check_spaces`)."""
-    envs = make_vector_env(
-        args.env_id,
-        args.num_envs,
-        args,
-        args.seed,
-        args.total_timesteps,
-        backend=args.env_backend,
-        envpool_threads=args.envpool_threads,
-        max_episode_steps=getattr(args, "max_episode_steps", 0),
-        # A resume may end the run before its next shift (--total-timesteps at its checkpoint).
-        require_a_shift=not getattr(args, "resume", None),
-    )
-    try:
-        check_spaces(envs, args.env_id, learner, bounded_actions, discrete_actions)
-    except BaseException:
-        envs.close()
-        raise
-    return envs

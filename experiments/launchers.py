@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from experiments.sweep import (
+from experiments.cells import (
     Cell,
     EngineFlags,
     Manifest,
