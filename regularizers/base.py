@@ -54,7 +54,8 @@ from __future__ import annotations
 import copy
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -301,3 +302,34 @@ def replace_units(
         index = (Ellipsis, units.to(param.device))
         param[index] = 0
         reset_optimizer_state(optimizer, param, index)
+
+
+# --- How a method file declares itself (regularizers/__init__.py collects them) ----------------
+
+
+@dataclass(frozen=True)
+class FlagGroup:
+    """A method's flags: its config dataclass, whose fields become `--<field>.<name>` flags."""
+
+    field: str
+    """the field of RegularizerFlags (and the flags' prefix): e.g. l2_init -> --l2-init.*"""
+    config: type
+    """the config dataclass (each field with a docstring: its help)"""
+    help: str
+    """one line on the method, shown above its flags in --help"""
+    rules: dict[str, str] = field(default_factory=dict)
+    """config field -> the rule its value must meet (validation.require_all's rules)"""
+
+
+@dataclass(frozen=True)
+class Method:
+    """What `--regularizer NAME` builds."""
+
+    name: str
+    build: Callable[[Any], Regularizer]
+    """the run's flags (RegularizerFlags) -> the method"""
+    reads: tuple[str, ...] = ()
+    """the flag groups it reads (a given flag of another group is refused as having no effect)"""
+
+
+METHODS = [Method("none", lambda flags: Regularizer())]

@@ -35,15 +35,19 @@ import torch
 from torch import Tensor, nn
 
 from regularizers.base import (
+    Combined,
     Features,
     FeaturesFn,
+    FlagGroup,
     FreshDraws,
+    Method,
     Regularizer,
     UnitLayer,
     method_stream_seed,
     replace_units,
     unit_layers,
 )
+from regularizers.l2 import L2
 
 
 @dataclass
@@ -165,3 +169,14 @@ class CBP(Regularizer):
             self.due[name] = list(state["due"][name])
         self.replaced = state["replaced"]
         self.draws.load_state(state["rng_state"])
+
+
+FLAGS = FlagGroup("cbp", CBPConfig,
+                  "CBP: replace mature low-utility hidden units with fresh ones (Dohare et al. 2024)",
+                  {"replacement_rate": "in [0, 1]", "maturity": ">= 0", "decay": "in [0, 1)"})  # fmt: skip
+METHODS = [
+    Method("cbp", lambda flags: CBP(flags.cbp), reads=("cbp",)),
+    # Dohare et al. 2024 ran CBP with L2 in RL; the paper compares against that pair.
+    Method("cbp-l2", lambda flags: Combined([L2(flags.l2), CBP(flags.cbp)], name="cbp-l2"),
+           reads=("l2", "cbp")),
+]  # fmt: skip

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from diagnostics.representation import effective_rank
-from regularizers.base import FeaturesFn, Regularizer
+from regularizers.base import Combined, FeaturesFn, FlagGroup, Method, Regularizer
+from regularizers.l2 import L2
 
 
 @dataclass
@@ -98,3 +99,14 @@ class ERank(Regularizer):
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = state["updates"]
+
+
+FLAGS = FlagGroup("erank", ERankConfig,
+                  "ER: gradient-ascent steps on the effective rank of the hidden features",
+                  {"lr": ">= 0", "every": ">= 0"})  # fmt: skip
+METHODS = [
+    Method("erank", lambda flags: ERank(flags.erank), reads=("erank",)),
+    # the paper's method: L2 and ER together
+    Method("l2-er", lambda flags: Combined([L2(flags.l2), ERank(flags.erank)], name="l2-er"),
+           reads=("l2", "erank")),
+]  # fmt: skip

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from regularizers.base import Regularizer
+from regularizers.base import FlagGroup, Method, Regularizer
 
 
 @dataclass
@@ -38,3 +38,8 @@ class L2(Regularizer):
 
     def coupled_decay(self) -> float:
         return self.config.weight_decay
+
+
+FLAGS = FlagGroup("l2", L2Config, "L2: coupled weight decay toward zero on all parameters",
+                  {"weight_decay": ">= 0"})  # fmt: skip
+METHODS = [Method("l2", lambda flags: L2(flags.l2), reads=("l2",))]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from regularizers.base import Features, Regularizer
+from regularizers.base import Features, FlagGroup, Method, Regularizer
 
 
 @dataclass
@@ -68,3 +68,9 @@ class L2Init(Regularizer):
             key: saved[key].detach().to(param.device, param.dtype).clone()
             for key, param in self.params.items()
         }
+
+
+FLAGS = FlagGroup("l2_init", L2InitConfig,
+                  "L2 Init: squared distance to the initial parameters (Kumar et al. 2023)",
+                  {"strength": ">= 0"})  # fmt: skip
+METHODS = [Method("l2-init", lambda flags: L2Init(flags.l2_init), reads=("l2_init",))]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from regularizers.base import FlagGroup, Method
 from regularizers.l2 import L2
 
 
@@ -48,3 +49,10 @@ class LayerNormL2(L2):
                     "LayerNorm; build it with regularizer.network_options(...)"
                 )
         super().attach(nets, optimizer, seed)
+
+
+FLAGS = FlagGroup("layernorm_l2", LayerNormL2Config,
+                  "LayerNorm + L2: LayerNorm in the hidden layers and coupled weight decay (Lyle et al. 2024)",
+                  {"weight_decay": ">= 0"})  # fmt: skip
+METHODS = [Method("layernorm-l2", lambda flags: LayerNormL2(flags.layernorm_l2),
+                  reads=("layernorm_l2",))]  # fmt: skip

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from regularizers.base import Features, Regularizer
+from regularizers.base import Features, FlagGroup, Method, Regularizer
 
 
 @dataclass
@@ -72,3 +72,9 @@ class Parseval(Regularizer):
             for h in layers[-1:] if self.config.last_layer_only else layers:
                 total = total + anisotropy(h)
         return self.config.strength * total
+
+
+FLAGS = FlagGroup("parseval", ParsevalConfig,
+                  "Parseval: ||A - (tr A / m) I||_F^2 on each hidden layer's feature Gram A (as SPHERE)",
+                  {"strength": ">= 0"})  # fmt: skip
+METHODS = [Method("parseval", lambda flags: Parseval(flags.parseval), reads=("parseval",))]

@@ -25,7 +25,9 @@ from torch import nn
 from diagnostics.representation import dormant_mask
 from regularizers.base import (
     FeaturesFn,
+    FlagGroup,
     FreshDraws,
+    Method,
     Regularizer,
     method_stream_seed,
     replace_units,
@@ -92,3 +94,9 @@ class ReDo(Regularizer):
     def load_state_dict(self, state: dict) -> None:
         self.updates, self.recycled = state["updates"], state["recycled"]
         self.draws.load_state(state["rng_state"])
+
+
+FLAGS = FlagGroup("redo", ReDoConfig,
+                  "ReDo: re-initialise tau-dormant hidden units every N updates (Sokar et al. 2023)",
+                  {"tau": ">= 0", "every": ">= 1"})  # fmt: skip
+METHODS = [Method("redo", lambda flags: ReDo(flags.redo), reads=("redo",))]

@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regularizers.base import FreshDraws, Regularizer, method_stream_seed, reset_optimizer_state
+from regularizers.base import (
+    FreshDraws,
+    Method,
+    Regularizer,
+    method_stream_seed,
+    reset_optimizer_state,
+)
 
 
 class Reset(Regularizer):
@@ -45,3 +51,6 @@ class Reset(Regularizer):
 
     def load_state_dict(self, state: dict) -> None:
         self.draws.load_state(state["rng_state"])
+
+
+METHODS = [Method("reset", lambda flags: Reset())]

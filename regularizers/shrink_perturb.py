@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from regularizers.base import STREAM_TAG, FeaturesFn, FreshDraws, Regularizer
+from regularizers.base import STREAM_TAG, FeaturesFn, FlagGroup, FreshDraws, Method, Regularizer
 
 
 def fresh_draw_seed(seed: int) -> int:
@@ -81,3 +81,10 @@ class ShrinkPerturb(Regularizer):
     def load_state_dict(self, state: dict) -> None:
         self.updates = state["updates"]
         self.draws.load_state(state["rng_state"])
+
+
+FLAGS = FlagGroup("shrink_perturb", ShrinkPerturbConfig,
+                  "Shrink & Perturb: theta <- shrink * theta + noise * fresh init (Ash & Adams 2020)",
+                  {"shrink": "in (0, 1]", "noise": ">= 0", "every": ">= 0"})  # fmt: skip
+METHODS = [Method("shrink-perturb", lambda flags: ShrinkPerturb(flags.shrink_perturb),
+                  reads=("shrink_perturb",))]  # fmt: skip

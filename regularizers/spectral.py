@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regularizers.base import Features, Regularizer, method_stream_seed
+from regularizers.base import Features, FlagGroup, Method, Regularizer, method_stream_seed
 
 
 @dataclass
@@ -118,3 +118,9 @@ class Spectral(Regularizer):
         for key, weight in self.matrices.items():
             self.u[key] = state["u"][key].to(weight.device, weight.dtype).clone()
             self.v[key] = state["v"][key].to(weight.device, weight.dtype).clone()
+
+
+FLAGS = FlagGroup("spectral", SpectralConfig,
+                  "spectral regularisation: (sigma_max(W)^2 - k)^2 per weight matrix, L2 on biases",
+                  {"strength": ">= 0", "target": ">= 0", "power_iterations": ">= 1"})  # fmt: skip
+METHODS = [Method("spectral", lambda flags: Spectral(flags.spectral), reads=("spectral",))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import re
@@ -561,3 +562,16 @@ def test_flags_are_flat_on_the_command_line():
     assert (args.erank.every, args.l2_init.strength, args.shrink_perturb.shrink) == (100, 0.5, 0.5)
     reg = build_regularizer(args)
     assert [part.config for part in reg.parts] == [args.l2, args.erank]
+
+
+def test_every_method_reads_flag_groups_that_exist_and_every_group_has_a_reader():
+    """The registry a method file declares itself in is consistent: `reads` names real flag
+    groups, every group is read by some method, and every rule names a field of its config."""
+    from regularizers import FLAG_GROUPS, METHODS
+
+    groups = {group.field: group for group in FLAG_GROUPS}
+    read = {name for method in METHODS.values() for name in method.reads}
+    assert read == set(groups), (read, set(groups))
+    for group in FLAG_GROUPS:
+        assert set(group.rules) <= {f.name for f in dataclasses.fields(group.config)}, group.field
+    assert [f.name for f in dataclasses.fields(RegularizerFlags)] == ["regularizer", *groups]
