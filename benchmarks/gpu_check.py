@@ -108,14 +108,14 @@ def rl_throughput(out: Path, dry: bool, budget: float) -> str:
 def supervised_speed(out: Path, dry: bool, budget: float) -> str:
     """examples/s of the supervised learner on the paper's 3 x 1000 network, batch 1 (the
     fused step) and 100, as the task's own training speed."""
-    import train
     from agents import supervised
+    from agents.cli import parse
 
     rows = []
     with tempfile.TemporaryDirectory() as runs:
         for device in devices(dry):
             for batch in (1, 100):
-                _, args = train.parse("supervised", [])
+                _, args, _ = parse("supervised", [])
                 args = replace(
                     args, num_tasks=1, examples_per_task=300 if dry else 3000, batch_size=batch,
                     hidden_sizes=(64,) * 3 if dry else (1000,) * 3, diagnostics=("none",),
