@@ -35,9 +35,14 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def ended_normally(events: list[dict]) -> bool:
+    """Whether a run's events hold its "finished" event."""
+    return any(event.get("event") == "finished" for event in events)
+
+
 def has_finished(run_dir: Path) -> bool:
-    """Whether the run ended normally (its "finished" event)."""
-    return any(event.get("event") == "finished" for event in read_jsonl(run_dir / "events.jsonl"))
+    """Whether the run ended normally (read from its events alone)."""
+    return ended_normally(read_jsonl(run_dir / "events.jsonl"))
 
 
 @dataclass
@@ -60,7 +65,7 @@ class RunFiles:
 
     @property
     def finished(self) -> bool:
-        return any(event.get("event") == "finished" for event in self.events)
+        return ended_normally(self.events)
 
     @property
     def origin(self) -> dict[str, Any]:

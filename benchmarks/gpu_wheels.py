@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -61,26 +62,37 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def installed_closure(
+    roots: list[str], markers: dict[str, str], skip: Callable[[str], bool] = lambda name: False
+) -> dict[str, metadata.Distribution]:
+    """{canonical name: installed distribution} of everything `roots` need, theirs included;
+    requirement markers are evaluated with `markers`, and a name `skip` accepts is left out
+    (with what only it needs). tests/test_gpu_check.py builds its stand-in machine from it."""
+    found: dict[str, metadata.Distribution] = {}
+    stack = list(roots)
+    while stack:
+        name = canonical(stack.pop())
+        if name in found or skip(name):
+            continue
+        dist = metadata.distribution(name)
+        found[name] = dist
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(markers):
+                stack.append(requirement.name)
+    return found
+
+
 def closure(python_version: str) -> dict[str, str]:
     """{package: installed version} of everything ROOTS need, for the target Python."""
     markers = {"python_version": python_version, "python_full_version": f"{python_version}.0",
                "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
                "implementation_name": "cpython", "os_name": "posix", "extra": ""}  # fmt: skip
-    found: dict[str, str] = {}
-    stack = list(ROOTS)
-    while stack:
-        name = canonical(stack.pop())
-        if name in found or name in ON_THE_GPU_MACHINE or name in LEFT_OUT:
-            continue
-        if name.startswith("nvidia-"):
-            continue
-        dist = metadata.distribution(name)
-        found[name] = dist.version
-        for line in dist.requires or []:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate(markers):
-                stack.append(requirement.name)
-    return dict(sorted(found.items()))
+    found = installed_closure(
+        list(ROOTS), markers,
+        skip=lambda name: name in ON_THE_GPU_MACHINE or name in LEFT_OUT or name.startswith("nvidia-"),
+    )  # fmt: skip
+    return {name: dist.version for name, dist in sorted(found.items())}
 
 
 def main(args: Args) -> None:

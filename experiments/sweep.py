@@ -39,6 +39,7 @@ from typing import Any
 
 from experiments.cells import (
     ENGINE_CHOICES,
+    REPO,
     Cell,
     EngineFlags,
     Manifest,
@@ -50,7 +51,6 @@ from experiments.cells import (
 from experiments.launchers import check_engine, launch
 from validation import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 NAMED_SWEEPS = REPO / "experiments" / "sweeps"
 USAGE = """usage: train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
                       [--sweep-dir DIR] [--retry-failed] [--dry-run] [--launcher local|slurm|ray]

@@ -13,14 +13,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from gpu_wheels import installed_closure  # noqa: E402
+
 THE_GPU_MACHINES_PACKAGES = ["torch", "numpy", "scipy", "matplotlib", "pytest", "imageio", "pandas"]
 
 
@@ -28,23 +28,6 @@ def unshare_works() -> bool:
     if shutil.which("unshare") is None:
         return False
     return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
-
-
-def requirement_closure(names: list[str]) -> list[metadata.Distribution]:
-    """The installed distributions `names` need, theirs included (markers evaluated here)."""
-    seen: dict[str, metadata.Distribution] = {}
-    todo = list(names)
-    while todo:
-        dist = metadata.distribution(todo.pop())
-        key = canonicalize_name(dist.metadata["Name"])
-        if key in seen:
-            continue
-        seen[key] = dist
-        for line in dist.requires or []:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return list(seen.values())
 
 
 def stand_in_machine(base: Path) -> Path:
@@ -61,7 +44,8 @@ def stand_in_machine(base: Path) -> Path:
             check=True, capture_output=True, text=True,
         ).stdout.strip()
     )  # fmt: skip
-    for dist in requirement_closure([*THE_GPU_MACHINES_PACKAGES, "pip"]):
+    needed = installed_closure([*THE_GPU_MACHINES_PACKAGES, "pip"], markers={"extra": ""})
+    for dist in needed.values():
         origin = Path(dist.locate_file(""))
         for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
             if (origin / top).exists() and not (site / top).exists():
