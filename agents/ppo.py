@@ -24,6 +24,7 @@ import copy
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,14 +46,21 @@ from agents.networks import (
 )
 from agents.progress import EpisodeStats, progress_bar
 from agents.run import Diverged, HostToDevice, Run
-from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
+from diagnostics import (
+    Diagnostics,
+    DiagnosticsConfig,
+    DiagnosticsFlags,
+    LossClosure,
+    Probe,
+    TaskBoundaries,
+)
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME
 from envs import SLIPPERY_ANT, OffsetConfig, PhysicsFlags, ShiftFlags, learner_envs
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from envs.video import ClipRecorder, VideoFlags, check_video_flags
 from envs.video import unused_flags as unused_video_flags
-from regularizers import ERankConfig, L2Config, RegularizerFlags, build_regularizer
+from regularizers import ERankConfig, L2Config, Regularizer, RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all, require_widths
 
 LOG_2PI = math.log(2 * math.pi)
@@ -510,124 +518,370 @@ LEARNER = Learner(
 )
 
 
-def snapshot(actor: Actor, critic: Critic) -> dict[str, torch.nn.Module]:
-    """Copies of both networks as they are now (the diagnostics measure them later)."""
-    return {"actor": copy.deepcopy(actor), "critic": copy.deepcopy(critic)}
+# --- The agent, its rollout storage and the steps of the loop -----------------------------------
 
 
-def begin_task(shift: dict, run: Run, regularizer, clips: ClipRecorder | None, greedy) -> None:
-    """What happens when a task starts (a step or a reset of the envs reported `shift`): its
-    event, the clips of the policy in the old and the new world, the regularizer's moment."""
+@dataclass
+class PPOAgent:
+    """What PPO learns and keeps: both networks, their optimizer, the regularizer, the
+    normalisation statistics and the diagnostics (what a checkpoint saves), and how it acts."""
+
+    args: Args
+    actor: Actor
+    critic: Critic
+    optimizer: torch.optim.Optimizer
+    regularizer: Regularizer
+    obs_normalizer: ObservationNormalizer
+    reward_normalizer: RewardNormalizer
+    diagnostics: Diagnostics
+    action_space: gym.Space
+    device: torch.device
+
+    @classmethod
+    def build(cls, args: Args, envs: gym.vector.VectorEnv, run: Run) -> PPOAgent:
+        regularizer = build_regularizer(args)
+        obs_dim = envs.single_observation_space.shape[0]
+        action_space = envs.single_action_space
+        # Architecture flags, with what the regularizer needs switched on (layernorm-l2: LayerNorm).
+        net = (args.hidden_sizes, args.activation, args.init)
+        options = regularizer.network_options(layer_norm=args.layer_norm)
+        if isinstance(action_space, gym.spaces.Discrete):
+            actor = CategoricalActor(obs_dim, int(action_space.n), *net, **options)
+        else:
+            actor = GaussianActor(obs_dim, action_space.shape[0], *net, **options)
+        actor, critic = actor.to(run.device), Critic(obs_dim, *net, **options).to(run.device)
+        # The fused kernel does Adam's arithmetic in one pass: the same update in half the time
+        # of the default on CPU for networks this small (benchmarks/ppo_throughput.py).
+        optimizer = torch.optim.Adam(
+            [*actor.parameters(), *critic.parameters()],
+            lr=args.learning_rate,
+            betas=args.adam_betas,
+            eps=args.adam_eps,
+            fused=True,  # CPU and CUDA; its found_inf also skips a non-finite step (ppo_update)
+        )
+        regularizer.attach({"actor": actor, "critic": critic}, optimizer, args.seed)
+        diagnostics = Diagnostics(args, run.logger, args.seed)
+        diagnostics.attach({"actor": actor, "critic": critic}, [optimizer])
+        return cls(
+            args, actor, critic, optimizer, regularizer,
+            ObservationNormalizer(obs_dim, enabled=args.norm_obs),
+            RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward),
+            diagnostics, action_space, run.device,
+        )  # fmt: skip
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.actor, CategoricalActor)
+
+    def act(self, obs: Tensor) -> tuple[Tensor, Tensor, np.ndarray]:
+        """A sampled action per env, its log-probability, and what the envs are given."""
+        with torch.inference_mode():
+            outputs, _ = self.actor(obs)
+            if self.discrete:
+                log_probs = outputs.log_softmax(-1)
+                action = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+                return (
+                    action,
+                    log_probs.gather(-1, action[:, None]).squeeze(-1),
+                    action.cpu().numpy(),
+                )
+            noise = torch.randn_like(outputs)
+            action = outputs + self.actor.log_std.exp() * noise
+            # log N(action; mean, std) with (action - mean) / std = noise: fewer ops.
+            logprob = (-0.5 * noise.square() - self.actor.log_std).sum(-1)
+            logprob = logprob - 0.5 * action.shape[-1] * LOG_2PI
+            space = self.action_space
+            return action, logprob, np.clip(action.cpu().numpy(), space.low, space.high)
+
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """The policy's most likely action on one raw observation (what a clip films)."""
+        with torch.inference_mode():
+            x = torch.as_tensor(self.obs_normalizer(obs[None], update=False), device=self.device)
+            out = self.actor(x)[0][0]
+            if self.discrete:
+                return out.argmax().cpu().numpy()
+            return np.clip(out.cpu().numpy(), self.action_space.low, self.action_space.high)
+
+    def learning_rewards(
+        self, reward: np.ndarray, cut: np.ndarray, truncated: np.ndarray, infos: dict
+    ) -> np.ndarray:
+        """The rewards the update learns from: divided by --reward-divisor and normalised (an
+        episode that is `cut` restarts its discounted return). A truncated episode did not end
+        in the MDP: gamma * V(final observation) is added (same-step autoreset puts that
+        observation in infos["final_obs"]; the step's own observation is already the reset)."""
+        scaled = self.reward_normalizer(reward / self.args.reward_divisor, cut)
+        cut_short = np.flatnonzero(truncated)
+        if cut_short.size:
+            final = self.obs_normalizer(np.stack(infos["final_obs"][cut_short]), update=False)
+            with torch.inference_mode():
+                final_value = self.critic(torch.from_numpy(final).to(self.device))[0]
+            scaled[cut_short] += self.args.gamma * final_value.cpu().numpy()
+        return scaled
+
+    def snapshot(self) -> dict[str, torch.nn.Module]:
+        """Copies of both networks as they are now (the diagnostics measure them later)."""
+        return {"actor": copy.deepcopy(self.actor), "critic": copy.deepcopy(self.critic)}
+
+    def probe(self, data: dict[str, Tensor], nets: dict | None = None, **note: float) -> Probe:
+        """The diagnostics' view of one batch of rollout data (frozen copies), measured on the
+        live networks or on `nets`, a snapshot taken earlier."""
+        data = {k: v.detach().clone() for k, v in data.items()}
+        actor, critic = (nets["actor"], nets["critic"]) if nets else (self.actor, self.critic)
+        return Probe(
+            closures=functools.partial(loss_closures, actor, critic, data, self.args),
+            features=functools.partial(first_features, actor, critic, data["obs"]),
+            size=len(data["obs"]),
+            note=note,
+            nets=nets,
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "regularizer": self.regularizer.state_dict(),
+            "diagnostics": self.diagnostics.state_dict(),
+            "obs_normalizer": self.obs_normalizer.rms.state_dict(),
+            "reward_normalizer": self.reward_normalizer.state_dict(),
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.actor.load_state_dict(saved["actor"])
+        self.critic.load_state_dict(saved["critic"])
+        restore_optimizer(self.optimizer, saved["optimizer"])
+        self.regularizer.load_state_dict(saved["regularizer"])
+        self.diagnostics.load_state_dict(saved["diagnostics"])
+        self.obs_normalizer.rms.load_state_dict(saved["obs_normalizer"])
+        self.reward_normalizer.load_state_dict(saved["reward_normalizer"])
+        # Episodes in flight at the checkpoint restart: so does their discounted return.
+        self.reward_normalizer.discounted_return[:] = 0.0
+
+
+def first_features(actor: Actor, critic: Critic, obs: Tensor, n: int) -> dict[str, list[Tensor]]:
+    """Both networks' hidden features on the first n observations (a probe's view)."""
+    return hidden_features(actor, critic, obs[:n])
+
+
+@dataclass
+class Rollout:
+    """One rollout's storage: observations, actions and log-probabilities on the device where
+    the update runs; rewards and episode ends on the host, where GAE runs. `task` is the task
+    it began in; `shift` a shift that happened in it, with the index of its first sample."""
+
+    obs: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    rewards: np.ndarray
+    episode_over: np.ndarray
+    task: int = 0
+    shift: dict | None = None
+
+    @classmethod
+    def allocate(cls, args: Args, agent: PPOAgent, device: torch.device) -> Rollout:
+        steps, envs = args.num_steps, args.num_envs
+        obs_dim = agent.obs_normalizer.rms.mean.shape[0]
+        # One action per env and step: an index (categorical policy) or a vector (Gaussian).
+        action_shape = () if agent.discrete else agent.action_space.shape
+        action_type = torch.long if agent.discrete else torch.float32
+        return cls(
+            obs=torch.zeros((steps, envs, obs_dim), device=device),
+            actions=torch.zeros((steps, envs, *action_shape), dtype=action_type, device=device),
+            logprobs=torch.zeros((steps, envs), device=device),
+            rewards=np.zeros((steps, envs), np.float32),
+            episode_over=np.zeros((steps, envs), np.float32),
+        )
+
+
+def begin_task(
+    shift: dict, index: int, run: Run, agent: PPOAgent, clips: ClipRecorder | None
+) -> dict:
+    """A task starts (a step or a reset of the envs reported `shift`, at sample `index` of the
+    rollout): the networks as the old task left them are kept for its end measurement (the
+    regularizer's moment may change them: reset, shrink-perturb), then its event, the clips of
+    the policy in the old and the new world, and that moment. Returns the rollout's record."""
+    end_nets = agent.snapshot() if agent.diagnostics.enabled else None
     run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
     if clips is not None:
-        clips.shift(shift["step"], shift["task"], greedy)
-    shift_metrics = regularizer.on_shift()
+        clips.shift(shift["step"], shift["task"], agent.greedy)
+    shift_metrics = agent.regularizer.on_shift()
     if shift_metrics:
         run.log(shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()})
+    return {**shift, "index": index, "end_nets": end_nets}
+
+
+def advantages_and_returns(
+    args: Args, agent: PPOAgent, rollout: Rollout, next_obs: Tensor
+) -> dict[str, Tensor]:
+    """Values of the whole rollout in one pass (the critic does not change while acting, so
+    this equals evaluating it at every step, at a fraction of the cost), GAE, the value targets
+    and the flat batch the update trains on."""
+    with torch.inference_mode():
+        values = agent.critic(rollout.obs)[0]
+        next_value = agent.critic(next_obs)[0]
+    values_np, next_value_np = values.cpu().numpy(), next_value.cpu().numpy()
+    gae = (rollout.rewards, values_np, next_value_np, rollout.episode_over, args.gamma)
+    device = values.device
+    advantages = torch.from_numpy(generalized_advantages(*gae, args.gae_lambda)).to(device)
+    values = values.clone()  # a normal tensor: the update's value clipping reads it
+    if args.value_target == "gae":
+        returns = advantages + values
+    else:  # the discounted reward-to-go: GAE's recursion at lambda 1, plus the values
+        returns = values + torch.from_numpy(generalized_advantages(*gae, 1.0)).to(device)
+    if args.norm_adv and args.adv_norm_scope == "rollout":
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    batch_size = rollout.logprobs.numel()
+    return {
+        "obs": rollout.obs.reshape(batch_size, -1),
+        "actions": rollout.actions.reshape(batch_size, *rollout.actions.shape[2:]),
+        "logprobs": rollout.logprobs.reshape(-1),
+        "advantages": advantages.reshape(-1),
+        "returns": returns.reshape(-1),
+        "values": values.reshape(-1),
+    }
+
+
+def measure_boundaries(
+    boundaries: TaskBoundaries,
+    agent: PPOAgent,
+    rollout: Rollout,
+    batch: dict[str, Tensor],
+    previous_batch: dict[str, Tensor] | None,
+    rollout_start: int,
+) -> None:
+    """Task boundaries, measured before this rollout's update (docs/paper.md): a task's "end"
+    on its last rollout with the networks that finished it, the next one's "init" on its first
+    rollout data, before any update on it; with fewer than --diag.min-init-samples of them in
+    the rollout that held the shift, on the next rollout (the note says one update happened)."""
+    batch_size = len(batch["obs"])
+    shift = rollout.shift
+    if shift is None:
+        waiting = boundaries.waiting
+        if boundaries.arrived(batch_size):
+            note = {}
+            if waiting.step < rollout_start:
+                note["updates_since_shift"] = (rollout_start - waiting.step) // batch_size + 1
+            boundaries.measure(agent.probe(batch), **note)
+        return
+    cut = shift["index"]
+    before = {k: v[:cut] for k, v in batch.items()}
+    if cut and boundaries.arrived(cut):  # the task that began before (the run's first one)
+        boundaries.measure(agent.probe(before))
+    end = None
+    if previous_batch is not None:
+        end = agent.probe(previous_batch, nets=shift["end_nets"])
+    elif cut >= boundaries.min_samples:  # the run started in this rollout
+        end = agent.probe(before, nets=shift["end_nets"])
+    boundaries.begin(shift["step"], rollout.task, shift["task"], end)
+    if boundaries.arrived(batch_size - cut):
+        boundaries.measure(agent.probe({k: v[cut:] for k, v in batch.items()}))
+
+
+def ppo_update(
+    args: Args, agent: PPOAgent, batch: dict[str, Tensor], ppo_loss: Callable
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Epochs of minibatch steps on the rollout: PPO's loss plus the regularizer's penalty,
+    then its moments. Returns the update's statistics (one host read) and the regularizer's."""
+    batch_size = len(batch["obs"])
+    minibatch_size = batch_size // args.num_minibatches
+    actor, critic, optimizer, regularizer = (
+        agent.actor,
+        agent.critic,
+        agent.optimizer,
+        agent.regularizer,
+    )
+    parameters = optimizer.param_groups[0]["params"]
+    # The ER step (and any method acting "once per pass") sees the whole rollout.
+    features_on_rollout = functools.partial(hidden_features, actor, critic, batch["obs"])
+    skipped = torch.zeros((), device=batch["obs"].device)  # minibatch steps not taken
+    clipfracs, regularizer_metrics = [], {}
+    for _epoch in range(args.update_epochs):
+        order = torch.randperm(batch_size, device=batch["obs"].device)
+        for start in range(0, batch_size, minibatch_size):
+            out = ppo_loss(actor, critic, batch, order[start : start + minibatch_size], args)
+            clipfracs.append(out["clipfrac"])
+            penalty = regularizer.penalty(
+                {"actor": out["actor_features"], "critic": out["critic_features"]}
+            )
+            loss = out["loss"] + penalty
+            # A loss that is not finite skips its step rather than write NaN into the weights,
+            # with no host read: fused Adam's found_inf (GradScaler's hook) leaves parameters
+            # and moments as they were. Counted, read with the statistics below.
+            not_finite = (~torch.isfinite(loss.detach())).float()
+            skipped = skipped + not_finite
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
+            regularizer.before_step()  # L2's decay, after clipping (as weight_decay)
+            optimizer.found_inf = not_finite
+            optimizer.step()
+            pass_end = start + minibatch_size >= batch_size
+            regularizer_metrics.update(regularizer.after_update(features_on_rollout, pass_end))
+        # (A host read per epoch, only with --target-kl: early stopping needs it.)
+        if args.target_kl is not None and out["approx_kl"] > args.target_kl:
+            break
+    with torch.no_grad():
+        var_returns = batch["returns"].var()
+        unexplained = (batch["returns"] - batch["values"]).var() / var_returns
+        stats = {
+            "losses/value_loss": out["v_loss"], "losses/policy_loss": out["pg_loss"],
+            "losses/entropy": out["entropy"], "losses/old_approx_kl": out["old_approx_kl"],
+            "losses/approx_kl": out["approx_kl"], "losses/clipfrac": torch.stack(clipfracs).mean(),
+            "losses/explained_variance": torch.where(var_returns > 0, 1 - unexplained, torch.nan),
+            "regularizer/penalty": penalty, "skipped": skipped,
+        }  # fmt: skip
+        read = torch.stack([value.detach().float() for value in stats.values()]).tolist()
+    stats = dict(zip(stats, read, strict=True))
+    stats["minibatches"] = len(clipfracs)
+    return stats, regularizer_metrics
+
+
+def check_skipped(run: Run, step: int, stats: dict[str, float], agent: PPOAgent) -> None:
+    """Record the minibatch steps an update skipped for a non-finite loss; stop the run when its
+    weights are not finite or no step of the update could be taken."""
+    skipped, minibatches = stats.pop("skipped"), stats.pop("minibatches")
+    if not skipped:
+        return
+    run.event(step, "warning", message=f"{skipped:.0f} minibatch losses were not finite; skipped")
+    if not all(torch.isfinite(p).all() for p in agent.optimizer.param_groups[0]["params"]):
+        raise Diverged(step, "parameters became non-finite")
+    if skipped >= minibatches:
+        raise Diverged(step, "every minibatch loss of the update was not finite")
+
+
+def checkpoint_state(
+    agent: PPOAgent, global_step: int, task: int, previous_batch: dict | None
+) -> dict:
+    # the last rollout, for the "end" measurement of a task that ends after a resume
+    return {"global_step": global_step, "task": task, **agent.state_dict(),
+            "rng": rng_state(), "previous_batch": previous_batch}  # fmt: skip
+
+
+# --- The training loop ---------------------------------------------------------------------------
 
 
 def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run PPO as configured; return the run directory."""
     check_args(args)
     batch_size = args.num_envs * args.num_steps
-    minibatch_size = batch_size // args.num_minibatches
-    regularizer = build_regularizer(args)
     envs = learner_envs(args, "PPO", bounded_actions=False, discrete_actions=True)
     run = Run.start_rl(args, LEARNER, envs, resumed)
-    device = run.device
-    obs_dim = envs.single_observation_space.shape[0]
-    action_space = envs.single_action_space
-    discrete = isinstance(action_space, gym.spaces.Discrete)
-    # One action per env and step: an index (categorical policy) or a vector (Gaussian).
-    action_shape = () if discrete else action_space.shape
-
     with run.training() as stop:
-        # Architecture flags, with what the regularizer needs switched on (layernorm-l2: LayerNorm).
-        net_options = regularizer.network_options(layer_norm=args.layer_norm)
-        if discrete:
-            actor = CategoricalActor(
-                obs_dim, int(action_space.n), args.hidden_sizes, args.activation, args.init,
-                **net_options,
-            ).to(device)  # fmt: skip
-        else:
-            actor = GaussianActor(
-                obs_dim, action_space.shape[0], args.hidden_sizes, args.activation, args.init,
-                **net_options,
-            ).to(device)  # fmt: skip
-        critic = Critic(obs_dim, args.hidden_sizes, args.activation, args.init, **net_options)
-        critic = critic.to(device)
-        parameters = [*actor.parameters(), *critic.parameters()]
-        # The fused kernel does Adam's arithmetic in one pass: the same update in half the time
-        # of the default on CPU for networks this small (benchmarks/ppo_throughput.py).
-        optimizer = torch.optim.Adam(
-            parameters,
-            lr=args.learning_rate,
-            betas=args.adam_betas,
-            eps=args.adam_eps,
-            fused=True,  # CPU and CUDA; its found_inf also skips a non-finite step (below)
-        )
-        regularizer.attach({"actor": actor, "critic": critic}, optimizer, args.seed)
-        obs_normalizer = ObservationNormalizer(obs_dim, enabled=args.norm_obs)
-        reward_normalizer = RewardNormalizer(args.num_envs, args.gamma, enabled=args.norm_reward)
-        diagnostics = Diagnostics(args, run.logger, args.seed)
-        diagnostics.attach({"actor": actor, "critic": critic}, [optimizer])
-
+        agent = PPOAgent.build(args, envs, run)
+        diagnostics = agent.diagnostics
         global_step = 0
+        previous_batch: dict[str, Tensor] | None = None  # the last rollout, for a task's end
         if run.checkpoint is not None:
-            saved = run.checkpoint
-            actor.load_state_dict(saved["actor"])
-            critic.load_state_dict(saved["critic"])
-            restore_optimizer(optimizer, saved["optimizer"])
-            regularizer.load_state_dict(saved["regularizer"])
-            diagnostics.load_state_dict(saved["diagnostics"])
-            obs_normalizer.rms.load_state_dict(saved["obs_normalizer"])
-            reward_normalizer.load_state_dict(saved["reward_normalizer"])
-            # Episodes in flight at the checkpoint restart: so does their discounted return.
-            reward_normalizer.discounted_return[:] = 0.0
-            set_rng_state(saved["rng"])
-            global_step = saved["global_step"]
+            agent.load_state_dict(run.checkpoint)
+            set_rng_state(run.checkpoint["rng"])
+            global_step = run.checkpoint["global_step"]
             envs.set_global_step(global_step)
-
-        def probe(data: dict[str, Tensor], nets: dict | None = None, **note: float) -> Probe:
-            """The diagnostics' view of one batch of rollout data (frozen copies), measured
-            on the live networks or on `nets`, a snapshot taken earlier."""
-            data = {k: v.detach().clone() for k, v in data.items()}
-            a, c = (nets["actor"], nets["critic"]) if nets is not None else (actor, critic)
-            return Probe(
-                closures=functools.partial(loss_closures, a, c, data, args),
-                features=lambda n: hidden_features(a, c, data["obs"][:n]),
-                size=len(data["obs"]),
-                note=note,
-                nets=nets,
-            )
-
-        def checkpoint_state() -> dict:
-            return {
-                "global_step": global_step,
-                "task": envs.task,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "regularizer": regularizer.state_dict(),
-                "diagnostics": diagnostics.state_dict(),
-                "obs_normalizer": obs_normalizer.rms.state_dict(),
-                "reward_normalizer": reward_normalizer.state_dict(),
-                "rng": rng_state(),
-                # the last rollout, for the "end" measurement of a task that ends here
-                "previous_batch": previous_batch,
-            }
-
-        # Rollout storage, on the device where the update runs.
-        obs_buffer = torch.zeros((args.num_steps, args.num_envs, obs_dim), device=device)
-        actions = torch.zeros(
-            (args.num_steps, args.num_envs, *action_shape),
-            dtype=torch.long if discrete else torch.float32,
-            device=device,
-        )
-        logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-        # Rewards and episode ends arrive from the envs as numpy and GAE runs on the host.
-        rewards = np.zeros((args.num_steps, args.num_envs), np.float32)
-        episode_over = np.zeros((args.num_steps, args.num_envs), np.float32)
+            if run.checkpoint.get("previous_batch") is not None:
+                previous_batch = {
+                    k: v.to(run.device) for k, v in run.checkpoint["previous_batch"].items()
+                }
+        rollout = Rollout.allocate(args, agent, run.device)
 
         # Episodes in flight at a checkpoint restart on resume; the task and statistics carry
         # on (the first observations do not move the statistics of a resumed run: they are
@@ -635,255 +889,74 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         raw_obs, _ = envs.reset(seed=args.seed + global_step)
         for event in envs.shift_events:
             run.event(event["step"], event["event"], task=event["task"], params=event["params"])
-        to_device = HostToDevice((args.num_envs, obs_dim), device)  # pinned staging on CUDA
-        next_obs = to_device(obs_normalizer(raw_obs, update=run.checkpoint is None))
+        to_device = HostToDevice(tuple(rollout.obs.shape[1:]), run.device)  # pinned on CUDA
+        next_obs = to_device(agent.obs_normalizer(raw_obs, update=run.checkpoint is None))
         episodes = EpisodeStats(args.num_envs)
-
-        def greedy(obs: np.ndarray) -> np.ndarray:
-            """The policy's most likely action on one raw observation (what a clip films)."""
-            with torch.inference_mode():
-                x = torch.as_tensor(obs_normalizer(obs[None], update=False), device=device)
-                out = actor(x)[0][0]
-                if discrete:
-                    return out.argmax().cpu().numpy()
-                return np.clip(out.cpu().numpy(), action_space.low, action_space.high)
-
         clips = ClipRecorder.for_run(args, run.dir, run.logger.video)
         if clips is not None and run.checkpoint is None:
-            clips.record(0, "start", envs.task, greedy)
-        nonfinite = torch.zeros((), device=device)  # minibatch steps skipped in this update
+            clips.record(0, "start", envs.task, agent.greedy)
+        boundaries = TaskBoundaries(
+            diagnostics, args.diag.min_init_samples, args.diag.min_init_samples
+        )
+        if diagnostics.enabled and global_step == 0:
+            boundaries.begin(0, None, envs.task)
         bar = progress_bar(args.total_timesteps, global_step, f"ppo {args.env_id}")
         run.on_close(bar.close)
-        start_time, start_step = time.time(), global_step
-        # Diagnostics bookkeeping: where in the rollout a shift happened, the previous rollout's
-        # data (the last of a task, for its "end" measurement), and an init measurement postponed
-        # because too few post-shift samples were in the rollout that held the shift.
-        shift_in_rollout: dict | None = None
-        previous_batch: dict[str, Tensor] | None = None
-        if run.checkpoint is not None:  # a checkpoint at a task's end keeps its last rollout
-            saved_batch = run.checkpoint.get("previous_batch")
-            if saved_batch is not None:
-                previous_batch = {k: v.to(device) for k, v in saved_batch.items()}
-        end_nets: dict | None = None  # the networks as a task ended, taken before its shift
-        pending_init: dict | None = None
-        updates = 0
+        start_time, start_step, updates = time.time(), global_step, 0
         # Compiled at its first call (5-15 s); later calls with the same shapes reuse the graphs.
         ppo_loss = torch.compile(minibatch_loss) if args.compile else minibatch_loss
 
         while global_step + batch_size <= args.total_timesteps:
             if args.anneal_lr:
-                optimizer.param_groups[0]["lr"] = (
-                    1.0 - global_step / args.total_timesteps
-                ) * args.learning_rate
+                fraction_left = 1.0 - global_step / args.total_timesteps
+                agent.optimizer.param_groups[0]["lr"] = fraction_left * args.learning_rate
 
             # --- Rollout: act, step the (shifting) world, store transitions.
-            task_before_rollout, shift_in_rollout = envs.task, None
+            rollout.task, rollout.shift = envs.task, None
             if args.reset_every_rollout:  # new episodes; a shift due here comes with them
                 raw_obs, infos = envs.reset_episodes()
-                next_obs = to_device(obs_normalizer(raw_obs))
+                next_obs = to_device(agent.obs_normalizer(raw_obs))
                 if "shift" in infos:
-                    shift_in_rollout = {**infos["shift"], "index": 0}
-                    end_nets = snapshot(actor, critic) if diagnostics.enabled else None
-                    begin_task(infos["shift"], run, regularizer, clips, greedy)
+                    rollout.shift = begin_task(infos["shift"], 0, run, agent, clips)
             for step in range(args.num_steps):
-                obs_buffer[step] = next_obs
-                with torch.inference_mode():
-                    outputs, _ = actor(next_obs)
-                    if discrete:
-                        log_probs = outputs.log_softmax(-1)
-                        action = torch.multinomial(log_probs.exp(), 1).squeeze(-1)
-                        logprobs[step] = log_probs.gather(-1, action[:, None]).squeeze(-1)
-                        env_action = action.cpu().numpy()
-                    else:
-                        noise = torch.randn_like(outputs)
-                        action = outputs + actor.log_std.exp() * noise
-                        # log N(action; mean, std) with (action - mean) / std = noise: fewer ops.
-                        logprobs[step] = (-0.5 * noise.square() - actor.log_std).sum(
-                            -1
-                        ) - 0.5 * action.shape[-1] * LOG_2PI
-                        env_action = np.clip(
-                            action.cpu().numpy(), action_space.low, action_space.high
-                        )
-                    actions[step] = action
+                rollout.obs[step] = next_obs
+                rollout.actions[step], rollout.logprobs[step], env_action = agent.act(next_obs)
                 raw_obs, reward, terminated, truncated, infos = envs.step(env_action)
                 global_step += args.num_envs
                 done = terminated | truncated
                 # With --reset-every-rollout the episodes in flight end with the rollout.
-                cut = args.reset_every_rollout and step == args.num_steps - 1
-                episodes.step(reward, done | cut, run, global_step)
-
-                scaled_reward = reward_normalizer(reward / args.reward_divisor, done | cut)
-                # A truncated episode did not end in the MDP: bootstrap from its final
-                # observation's value (same-step autoreset puts it in infos["final_obs"];
-                # raw_obs is already the reset).
-                cut_short = np.flatnonzero(truncated & ~terminated)
-                if cut_short.size:
-                    final_obs = obs_normalizer(
-                        np.stack(infos["final_obs"][cut_short]), update=False
-                    )
-                    with torch.inference_mode():
-                        final_value = (
-                            critic(torch.from_numpy(final_obs).to(device))[0].cpu().numpy()
-                        )
-                    scaled_reward[cut_short] += args.gamma * final_value
-                rewards[step] = scaled_reward
-                episode_over[step] = done
-                next_obs = to_device(obs_normalizer(raw_obs))
-
+                cut = done | (args.reset_every_rollout and step == args.num_steps - 1)
+                episodes.step(reward, cut, run, global_step)
+                rollout.rewards[step] = agent.learning_rewards(
+                    reward, cut, truncated & ~terminated, infos
+                )
+                rollout.episode_over[step] = done
+                next_obs = to_device(agent.obs_normalizer(raw_obs))
                 if "shift" in infos:
-                    shift_in_rollout = {**infos["shift"], "index": step * args.num_envs}
-                    end_nets = snapshot(actor, critic) if diagnostics.enabled else None
-                    begin_task(infos["shift"], run, regularizer, clips, greedy)
+                    index = step * args.num_envs
+                    rollout.shift = begin_task(infos["shift"], index, run, agent, clips)
 
-            # --- Values of the whole rollout in one pass (the critic does not change while
-            # acting, so this equals evaluating it at every step, at a fraction of the cost),
-            # then GAE.
-            with torch.inference_mode():
-                values = critic(obs_buffer)[0]
-                next_value = critic(next_obs)[0]
-            advantages_np = generalized_advantages(
-                rewards,
-                values.cpu().numpy(),
-                next_value.cpu().numpy(),
-                episode_over,
-                args.gamma,
-                args.gae_lambda,
-            )
-            advantages = torch.from_numpy(advantages_np).to(device)
-            values = values.clone()  # a normal tensor: the update's value clipping reads it
-            if args.value_target == "gae":
-                returns = advantages + values
-            else:  # the discounted reward-to-go: GAE's recursion at lambda 1, plus the values
-                returns = values + torch.from_numpy(
-                    generalized_advantages(
-                        rewards, values.cpu().numpy(), next_value.cpu().numpy(), episode_over,
-                        args.gamma, 1.0,
-                    )
-                ).to(device)  # fmt: skip
-            if args.norm_adv and args.adv_norm_scope == "rollout":
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-            # --- Minibatch updates: PPO loss + the regularizer's penalty, then its moments.
-            b_obs = obs_buffer.reshape(-1, obs_dim)
-            batch = {
-                "obs": b_obs,
-                "actions": actions.reshape(batch_size, *action_shape),
-                "logprobs": logprobs.reshape(-1),
-                "advantages": advantages.reshape(-1),
-                "returns": returns.reshape(-1),
-                "values": values.reshape(-1),
-            }
+            # --- Advantages, then the task boundaries (before this rollout's update), then
+            # the minibatch updates.
+            batch = advantages_and_returns(args, agent, rollout, next_obs)
             if diagnostics.enabled:
-                # Task boundaries, measured before this rollout's update: "end" with the
-                # parameters that finished the old task, on its last rollout; "init" on the
-                # first post-shift data, before any update on it (docs/paper.md).
-                run_start = global_step - batch_size == 0
-                if shift_in_rollout is not None:
-                    cut = shift_in_rollout["index"]
-                    before = {k: v[:cut] for k, v in batch.items()}
-                    after = {k: v[cut:] for k, v in batch.items()}
-                    if run_start and cut > 0:
-                        diagnostics.boundary(0, {"init": probe(before)}, None, task_before_rollout)
-                    # "end" on the networks as the old task left them: a snapshot taken before
-                    # the shift's moment (a reset or shrink-perturb changes them there)
-                    probes = {}
-                    if previous_batch is not None:
-                        probes["end"] = probe(previous_batch, nets=end_nets)
-                    elif cut >= args.diag.min_init_samples:  # the run started here
-                        probes["end"] = probe(before, nets=end_nets)
-                    if batch_size - cut >= args.diag.min_init_samples:
-                        probes["init"] = probe(after)
-                    else:
-                        pending_init = shift_in_rollout
-                    diagnostics.boundary(
-                        shift_in_rollout["step"],
-                        probes,
-                        task_before_rollout,
-                        shift_in_rollout["task"] if "init" in probes else None,
-                    )
-                elif run_start:
-                    diagnostics.boundary(0, {"init": probe(batch)}, None, envs.task)
-                elif pending_init is not None:
-                    updates_since = (
-                        global_step - batch_size - pending_init["step"]
-                    ) // batch_size + 1
-                    diagnostics.boundary(
-                        global_step - batch_size,
-                        {"init": probe(batch, updates_since_shift=updates_since)},
-                        None,
-                        pending_init["task"],
-                    )
-                    pending_init = None
-
-            # The ER step (and any method acting "once per pass") sees the whole rollout.
-            features_on_rollout = functools.partial(hidden_features, actor, critic, b_obs)
-            clipfracs, regularizer_metrics = [], {}
-            for _epoch in range(args.update_epochs):
-                order = torch.randperm(batch_size, device=device)
-                for start in range(0, batch_size, minibatch_size):
-                    idx = order[start : start + minibatch_size]
-                    out = ppo_loss(actor, critic, batch, idx, args)
-                    clipfracs.append(out["clipfrac"])
-                    penalty = regularizer.penalty(
-                        {"actor": out["actor_features"], "critic": out["critic_features"]}
-                    )
-                    loss = out["loss"] + penalty
-
-                    # A loss that is not finite skips its step rather than write NaN into the
-                    # weights, with no host read: fused Adam's found_inf (GradScaler's hook)
-                    # leaves parameters and moments as they were. Counted, read with the
-                    # update's statistics below.
-                    skipped = (~torch.isfinite(loss.detach())).float()
-                    nonfinite = nonfinite + skipped
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if args.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
-                    regularizer.before_step()  # L2's decay, after clipping (as weight_decay)
-                    optimizer.found_inf = skipped
-                    optimizer.step()
-                    pass_end = start + minibatch_size >= batch_size
-                    regularizer_metrics.update(
-                        regularizer.after_update(features_on_rollout, pass_end)
-                    )
-
-                # (A host read per epoch, only with --target-kl: early stopping needs it.)
-                if args.target_kl is not None and out["approx_kl"] > args.target_kl:
-                    break
-
+                rollout_start = global_step - batch_size
+                measure_boundaries(boundaries, agent, rollout, batch, previous_batch, rollout_start)
+            stats, regularizer_metrics = ppo_update(args, agent, batch, ppo_loss)
             updates += 1
             if diagnostics.enabled:
                 previous_batch = {k: v.clone() for k, v in batch.items()}
                 if diagnostics.due(updates):
-                    diagnostics.periodic(global_step, probe(batch))
+                    diagnostics.periodic(global_step, agent.probe(batch))
 
-            # --- Logging, divergence check, checkpoints: the update's statistics in one read.
-            with torch.no_grad():
-                var_returns = batch["returns"].var()
-                unexplained = (batch["returns"] - batch["values"]).var() / var_returns
-                stats = {
-                    "losses/value_loss": out["v_loss"], "losses/policy_loss": out["pg_loss"],
-                    "losses/entropy": out["entropy"], "losses/old_approx_kl": out["old_approx_kl"],
-                    "losses/approx_kl": out["approx_kl"], "losses/clipfrac": torch.stack(clipfracs).mean(),
-                    "losses/explained_variance": torch.where(var_returns > 0, 1 - unexplained, torch.nan),
-                    "regularizer/penalty": penalty, "skipped": nonfinite,
-                }  # fmt: skip
-                read = torch.stack([value.detach().float() for value in stats.values()]).tolist()
-                stats = dict(zip(stats, read, strict=True))
-            if skipped := stats.pop("skipped"):
-                message = f"{skipped:.0f} minibatch losses were not finite; skipped"
-                run.event(global_step, "warning", message=message)
-                if not all(torch.isfinite(p).all() for p in parameters):
-                    raise Diverged(global_step, "parameters became non-finite")
-                if skipped >= len(clipfracs):
-                    raise Diverged(global_step, "every minibatch loss of the update was not finite")
-            nonfinite = torch.zeros((), device=device)
+            # --- Logging, divergence check, checkpoints.
+            check_skipped(run, global_step, stats, agent)
             sps = int((global_step - start_step) / (time.time() - start_time))
             run.log(
                 global_step,
                 {
                     **episodes.rollout_return(),
-                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                    "charts/learning_rate": agent.optimizer.param_groups[0]["lr"],
                     "charts/SPS": sps,
                     "charts/task": envs.task,
                     **stats,
@@ -894,13 +967,18 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
             bar.set_postfix(sps=sps, task=envs.task, ret=episodes.summary())
             # A consistent point: the update is done and the next rollout not begun.
             if stop.requested:
-                run.stop_here(global_step, checkpoint_state())
+                run.stop_here(
+                    global_step, checkpoint_state(agent, global_step, envs.task, previous_batch)
+                )
             if run.checkpoint_due(global_step):
-                run.save(global_step, checkpoint_state())
-        if previous_batch is not None:
-            diagnostics.boundary(global_step, {"end": probe(previous_batch)}, envs.task, None)
+                run.save(
+                    global_step, checkpoint_state(agent, global_step, envs.task, previous_batch)
+                )
+        if diagnostics.enabled:
+            end = agent.probe(previous_batch) if previous_batch is not None else None
+            boundaries.finish(global_step, envs.task, end)
         if clips is not None:
-            clips.record(global_step, "end", envs.task, greedy)
-        run.finish(global_step, checkpoint_state())
+            clips.record(global_step, "end", envs.task, agent.greedy)
+        run.finish(global_step, checkpoint_state(agent, global_step, envs.task, previous_batch))
         diagnostics.finish(global_step)
     return run.dir

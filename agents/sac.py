@@ -47,13 +47,20 @@ from agents.networks import ARCHITECTURE_FLAGS, Activation, Init, SquashedGaussi
 from agents.progress import EpisodeStats, progress_bar
 from agents.replay import ReplayBuffer
 from agents.run import Diverged, HostToDevice, Run
-from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
+from diagnostics import (
+    Diagnostics,
+    DiagnosticsConfig,
+    DiagnosticsFlags,
+    LossClosure,
+    Probe,
+    TaskBoundaries,
+)
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME
 from envs import PhysicsFlags, ShiftFlags, learner_envs
 from envs.video import ClipRecorder, VideoFlags, check_video_flags
 from envs.video import unused_flags as unused_video_flags
-from regularizers import ERankConfig, RegularizerFlags, build_regularizer
+from regularizers import ERankConfig, Regularizer, RegularizerFlags, build_regularizer
 from validation import ConfigError, require, require_all, require_widths
 
 LOG_2PI = math.log(2 * math.pi)
@@ -321,20 +328,6 @@ def hidden_features(nets: Nets, data: dict[str, Tensor], n: int) -> dict[str, li
     }
 
 
-@dataclass
-class PendingBoundary:
-    """A task boundary whose init measurement waits for post-shift transitions. The init is
-    measured on the first transitions of the new task with `nets`, the parameters of the
-    moment the task started (so before any update on it), once enough have been stored."""
-
-    step: int
-    task_end: int | None
-    task_init: int
-    end: Probe | None
-    nets: Nets
-    collected: int = 0
-
-
 def stream_seed(seed: int, index: int) -> int:
     """The seed of network `index`'s regularizer: its own stream, derived from the run's."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -415,28 +408,42 @@ LEARNER = Learner(
 )
 
 
-def train(args: Args, resumed: Resumed | None = None) -> Path:
-    """Run SAC as configured; return the run directory."""
-    check_args(args)
-    regularizers = {"actor": build_regularizer(args), "critic": build_regularizer(args)}
-    envs = learner_envs(args, "SAC", bounded_actions=True)
-    run = Run.start_rl(args, LEARNER, envs, resumed)
-    device = run.device
-    obs_dim = envs.single_observation_space.shape[0]
-    act_dim = envs.single_action_space.shape[0]
-    action_low, action_high = envs.single_action_space.low, envs.single_action_space.high
-    num_envs = args.num_envs
+# --- The agent and the steps of the loop ---------------------------------------------------------
 
-    with run.training() as stop:
+
+@dataclass
+class SACAgent:
+    """What SAC learns and keeps: the actor, the twin critic and its target, their optimizers,
+    the entropy temperature, one regularizer per network and the diagnostics (what a checkpoint
+    saves), and how it acts."""
+
+    args: Args
+    actor: SquashedGaussianActor
+    critic: TwinCritic
+    critic_target: TwinCritic
+    actor_optimizer: torch.optim.Optimizer
+    q_optimizer: torch.optim.Optimizer
+    log_alpha: Tensor
+    alpha_optimizer: torch.optim.Optimizer | None
+    alpha: Tensor
+    """exp(log_alpha), kept on the device: reading it never waits for the device"""
+    target_entropy: float
+    regularizers: dict[str, Regularizer]
+    diagnostics: Diagnostics
+    device: torch.device
+
+    @classmethod
+    def build(cls, args: Args, envs, run: Run) -> SACAgent:
+        device = run.device
+        obs_dim = envs.single_observation_space.shape[0]
+        act_dim = envs.single_action_space.shape[0]
+        low, high = envs.single_action_space.low, envs.single_action_space.high
+        regularizers = {"actor": build_regularizer(args), "critic": build_regularizer(args)}
         # Architecture flags, with what the regularizer needs switched on (layernorm-l2).
-        net_options = regularizers["critic"].network_options(layer_norm=args.layer_norm)
-        actor = SquashedGaussianActor(
-            obs_dim, act_dim, args.hidden_sizes, args.activation, args.init,
-            action_low, action_high, **net_options,
-        ).to(device)  # fmt: skip
-        critic = TwinCritic(
-            obs_dim, act_dim, args.hidden_sizes, args.activation, args.init, **net_options
-        ).to(device)
+        net = (args.hidden_sizes, args.activation, args.init)
+        options = regularizers["critic"].network_options(layer_norm=args.layer_norm)
+        actor = SquashedGaussianActor(obs_dim, act_dim, *net, low, high, **options).to(device)
+        critic = TwinCritic(obs_dim, act_dim, *net, **options).to(device)
         critic_target = copy.deepcopy(critic).requires_grad_(False)
         # The fused kernel does Adam's arithmetic for all tensors in one pass (CPU and CUDA).
         adam = functools.partial(
@@ -447,162 +454,363 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         )
         actor_optimizer = adam(actor.parameters(), lr=args.policy_lr)
         q_optimizer = adam(critic.parameters(), lr=args.q_lr)
-        # Automatic entropy tuning: log alpha starts at 0 (alpha = 1), as CleanRL's. alpha
-        # stays a tensor on the device, so reading it never waits for the device.
+        # Automatic entropy tuning: log alpha starts at 0 (alpha = 1), as CleanRL's.
         target_entropy = -float(act_dim) if args.target_entropy is None else args.target_entropy
         log_alpha = torch.zeros((), device=device, requires_grad=True)
         alpha_optimizer = adam([log_alpha], lr=args.alpha_lr) if args.autotune else None
         alpha = (
             log_alpha.detach().exp() if args.autotune else torch.tensor(args.alpha, device=device)
         )
-
         # One regularizer per network, each attached with that network's optimizer and its own
         # random stream: the critic's moments run around critic updates and the actor's around
         # actor updates, so L2's decay never touches the other network's stale gradients and
         # L2-Init's penalty of one network is never part of the other's loss.
         regularizers["actor"].attach({"actor": actor}, actor_optimizer, stream_seed(args.seed, 0))
         regularizers["critic"].attach({"critic": critic}, q_optimizer, stream_seed(args.seed, 1))
-        buffer = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
         diagnostics = Diagnostics(args, run.logger, args.seed)
         diagnostics.attach({"actor": actor, "critic": critic})
+        return cls(
+            args, actor, critic, critic_target, actor_optimizer, q_optimizer, log_alpha,
+            alpha_optimizer, alpha, target_entropy, regularizers, diagnostics, device,
+        )  # fmt: skip
 
+    def act(self, obs: Tensor) -> Tensor:
+        """The policy's sampled action per env."""
+        with torch.inference_mode():
+            noise = torch.randn((len(obs), self.actor.action_scale.numel()), device=self.device)
+            out = self.actor(obs)[0]
+            return squashed_gaussian(out, noise, self.actor.action_scale, self.actor.action_bias)[0]
+
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """The policy's deterministic action tanh(mean), scaled (what a clip films)."""
+        with torch.inference_mode():
+            out = self.actor(torch.as_tensor(obs[None], dtype=torch.float32, device=self.device))[0]
+            mean = out[:, : self.actor.action_scale.numel()]
+            return (
+                (torch.tanh(mean) * self.actor.action_scale + self.actor.action_bias)[0]
+                .cpu()
+                .numpy()
+            )
+
+    def nets(self) -> Nets:
+        """The live networks, as the diagnostics read them."""
+        return Nets(self.actor, self.critic, self.critic_target, self.alpha)
+
+    def snapshot(self) -> Nets:
+        """Copies of the networks and alpha, with the optimizers copied over the copies."""
+        return self.nets().snapshot(self.actor_optimizer, self.q_optimizer)
+
+    def check_finite(self, step: int, losses: Tensor) -> None:
+        """Stop with a clear error once a loss or a weight is not finite (checked at log points
+        and before checkpoints, not per update: a NaN spreads and stays)."""
+        if not bool(torch.isfinite(losses).all()):
+            raise Diverged(step, f"a loss was not finite ({losses.tolist()})")
+        for name, net in (("actor", self.actor), ("critic", self.critic)):
+            if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+                raise Diverged(step, f"the {name}'s weights became non-finite")
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().cpu(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "q_optimizer": self.q_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict() if self.alpha_optimizer else None,
+            "regularizer": {name: reg.state_dict() for name, reg in self.regularizers.items()},
+            "diagnostics": self.diagnostics.state_dict(),
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.actor.load_state_dict(saved["actor"])
+        self.critic.load_state_dict(saved["critic"])
+        self.critic_target.load_state_dict(saved["critic_target"])
+        restore_optimizer(self.actor_optimizer, saved["actor_optimizer"])
+        restore_optimizer(self.q_optimizer, saved["q_optimizer"])
+        with torch.no_grad():
+            self.log_alpha.copy_(saved["log_alpha"])
+        if self.alpha_optimizer is not None:
+            restore_optimizer(self.alpha_optimizer, saved["alpha_optimizer"])
+            self.alpha = self.log_alpha.detach().exp()
+        for name, regularizer in self.regularizers.items():
+            regularizer.load_state_dict(saved["regularizer"][name])
+        self.diagnostics.load_state_dict(saved["diagnostics"])
+
+
+def critic_features(critic: TwinCritic, obs_actions: Tensor) -> dict[str, list[Tensor]]:
+    return {"critic": critic(obs_actions)[1]}
+
+
+def actor_features(actor: SquashedGaussianActor, obs: Tensor) -> dict[str, list[Tensor]]:
+    return {"actor": actor(obs)[1]}
+
+
+def critic_update(agent: SACAgent, batch: dict[str, Tensor]) -> tuple[dict, dict]:
+    """One step of the twin critic: TD regression on the soft target (no gradient through it)
+    plus its regularizer's penalty, then its moments. Returns the step's losses (tensors, read
+    at log points) and the regularizer's metrics."""
+    actor, critic, regularizer = agent.actor, agent.critic, agent.regularizers["critic"]
+    with torch.no_grad():
+        next_obs = batch["next_obs"]
+        noise = torch.randn((len(next_obs), actor.action_scale.numel()), device=agent.device)
+        next_action, next_log_pi = squashed_gaussian(
+            actor(next_obs)[0], noise, actor.action_scale, actor.action_bias
+        )
+        next_q, _ = agent.critic_target(torch.cat([next_obs, next_action], 1))
+        targets = soft_td_target(
+            batch["rewards"],
+            batch["terminated"],
+            next_q,
+            next_log_pi,
+            agent.alpha,
+            agent.args.gamma,
+        )
+    q_values, features = critic(batch["obs_actions"])
+    qf_losses = (q_values - targets).square().mean(1)
+    penalty = regularizer.penalty({"critic": features})
+    agent.q_optimizer.zero_grad(set_to_none=True)
+    (qf_losses.sum() + penalty).backward()
+    regularizer.before_step()
+    agent.q_optimizer.step()
+    # The ER step (and any method acting after updates) sees this update's batch.
+    metrics = regularizer.after_update(
+        functools.partial(critic_features, critic, batch["obs_actions"]), pass_end=True
+    )
+    losses = {
+        "qf_losses": qf_losses.detach(),
+        "q_values": q_values.detach().mean(1),
+        "critic_penalty": penalty.detach(),
+    }
+    return losses, metrics
+
+
+def actor_update(agent: SACAgent, batch: dict[str, Tensor]) -> tuple[dict, dict]:
+    """One step of the actor (through the critic's detached weights) plus its regularizer's
+    penalty, then its moments; then alpha's step on the same log-probabilities (autotune)."""
+    actor, regularizer = agent.actor, agent.regularizers["actor"]
+    out, features = actor(batch["obs"])
+    noise = torch.randn((len(batch["obs"]), actor.action_scale.numel()), device=agent.device)
+    pi, log_pi = squashed_gaussian(out, noise, actor.action_scale, actor.action_bias)
+    q_pi = agent.critic.frozen(torch.cat([batch["obs"], pi], 1))
+    penalty = regularizer.penalty({"actor": features})
+    actor_loss = actor_objective(log_pi, q_pi, agent.alpha)
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    (actor_loss + penalty).backward()
+    regularizer.before_step()
+    agent.actor_optimizer.step()
+    metrics = regularizer.after_update(
+        functools.partial(actor_features, actor, batch["obs"]), pass_end=True
+    )
+    losses = {
+        "actor_loss": actor_loss.detach(),
+        "entropy": -log_pi.detach().mean(),
+        "actor_penalty": penalty.detach(),
+    }
+    if agent.alpha_optimizer is not None:
+        alpha_loss = alpha_objective(agent.log_alpha, log_pi, agent.target_entropy)
+        agent.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        agent.alpha_optimizer.step()
+        agent.alpha = agent.log_alpha.detach().exp()
+        losses["alpha_loss"] = alpha_loss.detach()
+    return losses, metrics
+
+
+def store_step(
+    buffer: ReplayBuffer,
+    to_device: HostToDevice,
+    obs: Tensor,
+    action: Tensor,
+    step: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict],
+) -> Tensor:
+    """Store one vector-env step's transitions; return the next observations on the device. A
+    finished episode's transition ends at its real final observation (same-step autoreset put
+    the next episode's first one in the step's observations)."""
+    raw_next_obs, reward, terminated, done, infos = step
+    obs_dim = raw_next_obs.shape[1]
+    # [reward, terminated, final obs, next obs] per env: the one host-to-device copy
+    outcome = np.empty((len(reward), 2 + 2 * obs_dim), np.float32)
+    outcome[:, 0] = reward
+    outcome[:, 1] = terminated
+    outcome[:, 2 : 2 + obs_dim] = raw_next_obs
+    outcome[:, 2 + obs_dim :] = raw_next_obs
+    for i in np.flatnonzero(done):
+        outcome[i, 2 : 2 + obs_dim] = infos["final_obs"][i]
+    outcome_t = to_device(outcome)
+    buffer.add(obs, action, outcome_t[:, : 2 + obs_dim])
+    return outcome_t[:, 2 + obs_dim :]
+
+
+def sac_probe(
+    args: Args, buffer: ReplayBuffer, nets: Nets, rows: Tensor, step: int, **note
+) -> Probe:
+    """The diagnostics' view of a block of transitions (copies) with the given networks. The
+    noise of the sampled actions comes from a generator of its own, so measuring never draws
+    from the run's random streams."""
+    data = buffer.unpack(rows.clone())
+    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    noise = torch.randn((2, len(rows), buffer.act_dim), generator=generator).to(rows.device)
+    return Probe(
+        closures=functools.partial(loss_closures, nets, data, noise, args.gamma),
+        features=functools.partial(hidden_features, nets, data),
+        size=len(rows),
+        note=note,
+        nets={"actor": nets.actor, "critic": nets.critic},
+        optimizers=nets.optimizers,
+    )
+
+
+def task_end_probe(
+    args: Args, buffer: ReplayBuffer, nets: Nets, step: int, task_start: int, wanted: int
+) -> Probe | None:
+    """The last transitions of the task that ends at `step` (up to `wanted`; all stored
+    already), or None when the buffer holds too few of them."""
+    n = min(wanted, step - task_start, buffer.size)
+    if n < max(1, args.diag.min_init_samples):
+        return None
+    return sac_probe(args, buffer, nets, buffer.recent(n), step)
+
+
+def task_init_probe(args: Args, buffer: ReplayBuffer, boundaries: TaskBoundaries) -> Probe | None:
+    """The waiting boundary's init: the new task's first transitions (the newest ones, up to
+    the number it waits for) with the networks as the task began; None when too few arrived."""
+    n = min(boundaries.available(), buffer.size)
+    if n < max(1, boundaries.min_samples):
+        return None
+    waiting = boundaries.waiting
+    return sac_probe(args, buffer, waiting.nets, buffer.recent(n), waiting.step, samples=n)
+
+
+def begin_task(
+    shift: dict,
+    run: Run,
+    agent: SACAgent,
+    buffer: ReplayBuffer,
+    boundaries: TaskBoundaries,
+    clips: ClipRecorder | None,
+    task_start: int,
+) -> None:
+    """A task starts (the transitions of this step already belong to it): its event and clips,
+    the old task's end measured on the networks that finished it (a boundary still waiting for
+    its init gets it on what arrived: shifts closer than --diag.batch-size), the regularizers'
+    moment, the buffer kept or flushed, and the new boundary waits for its init."""
+    run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
+    if clips is not None:
+        clips.shift(shift["step"], shift["task"], agent.greedy)
+    end = None
+    if boundaries.enabled:
+        boundaries.measure(task_init_probe(agent.args, buffer, boundaries))
+        end = task_end_probe(
+            agent.args, buffer, agent.snapshot(), shift["step"], task_start, boundaries.wanted
+        )
+    shift_metrics = {}
+    for regularizer in agent.regularizers.values():
+        shift_metrics.update(regularizer.on_shift())
+    if shift_metrics:
+        run.log(shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()})
+    if agent.args.buffer_at_shift == "flush":
+        buffer.clear()
+    if boundaries.enabled:
+        boundaries.begin(shift["step"], shift["task"] - 1, shift["task"], end, agent.snapshot())
+
+
+def loss_scalars(agent: SACAgent, last: dict[str, Tensor], step: int) -> dict[str, float]:
+    """The latest losses, read in one device sync, as the run's scalars (stops the run when
+    one is not finite)."""
+    if "actor_loss" not in last:
+        return {}
+    no_alpha_loss = torch.zeros((), device=agent.device)
+    values = torch.stack([
+        *last["qf_losses"], *last["q_values"], last["actor_loss"], last["entropy"], agent.alpha,
+        last.get("alpha_loss", no_alpha_loss), last["critic_penalty"], last["actor_penalty"],
+    ])  # fmt: skip
+    agent.check_finite(step, values)
+    qf1, qf2, q1, q2, actor_loss, entropy, alpha, alpha_loss, critic_penalty, actor_penalty = (
+        values.tolist()
+    )
+    scalars = {
+        "losses/qf1_values": q1, "losses/qf2_values": q2,
+        "losses/qf1_loss": qf1, "losses/qf2_loss": qf2, "losses/qf_loss": (qf1 + qf2) / 2,
+        "losses/actor_loss": actor_loss, "losses/entropy": entropy, "losses/alpha": alpha,
+        "regularizer/critic_penalty": critic_penalty, "regularizer/actor_penalty": actor_penalty,
+    }  # fmt: skip
+    if agent.alpha_optimizer is not None:
+        scalars["losses/alpha_loss"] = alpha_loss
+    return scalars
+
+
+def check_critic(agent: SACAgent, last: dict[str, Tensor], step: int) -> None:
+    """Before a checkpoint: the critic's latest losses and values are finite."""
+    if "qf_losses" in last:
+        agent.check_finite(step, torch.cat([last["qf_losses"], last["q_values"]]))
+
+
+def checkpoint_state(agent: SACAgent, buffer: ReplayBuffer, progress: dict) -> dict:
+    buffer_state = buffer.state_dict() if agent.args.save_buffer else None
+    return {**progress, **agent.state_dict(), "rng": rng_state(), "buffer": buffer_state}
+
+
+# --- The training loop ---------------------------------------------------------------------------
+
+
+def train(args: Args, resumed: Resumed | None = None) -> Path:
+    """Run SAC as configured; return the run directory."""
+    check_args(args)
+    envs = learner_envs(args, "SAC", bounded_actions=True)
+    run = Run.start_rl(args, LEARNER, envs, resumed)
+    device, num_envs = run.device, args.num_envs
+    with run.training() as stop:
+        agent = SACAgent.build(args, envs, run)
+        diagnostics = agent.diagnostics
+        obs_dim = envs.single_observation_space.shape[0]
+        buffer = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
         global_step, updates, task_start = 0, 0, 0
         if run.checkpoint is not None:
             saved = run.checkpoint
-            actor.load_state_dict(saved["actor"])
-            critic.load_state_dict(saved["critic"])
-            critic_target.load_state_dict(saved["critic_target"])
-            restore_optimizer(actor_optimizer, saved["actor_optimizer"])
-            restore_optimizer(q_optimizer, saved["q_optimizer"])
-            with torch.no_grad():
-                log_alpha.copy_(saved["log_alpha"])
-            if alpha_optimizer is not None:
-                restore_optimizer(alpha_optimizer, saved["alpha_optimizer"])
-                alpha = log_alpha.detach().exp()
-            for name, regularizer in regularizers.items():
-                regularizer.load_state_dict(saved["regularizer"][name])
+            agent.load_state_dict(saved)
             if saved.get("buffer") is not None:
                 buffer.load_state_dict(saved["buffer"])
-            diagnostics.load_state_dict(saved["diagnostics"])
             set_rng_state(saved["rng"])
-            global_step, updates = saved["global_step"], saved["updates"]
-            task_start = saved["task_start"]
+            global_step, updates, task_start = (
+                saved["global_step"],
+                saved["updates"],
+                saved["task_start"],
+            )
             envs.set_global_step(global_step)
-        live = Nets(actor, critic, critic_target, alpha)
-
-        def snapshot() -> Nets:
-            return live.snapshot(actor_optimizer, q_optimizer)
-
-        # Transitions per boundary measurement: the last ones of a task ("end") and the first
-        # ones of the next ("init"), as PPO's last and first rollouts.
-        boundary_samples = min(args.diag.batch_size, args.buffer_size)
-
-        def probe(nets: Nets, rows: Tensor, step: int, **note: float) -> Probe:
-            """The diagnostics' view of a block of transitions (copies) with the given networks.
-            The noise of the sampled actions comes from a generator of its own, so measuring
-            never draws from the run's random streams."""
-            data = buffer.unpack(rows.clone())
-            generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-            noise = torch.randn((2, len(rows), act_dim), generator=generator).to(device)
-            return Probe(
-                closures=functools.partial(loss_closures, nets, data, noise, args.gamma),
-                features=functools.partial(hidden_features, nets, data),
-                size=len(rows),
-                note=note,
-                nets={"actor": nets.actor, "critic": nets.critic},
-                optimizers=nets.optimizers,
-            )
-
-        def task_probe(nets: Nets, step: int) -> Probe | None:
-            """The last transitions of the task that ends at `step` (up to boundary_samples; all
-            stored already), or None when the buffer holds too few of them."""
-            n = min(boundary_samples, step - task_start, buffer.size)
-            if n < max(1, args.diag.min_init_samples):
-                return None
-            return probe(nets, buffer.recent(n), step)
-
-        pending: PendingBoundary | None = None
-
-        def measure_pending() -> None:
-            """Measure the pending boundary: its end probe, and its init on the post-shift
-            transitions stored so far (when there are enough)."""
-            nonlocal pending
-            if pending is None:
-                return
-            probes = {"end": pending.end} if pending.end is not None else {}
-            n = min(pending.collected, boundary_samples, buffer.size)
-            if n >= max(1, args.diag.min_init_samples):
-                probes["init"] = probe(pending.nets, buffer.recent(n), pending.step, samples=n)
-            diagnostics.boundary(
-                pending.step,
-                probes,
-                pending.task_end,
-                pending.task_init if "init" in probes else None,
-            )
-            pending = None
-
-        def checkpoint_state() -> dict:
-            return {
-                "global_step": global_step,
-                "task": envs.task,
-                "task_start": task_start,
-                "updates": updates,
-                "actor": actor.state_dict(),
-                "critic": critic.state_dict(),
-                "critic_target": critic_target.state_dict(),
-                "log_alpha": log_alpha.detach().cpu(),
-                "actor_optimizer": actor_optimizer.state_dict(),
-                "q_optimizer": q_optimizer.state_dict(),
-                "alpha_optimizer": alpha_optimizer.state_dict() if alpha_optimizer else None,
-                "regularizer": {name: reg.state_dict() for name, reg in regularizers.items()},
-                "diagnostics": diagnostics.state_dict(),
-                "rng": rng_state(),
-                "buffer": buffer.state_dict() if args.save_buffer else None,
-            }
-
-        def check_finite(losses: Tensor) -> None:
-            """Stop with a clear error once a loss or a weight is not finite (checked at log
-            points and before checkpoints, not per update: a NaN spreads and stays)."""
-            if not bool(torch.isfinite(losses).all()):
-                raise Diverged(global_step, f"a loss was not finite ({losses.tolist()})")
-            for name, net in (("actor", actor), ("critic", critic)):
-                if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
-                    raise Diverged(global_step, f"the {name}'s weights became non-finite")
 
         # Episodes in flight at a checkpoint restart on resume; the task and the buffer carry on.
         raw_obs, _ = envs.reset(seed=args.seed + global_step)
         for event in envs.shift_events:
             run.event(event["step"], event["event"], task=event["task"], params=event["params"])
         if run.checkpoint is not None and run.checkpoint.get("buffer") is None:
-            run.event(
-                global_step,
-                "warning",
-                message="resumed without a saved replay buffer (--save-buffer): updates wait "
-                "until it holds --learning-starts transitions",
+            message = (
+                "resumed without a saved replay buffer (--save-buffer): updates wait until it "
+                "holds --learning-starts transitions"
             )
+            run.event(global_step, "warning", message=message)
         obs = torch.from_numpy(raw_obs.astype(np.float32)).to(device)
         # Each step's [reward, terminated, final obs, next obs] rows, through pinned memory on CUDA.
         to_device = HostToDevice((num_envs, 2 + 2 * obs_dim), device)
-        low = torch.as_tensor(action_low, dtype=torch.float32, device=device)
-        width = torch.as_tensor(action_high - action_low, dtype=torch.float32, device=device)
-        critic_params, target_params = list(critic.parameters()), list(critic_target.parameters())
+        space = envs.single_action_space
+        low = torch.as_tensor(space.low, dtype=torch.float32, device=device)
+        width = torch.as_tensor(space.high - space.low, dtype=torch.float32, device=device)
+        critic_params = list(agent.critic.parameters())
+        target_params = list(agent.critic_target.parameters())
         episodes = EpisodeStats(num_envs)
-
-        def greedy(obs: np.ndarray) -> np.ndarray:
-            """The policy's deterministic action tanh(mean), scaled (what a clip films)."""
-            with torch.inference_mode():
-                out = actor(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0]
-                squashed = torch.tanh(out[:, :act_dim]) * actor.action_scale + actor.action_bias
-                return squashed[0].cpu().numpy()
-
         clips = ClipRecorder.for_run(args, run.dir, run.logger.video)
         if clips is not None and run.checkpoint is None:
-            clips.record(0, "start", envs.task, greedy)
+            clips.record(0, "start", envs.task, agent.greedy)
+        # Transitions per boundary measurement: the last ones of a task ("end") and the first
+        # ones of the next ("init"), as PPO's last and first rollouts.
+        boundaries = TaskBoundaries(
+            diagnostics, min(args.diag.batch_size, args.buffer_size), args.diag.min_init_samples
+        )
+        if diagnostics.enabled and global_step == 0:
+            boundaries.begin(0, None, envs.task, nets=agent.snapshot())
         last: dict[str, Tensor] = {}  # the latest losses, read (one device sync) at log points
         regularizer_metrics: dict[str, float] = {}
         next_log = (global_step // args.log_every + 1) * args.log_every
-        if diagnostics.enabled and global_step == 0:
-            pending = PendingBoundary(0, None, envs.task, None, snapshot())
         bar = progress_bar(args.total_timesteps, global_step, f"sac {args.env_id}")
         run.on_close(bar.close)
         start_time, start_step = time.perf_counter(), global_step
@@ -611,147 +819,44 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         while global_step + num_envs <= args.total_timesteps:
             # --- Act: uniformly random before learning starts, then the policy's sample.
             if global_step < args.learning_starts:
-                action = low + width * torch.rand((num_envs, act_dim), device=device)
+                action = low + width * torch.rand((num_envs, width.numel()), device=device)
             else:
-                with torch.inference_mode():
-                    noise = torch.randn((num_envs, act_dim), device=device)
-                    action, _ = squashed_gaussian(
-                        actor(obs)[0], noise, actor.action_scale, actor.action_bias
-                    )
+                action = agent.act(obs)
             raw_next_obs, reward, terminated, truncated, infos = envs.step(action.cpu().numpy())
             global_step += num_envs
+            if "shift" in infos:  # the transitions of this step already belong to the new task
+                begin_task(infos["shift"], run, agent, buffer, boundaries, clips, task_start)
+                task_start = infos["shift"]["step"]
 
-            # --- A shift: the transitions of this step already belong to the new task.
-            if "shift" in infos:
-                shift = infos["shift"]
-                run.event(shift["step"], "shift", task=shift["task"], params=shift["params"])
-                if clips is not None:
-                    clips.shift(shift["step"], shift["task"], greedy)
-                end_probe = None
-                if diagnostics.enabled:
-                    measure_pending()  # shifts closer than boundary_samples: init on fewer
-                    end_probe = task_probe(snapshot(), shift["step"])
-                shift_metrics = {}
-                for regularizer in regularizers.values():
-                    shift_metrics.update(regularizer.on_shift())
-                if shift_metrics:
-                    run.log(
-                        shift["step"], {f"regularizer/{k}": v for k, v in shift_metrics.items()}
-                    )
-                if args.buffer_at_shift == "flush":
-                    buffer.clear()
-                if diagnostics.enabled:
-                    pending = PendingBoundary(
-                        shift["step"], shift["task"] - 1, shift["task"], end_probe, snapshot()
-                    )
-                task_start = shift["step"]
-
-            # --- Store: a finished episode's transition ends at its real final observation
-            # (same-step autoreset put the next episode's first one in raw_next_obs).
+            # --- Store, and measure a boundary's init once enough of its task has arrived.
             done = terminated | truncated
-            outcome = np.empty((num_envs, 2 + 2 * obs_dim), np.float32)
-            outcome[:, 0] = reward
-            outcome[:, 1] = terminated
-            outcome[:, 2 : 2 + obs_dim] = raw_next_obs
-            outcome[:, 2 + obs_dim :] = raw_next_obs
-            for i in np.flatnonzero(done):
-                outcome[i, 2 : 2 + obs_dim] = infos["final_obs"][i]
-            outcome_t = to_device(outcome)  # the one host-to-device copy
-            buffer.add(obs, action, outcome_t[:, : 2 + obs_dim])
-            obs = outcome_t[:, 2 + obs_dim :]
-            if pending is not None:
-                pending.collected += num_envs
-                if pending.collected >= boundary_samples:
-                    measure_pending()
+            step = (raw_next_obs, reward, terminated, done, infos)
+            obs = store_step(buffer, to_device, obs, action, step)
+            if boundaries.arrived(num_envs):
+                boundaries.measure(task_init_probe(args, buffer, boundaries))
             episodes.step(reward, done, run, global_step)
 
-            # --- Updates, once the buffer holds --learning-starts transitions.
+            # --- Updates, once the buffer holds --learning-starts transitions: the critic, the
+            # actor and alpha delayed (policy_frequency updates at once, as CleanRL), the target.
             if buffer.size >= max(1, args.learning_starts):
                 for _ in range(args.updates_per_step):
                     updates += 1
                     rows = buffer.sample(args.batch_size)
                     batch = buffer.unpack(rows)
-
-                    # Critic: twin TD regression on the soft target (no gradient through it).
-                    with torch.no_grad():
-                        next_obs = batch["next_obs"]
-                        next_out, _ = actor(next_obs)
-                        next_action, next_log_pi = squashed_gaussian(
-                            next_out,
-                            torch.randn((len(next_obs), act_dim), device=device),
-                            actor.action_scale,
-                            actor.action_bias,
-                        )
-                        next_q, _ = critic_target(torch.cat([next_obs, next_action], 1))
-                        targets = soft_td_target(
-                            batch["rewards"],
-                            batch["terminated"],
-                            next_q,
-                            next_log_pi,
-                            alpha,
-                            args.gamma,
-                        )
-                    q_values, critic_features = critic(batch["obs_actions"])
-                    qf_losses = (q_values - targets).square().mean(1)
-                    critic_penalty = regularizers["critic"].penalty({"critic": critic_features})
-                    qf_loss = qf_losses.sum() + critic_penalty
-                    q_optimizer.zero_grad(set_to_none=True)
-                    qf_loss.backward()
-                    regularizers["critic"].before_step()
-                    q_optimizer.step()
-                    # The ER step (and any method acting after updates) sees this update's batch.
-                    critic_metrics = regularizers["critic"].after_update(
-                        lambda batch=batch: {"critic": critic(batch["obs_actions"])[1]},
-                        pass_end=True,
-                    )
-                    last.update(
-                        qf_losses=qf_losses.detach(),
-                        q_values=q_values.detach().mean(1),
-                        critic_penalty=critic_penalty.detach(),
-                    )
-                    regularizer_metrics.update(critic_metrics)
-
-                    # Actor and alpha: delayed, policy_frequency updates at once (CleanRL).
+                    losses, metrics = critic_update(agent, batch)
+                    last.update(losses)
+                    regularizer_metrics.update(metrics)
                     if updates % args.policy_frequency == 0:
                         for _ in range(args.policy_frequency):
-                            out, actor_features = actor(batch["obs"])
-                            pi, log_pi = squashed_gaussian(
-                                out,
-                                torch.randn((args.batch_size, act_dim), device=device),
-                                actor.action_scale,
-                                actor.action_bias,
-                            )
-                            q_pi = critic.frozen(torch.cat([batch["obs"], pi], 1))
-                            actor_penalty = regularizers["actor"].penalty({"actor": actor_features})
-                            actor_loss = actor_objective(log_pi, q_pi, alpha)
-                            actor_optimizer.zero_grad(set_to_none=True)
-                            (actor_loss + actor_penalty).backward()
-                            regularizers["actor"].before_step()
-                            actor_optimizer.step()
-                            actor_metrics = regularizers["actor"].after_update(
-                                lambda batch=batch: {"actor": actor(batch["obs"])[1]},
-                                pass_end=True,
-                            )
-                            if alpha_optimizer is not None:
-                                alpha_loss = alpha_objective(log_alpha, log_pi, target_entropy)
-                                alpha_optimizer.zero_grad(set_to_none=True)
-                                alpha_loss.backward()
-                                alpha_optimizer.step()
-                                alpha = log_alpha.detach().exp()
-                                live.alpha = alpha
-                                last["alpha_loss"] = alpha_loss.detach()
-                            last.update(
-                                actor_loss=actor_loss.detach(),
-                                entropy=-log_pi.detach().mean(),
-                                actor_penalty=actor_penalty.detach(),
-                            )
-                            regularizer_metrics.update(actor_metrics)
-
+                            losses, metrics = actor_update(agent, batch)
+                            last.update(losses)
+                            regularizer_metrics.update(metrics)
                     if updates % args.target_network_frequency == 0:
                         polyak_update(target_params, critic_params, args.tau)
-
                     if diagnostics.due(updates):
-                        diagnostics.periodic(global_step, probe(live, rows, updates))
+                        diagnostics.periodic(
+                            global_step, sac_probe(args, buffer, agent.nets(), rows, updates)
+                        )
 
             # --- Logging, divergence check, checkpoints.
             bar.update(num_envs)
@@ -766,74 +871,45 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
                     "charts/task": envs.task,
                     "charts/buffer_size": buffer.size,
                     "charts/updates": updates,
-                    "charts/policy_lr": actor_optimizer.param_groups[0]["lr"],
-                    "charts/q_lr": q_optimizer.param_groups[0]["lr"],
+                    "charts/policy_lr": agent.actor_optimizer.param_groups[0]["lr"],
+                    "charts/q_lr": agent.q_optimizer.param_groups[0]["lr"],
+                    **loss_scalars(agent, last, global_step),
                 }
-                interval_time, interval_step, interval_updates = now, global_step, updates
                 if "actor_loss" in last:
-                    values = torch.stack(
-                        [
-                            *last["qf_losses"],
-                            *last["q_values"],
-                            last["actor_loss"],
-                            last["entropy"],
-                            alpha,
-                            last.get("alpha_loss", torch.zeros((), device=device)),
-                            last["critic_penalty"],
-                            last["actor_penalty"],
-                        ]
-                    )
-                    check_finite(values)
-                    (
-                        qf1_loss,
-                        qf2_loss,
-                        qf1_value,
-                        qf2_value,
-                        actor_value,
-                        entropy,
-                        alpha_value,
-                        alpha_loss_value,
-                        critic_penalty_value,
-                        actor_penalty_value,
-                    ) = values.tolist()
-                    scalars.update(
-                        {
-                            "losses/qf1_values": qf1_value,
-                            "losses/qf2_values": qf2_value,
-                            "losses/qf1_loss": qf1_loss,
-                            "losses/qf2_loss": qf2_loss,
-                            "losses/qf_loss": (qf1_loss + qf2_loss) / 2,
-                            "losses/actor_loss": actor_value,
-                            "losses/entropy": entropy,
-                            "losses/alpha": alpha_value,
-                            "regularizer/critic_penalty": critic_penalty_value,
-                            "regularizer/actor_penalty": actor_penalty_value,
-                        }
-                    )
-                    if alpha_optimizer is not None:
-                        scalars["losses/alpha_loss"] = alpha_loss_value
                     scalars.update({f"regularizer/{k}": v for k, v in regularizer_metrics.items()})
                     regularizer_metrics.clear()
+                interval_time, interval_step, interval_updates = now, global_step, updates
                 run.log(global_step, scalars)
                 bar.set_postfix(sps=scalars["charts/SPS"], task=envs.task, ret=episodes.summary())
             # A consistent point: this step's transitions are stored and its updates done.
             checkpoint_now = run.checkpoint_due(global_step)
             if stop.requested or checkpoint_now:
-                if "qf_losses" in last:
-                    check_finite(torch.cat([last["qf_losses"], last["q_values"]]))
+                check_critic(agent, last, global_step)
+                progress = {
+                    "global_step": global_step,
+                    "task": envs.task,
+                    "task_start": task_start,
+                    "updates": updates,
+                }
                 if stop.requested:
-                    run.stop_here(global_step, checkpoint_state())
-                run.save(global_step, checkpoint_state())
+                    run.stop_here(global_step, checkpoint_state(agent, buffer, progress))
+                run.save(global_step, checkpoint_state(agent, buffer, progress))
 
-        if "qf_losses" in last:
-            check_finite(torch.cat([last["qf_losses"], last["q_values"]]))
+        check_critic(agent, last, global_step)
         if diagnostics.enabled:
-            measure_pending()
-            end_probe = task_probe(snapshot(), global_step)
-            if end_probe is not None:
-                diagnostics.boundary(global_step, {"end": end_probe}, envs.task, None)
+            boundaries.measure(task_init_probe(args, buffer, boundaries))
+            end = task_end_probe(
+                args, buffer, agent.snapshot(), global_step, task_start, boundaries.wanted
+            )
+            boundaries.finish(global_step, envs.task, end)
         if clips is not None:
-            clips.record(global_step, "end", envs.task, greedy)
-        run.finish(global_step, checkpoint_state())
+            clips.record(global_step, "end", envs.task, agent.greedy)
+        progress = {
+            "global_step": global_step,
+            "task": envs.task,
+            "task_start": task_start,
+            "updates": updates,
+        }
+        run.finish(global_step, checkpoint_state(agent, buffer, progress))
         diagnostics.finish(global_step)
     return run.dir

@@ -20,10 +20,11 @@ more; it gives the autograd step's parameters to float rounding (tested). `--upd
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +37,14 @@ from agents.flags import Learner, RunFlags
 from agents.networks import ARCHITECTURE_FLAGS, MLP, Activation, Init
 from agents.progress import progress_bar
 from agents.run import Diverged, Run
-from diagnostics import Diagnostics, DiagnosticsConfig, DiagnosticsFlags, LossClosure, Probe
+from diagnostics import (
+    Diagnostics,
+    DiagnosticsConfig,
+    DiagnosticsFlags,
+    LossClosure,
+    Probe,
+    TaskBoundaries,
+)
 from diagnostics import check_flags as check_diagnostics_flags
 from envs.streams import STREAMS, StreamName, Task, make_stream
 from regularizers import ERankConfig, L2Config, Regularizer, RegularizerFlags, build_regularizer
@@ -304,6 +312,177 @@ LEARNER = Learner(
 )
 
 
+# --- The steps of the loop -----------------------------------------------------------------------
+
+
+def autograd_step(
+    model: MLP, optimizer: torch.optim.Optimizer, regularizer: Regularizer, loss: str,
+    x: Tensor, y: Tensor, task: Task,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One optimizer step on the task's loss plus the regularizer's penalty. Returns the
+    outputs before the step and the loss, both detached."""
+    outputs, features = model(x)
+    value = task_loss(outputs, y, loss, task.active_classes)
+    optimizer.zero_grad(set_to_none=True)
+    (value + regularizer.penalty({"model": features})).backward()
+    regularizer.before_step()
+    optimizer.step()
+    return outputs.detach(), value.detach()
+
+
+def fused_step(
+    model: MLP, lr: float, regularizer: Regularizer, loss: str, x: Tensor, y: Tensor, task: Task
+) -> tuple[Tensor, Tensor]:
+    """`fused_sgd_step` with the regularizer's decay folded in."""
+    return fused_sgd_step(model, x, y, loss, task.active_classes, lr, regularizer.coupled_decay())
+
+
+def window_features(model: MLP, x: Tensor, start: int, end: int) -> dict[str, list[Tensor]]:
+    """The model's hidden features on the examples x[start:end] (the regularizer's window)."""
+    return {"model": model(x[start:end])[1]}
+
+
+def model_outputs(model: MLP, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+    return torch.func.functional_call(model, params, (x,))[0]
+
+
+def model_closures(
+    model: MLP, x: Tensor, y: Tensor, loss: str, task: Task, n: int
+) -> dict[str, LossClosure]:
+    """The task's loss on the first n examples as a function of the model's parameters."""
+    return {
+        "model": LossClosure(
+            dict(model.named_parameters()),
+            functools.partial(model_outputs, model, x[:n]),
+            functools.partial(
+                task_loss, targets=y[:n], loss=loss, active_classes=task.active_classes
+            ),
+        )
+    }
+
+
+def task_probe(args: Args, model: MLP, task: Task, loss: str, first: bool, device) -> Probe:
+    """The diagnostics' view of a task's first (init) or last (end) examples."""
+    size = min(args.diag.batch_size, len(task.train_x))
+    rows = slice(0, size) if first else slice(len(task.train_x) - size, None)
+    x, y = task.train_x[rows].to(device), task.train_y[rows].to(device)
+    return Probe(
+        functools.partial(model_closures, model, x, y, loss, task),
+        functools.partial(window_features, model, x, 0),  # n -> features on x[0:n]
+        size,
+    )
+
+
+@torch.no_grad()
+def task_end_metrics(
+    model: MLP, task: Task, loss: str, predictions: Tensor, logged: int, train_loss: float
+) -> dict[str, float]:
+    """Per task: the paper's online accuracy, held-out accuracy and loss at the task's end."""
+    device = predictions.device
+    held_out, _ = model(task.heldout_x.to(device))
+    heldout_y = task.heldout_y.to(device)
+    metrics = {
+        "charts/task": task.index,
+        "charts/train_loss": train_loss,
+        "task/train_loss": train_loss,
+        "task/heldout_loss": float(task_loss(held_out, heldout_y, loss, task.active_classes)),
+    }
+    if loss == "cross-entropy":
+        y = task.train_y.to(device)
+        guesses = live_outputs(held_out, task.active_classes).argmax(-1)
+        hits = predictions[logged:] == y[logged:]
+        metrics["charts/running_accuracy"] = int(hits.sum()) / max(1, len(hits))
+        metrics["charts/online_accuracy"] = int((predictions == y).sum()) / len(y)
+        metrics["task/heldout_accuracy"] = int((guesses == heldout_y).sum()) / len(guesses)
+    return metrics
+
+
+@dataclass
+class TaskRecords:
+    """One task's records so far: a loss per step and a prediction per example, kept on the
+    device and read at log points and the task's end (a host read per step would stall a GPU,
+    and a write is the cheapest record). An interrupted task saves them (`position`), so a
+    resumed run goes on at the very next example, as if never stopped."""
+
+    losses: Tensor
+    sizes: Tensor
+    """examples per step"""
+    predictions: Tensor
+    batch_size: int
+    steps: int = 0
+    """steps taken in the task"""
+    logged: int = 0
+    """examples of the task already in a log line"""
+    regularizer_metrics: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    """the task's steps only: no diagnostics, no set-up"""
+
+    @classmethod
+    def start(cls, n: int, batch_size: int, device, position: dict | None) -> TaskRecords:
+        """The records of a task of n examples: new, or an interrupted task's `position`."""
+        sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+        losses = torch.empty(len(sizes), device=device)
+        records = cls(
+            losses,
+            torch.tensor(sizes, dtype=losses.dtype, device=device),
+            torch.empty(n, dtype=torch.long, device=device),
+            batch_size,
+        )
+        if position is not None:
+            records.steps, records.logged = position["steps"], position["logged"]
+            records.losses[: records.steps] = position["batch_losses"].to(device)
+            done = len(position["predictions"])
+            records.predictions[:done] = position["predictions"].to(device)
+            records.regularizer_metrics = position["regularizer_metrics"]
+            records.train_seconds = position.get("train_seconds", 0.0)
+        return records
+
+    def mean_loss(self, examples_seen: int, task: int) -> float:
+        """The mean training loss over the task's steps so far (one host read); a non-finite
+        one ends the run (a non-finite loss makes every later one non-finite)."""
+        examples = min(self.steps * self.batch_size, len(self.predictions))
+        value = float(self.losses[: self.steps] @ self.sizes[: self.steps]) / examples
+        if not math.isfinite(value):
+            raise Diverged(examples_seen, f"non-finite loss in task {task}")
+        return value
+
+    def position(self, end: int, seconds: float) -> dict:
+        """What a checkpoint inside the task saves: its progress and records."""
+        return {
+            "steps": self.steps,
+            "logged": self.logged,
+            "batch_losses": self.losses[: self.steps].cpu(),
+            "predictions": self.predictions[:end].cpu(),
+            "regularizer_metrics": self.regularizer_metrics,
+            "train_seconds": self.train_seconds + seconds,
+        }
+
+
+def checkpoint_state(
+    model: MLP,
+    optimizer: torch.optim.Optimizer,
+    regularizer: Regularizer,
+    diagnostics: Diagnostics,
+    examples_seen: int,
+    next_task: int,
+    position: dict | None = None,
+) -> dict:
+    """`position`: None at a task's end, else the interrupted task's progress and records."""
+    return {
+        "next_task": next_task,
+        "position": position,
+        "examples_seen": examples_seen,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "regularizer": regularizer.state_dict(),
+        "diagnostics": diagnostics.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+# --- The training loop ---------------------------------------------------------------------------
+
+
 def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run the stream as configured; return the run directory."""
     check_args(args)
@@ -315,27 +494,17 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
     }
     options = {name: value for name, value in flags.items() if name in STREAMS[args.stream]}
     stream = make_stream(
-        args.stream,
-        args.num_tasks,
-        args.examples_per_task,
-        args.seed,
-        args.data_dir,
-        args.download,
-        **options,
-    )
+        args.stream, args.num_tasks, args.examples_per_task, args.seed, args.data_dir,
+        args.download, **options,
+    )  # fmt: skip
     regularizer = build_regularizer(args)
     run = Run.start(
-        args,
-        LEARNER,
-        title=args.stream,
-        group=args.stream,
-        tags=[args.regularizer, args.stream],
+        args, LEARNER, title=args.stream, group=args.stream, tags=[args.regularizer, args.stream],
         seed=args.seed,
         # 1 thread at batch size 1 (see --torch-threads), torch's default otherwise
         threads=args.torch_threads or (1 if args.batch_size == 1 else 0),
-        cuda=args.cuda,
-        resumed=resumed,
-    )
+        cuda=args.cuda, resumed=resumed,
+    )  # fmt: skip
     device = run.device
     with run.training() as stop:
         model = MLP(
@@ -353,26 +522,15 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         if args.update == "fused" and blocker is not None:
             raise ConfigError(f"--update fused cannot run here: {blocker}")
         fused = args.update != "autograd" and blocker is None
-
+        if fused:
+            step = functools.partial(
+                fused_step, model, args.learning_rate, regularizer, stream.loss
+            )
+        else:
+            step = functools.partial(autograd_step, model, optimizer, regularizer, stream.loss)
         diagnostics = Diagnostics(args, run.logger, args.seed)
         diagnostics.attach({"model": model}, [optimizer])
-
-        def autograd_step(x: Tensor, y: Tensor, task: Task) -> tuple[Tensor, Tensor]:
-            outputs, features = model(x)
-            loss = task_loss(outputs, y, stream.loss, task.active_classes)
-            optimizer.zero_grad(set_to_none=True)
-            (loss + regularizer.penalty({"model": features})).backward()
-            regularizer.before_step()
-            optimizer.step()
-            return outputs.detach(), loss.detach()
-
-        def fused_step(x: Tensor, y: Tensor, task: Task) -> tuple[Tensor, Tensor]:
-            return fused_sgd_step(
-                model, x, y, stream.loss, task.active_classes, args.learning_rate,
-                regularizer.coupled_decay(),
-            )  # fmt: skip
-
-        step = fused_step if fused else autograd_step
+        learner = (model, optimizer, regularizer, diagnostics)  # what a checkpoint saves
 
         start_task, examples_seen = 0, 0
         # Where in a task the run stands, with that task's records so far: an interrupted run
@@ -388,45 +546,16 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
             start_task, examples_seen = saved["next_task"], saved["examples_seen"]
             resume_at = saved["position"]
         else:
+            why_not_fused = blocker if not fused and args.update != "autograd" else None
+            update = "fused" if fused else "autograd"
             run.event(
                 0,
                 "stream",
                 source=stream.source,
                 loss=stream.loss,
-                update="fused" if fused else "autograd",
-                why_not_fused=blocker if not fused and args.update != "autograd" else None,
+                update=update,
+                why_not_fused=why_not_fused,
             )
-
-        def checkpoint_state(next_task: int, position: dict | None = None) -> dict:
-            """`position`: None at a task's end, else the interrupted task's progress and records."""
-            return {
-                "next_task": next_task,
-                "position": position,
-                "examples_seen": examples_seen,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "regularizer": regularizer.state_dict(),
-                "diagnostics": diagnostics.state_dict(),
-                "rng": rng_state(),
-            }
-
-        def probe(task: Task, first: bool) -> Probe:
-            """The diagnostics' view of a task's first (init) or last (end) examples."""
-            size = min(args.diag.batch_size, len(task.train_x))
-            rows = slice(0, size) if first else slice(len(task.train_x) - size, None)
-            x, y = task.train_x[rows].to(device), task.train_y[rows].to(device)
-
-            def closures(n: int) -> dict[str, LossClosure]:
-                xs, ys = x[:n], y[:n]
-                return {
-                    "model": LossClosure(
-                        dict(model.named_parameters()),
-                        lambda params: torch.func.functional_call(model, params, (xs,))[0],
-                        lambda out: task_loss(out, ys, stream.loss, task.active_classes),
-                    )
-                }
-
-            return Probe(closures, lambda n: {"model": model(x[:n])[1]}, size)
 
         # Which update window the ER step (and any "recent data" method) sees: the examples of
         # the method's last `recent_updates()` updates (ER's and ReDo's `every`; the paper's ER:
@@ -435,7 +564,9 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         per_task = len(stream.task(0).train_x)
         bar = progress_bar(per_task * args.num_tasks, examples_seen, f"supervised {args.stream}")
         run.on_close(bar.close)
+        boundaries = TaskBoundaries(diagnostics, wanted=0, min_samples=0)  # data comes at once
         previous: Task | None = stream.task(start_task - 1) if start_task > 0 else None
+        classification = stream.loss == "cross-entropy"
         for t in range(start_task, args.num_tasks):
             task = stream.task(t)
             resumed = resume_at if t == start_task else None
@@ -448,112 +579,70 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
                             examples_seen, {f"regularizer/{k}": v for k, v in shift_metrics.items()}
                         )
                 if diagnostics.enabled and t % args.diag_every_tasks == 0:
-                    probes = {"init": probe(task, first=True)}
-                    if previous is not None:
-                        probes["end"] = probe(previous, first=False)
-                    diagnostics.boundary(examples_seen, probes, t - 1 if t > 0 else None, t)
+                    end = (
+                        task_probe(args, model, previous, stream.loss, False, device)
+                        if previous
+                        else None
+                    )
+                    boundaries.begin(examples_seen, t - 1 if t > 0 else None, t, end)
+                    boundaries.measure(task_probe(args, model, task, stream.loss, True, device))
 
             x_all, y_all = task.train_x.to(device), task.train_y.to(device)
             n = len(x_all)
-            starts = range(0, n, args.batch_size)
-            classification = stream.loss == "cross-entropy"
-            # One record per step, kept on the device and read at log points and the task end:
-            # a host read per step would stall a GPU, and a write is the cheapest record.
-            batch_losses = torch.empty(len(starts), device=device)
-            batch_sizes = torch.tensor(
-                [min(args.batch_size, n - start) for start in starts],
-                dtype=batch_losses.dtype,
-                device=device,
-            )
-            predictions = torch.empty(n, dtype=torch.long, device=device)
-            logged = 0  # examples of this task already in a log line
-            regularizer_metrics: dict[str, float] = {}
-            first = 0
-            train_seconds = 0.0  # this task's steps only: no diagnostics, no set-up
-            if resumed is not None:
-                first, logged = resumed["steps"], resumed["logged"]
-                batch_losses[:first] = resumed["batch_losses"].to(device)
-                predictions[: len(resumed["predictions"])] = resumed["predictions"].to(device)
-                regularizer_metrics = resumed["regularizer_metrics"]
-                train_seconds = resumed.get("train_seconds", 0.0)
+            records = TaskRecords.start(n, args.batch_size, device, resumed)
             steps_start = time.perf_counter()
-            for index in range(first, len(starts)):
-                start = starts[index]
+            for index in range(records.steps, len(records.sizes)):
+                start = index * args.batch_size
                 end = min(start + args.batch_size, n)
-                outputs, batch_losses[index] = step(x_all[start:end], y_all[start:end], task)
+                outputs, records.losses[index] = step(x_all[start:end], y_all[start:end], task)
+                records.steps = index + 1
                 if classification:
-                    predictions[start:end] = live_outputs(outputs, task.active_classes).argmax(-1)
-                regularizer_metrics |= regularizer.after_update(
-                    lambda x=x_all, end=end: {"model": model(x[max(0, end - window) : end])[1]},
-                    end >= n,
-                )
+                    predictions = live_outputs(outputs, task.active_classes).argmax(-1)
+                    records.predictions[start:end] = predictions
+                recent = functools.partial(window_features, model, x_all, max(0, end - window), end)
+                records.regularizer_metrics |= regularizer.after_update(recent, end >= n)
                 examples_seen += end - start
-                if end - logged >= args.log_every and end < n:  # the task's end logs below
-                    # Checked here, not per step: a non-finite loss makes every later one
-                    # non-finite, so the running sum shows it.
-                    train_loss = float(batch_losses[: index + 1] @ batch_sizes[: index + 1]) / end
-                    if not math.isfinite(train_loss):
-                        raise Diverged(examples_seen, f"non-finite loss in task {t}")
-                    metrics = {"charts/train_loss": train_loss, "charts/task": t}
-                    if classification:
-                        hits = predictions[logged:end] == y_all[logged:end]
-                        metrics["charts/running_accuracy"] = int(hits.sum()) / len(hits)
-                    run.log(
-                        examples_seen,
-                        metrics | {f"regularizer/{k}": v for k, v in regularizer_metrics.items()},
-                    )
-                    bar.update(end - logged)
-                    logged = end
-                if stop.requested and end < n:
-                    position = {
-                        "steps": index + 1,
-                        "logged": logged,
-                        "batch_losses": batch_losses[: index + 1].cpu(),
-                        "predictions": predictions[:end].cpu(),
-                        "regularizer_metrics": regularizer_metrics,
-                        "train_seconds": train_seconds + time.perf_counter() - steps_start,
+                if end - records.logged >= args.log_every and end < n:  # the task's end logs below
+                    metrics = {
+                        "charts/train_loss": records.mean_loss(examples_seen, t),
+                        "charts/task": t,
                     }
-                    run.stop_here(examples_seen, checkpoint_state(t, position))
-            train_seconds += time.perf_counter() - steps_start
-
-            bar.update(n - logged)
-            # Per task: the paper's online accuracy, held-out accuracy and loss at task end.
-            train_loss = float(batch_losses @ batch_sizes) / n
-            if not math.isfinite(train_loss):
-                raise Diverged(examples_seen, f"non-finite loss in task {t}")
-            with torch.no_grad():
-                held_out, _ = model(task.heldout_x.to(device))
-                heldout_y = task.heldout_y.to(device)
-                task_metrics = {
-                    "charts/task": t,
-                    "charts/train_loss": train_loss,
-                    "task/train_loss": train_loss,
-                    "task/heldout_loss": float(
-                        task_loss(held_out, heldout_y, stream.loss, task.active_classes)
-                    ),
-                }
-                if classification:
-                    guesses = live_outputs(held_out, task.active_classes).argmax(-1)
-                    hits = predictions[logged:] == y_all[logged:]
-                    task_metrics["charts/running_accuracy"] = int(hits.sum()) / max(1, len(hits))
-                    task_metrics["charts/online_accuracy"] = int((predictions == y_all).sum()) / n
-                    task_metrics["task/heldout_accuracy"] = int((guesses == heldout_y).sum()) / len(
-                        guesses
+                    if classification:
+                        hits = (
+                            records.predictions[records.logged : end] == y_all[records.logged : end]
+                        )
+                        metrics["charts/running_accuracy"] = int(hits.sum()) / len(hits)
+                    metrics |= {
+                        f"regularizer/{k}": v for k, v in records.regularizer_metrics.items()
+                    }
+                    run.log(examples_seen, metrics)
+                    bar.update(end - records.logged)
+                    records.logged = end
+                if stop.requested and end < n:
+                    position = records.position(end, time.perf_counter() - steps_start)
+                    run.stop_here(
+                        examples_seen, checkpoint_state(*learner, examples_seen, t, position)
                     )
+            records.train_seconds += time.perf_counter() - steps_start
+
+            bar.update(n - records.logged)
+            train_loss = records.mean_loss(examples_seen, t)
+            task_metrics = task_end_metrics(
+                model, task, stream.loss, records.predictions, records.logged, train_loss
+            )
             # Training speed within the task (diagnostics at its boundaries are not in it).
-            task_metrics["charts/examples_per_second"] = n / max(train_seconds, 1e-9)
+            task_metrics["charts/examples_per_second"] = n / max(records.train_seconds, 1e-9)
             task_metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
-            task_metrics |= {f"regularizer/{k}": v for k, v in regularizer_metrics.items()}
+            task_metrics |= {f"regularizer/{k}": v for k, v in records.regularizer_metrics.items()}
             run.log(examples_seen, task_metrics)
             previous = task
             if stop.requested and t + 1 < args.num_tasks:
-                run.stop_here(examples_seen, checkpoint_state(t + 1))
+                run.stop_here(examples_seen, checkpoint_state(*learner, examples_seen, t + 1))
             if run.checkpoint_due(examples_seen):
-                run.save(examples_seen, checkpoint_state(t + 1))
+                run.save(examples_seen, checkpoint_state(*learner, examples_seen, t + 1))
         if diagnostics.enabled and previous is not None:
-            diagnostics.boundary(
-                examples_seen, {"end": probe(previous, first=False)}, args.num_tasks - 1, None
-            )
-        run.finish(examples_seen, checkpoint_state(args.num_tasks))
+            end = task_probe(args, model, previous, stream.loss, False, device)
+            boundaries.finish(examples_seen, args.num_tasks - 1, end)
+        run.finish(examples_seen, checkpoint_state(*learner, examples_seen, args.num_tasks))
         diagnostics.finish(examples_seen)
     return run.dir

@@ -9,12 +9,14 @@
   on the new task) and optimization readiness (gradient strength and reliability);
 - hooks.py: the `Diagnostics` object a learner calls at task boundaries and every N updates,
   and its flags;
+- boundaries.py: `TaskBoundaries`, when each learner measures a boundary's end and init;
 - plot.py: `python -m diagnostics.plot RUN_DIR` turns a run into PNGs.
 
 Diagnostics never change parameters, optimizer state or the run's random streams, and know
 nothing about PPO, SAC or the supervised stream.
 """
 
+from diagnostics.boundaries import TaskBoundaries
 from diagnostics.curvature import LossClosure
 from diagnostics.hooks import (
     Diagnostics,
@@ -31,6 +33,7 @@ __all__ = [
     "DiagnosticsFlags",
     "LossClosure",
     "Probe",
+    "TaskBoundaries",
     "check_flags",
     "unused_flags",
 ]

@@ -75,8 +75,9 @@ class DiagnosticsConfig:
     plot: bool = False
     """draw the run's plots into RUN_DIR/plots when it ends (always done with --track, for W&B)"""
     min_init_samples: int = 256
-    """RL: if fewer post-shift samples than this are in the rollout that holds the shift, the
-    init measurement waits for the next rollout (and records that one update happened)"""
+    """RL: if fewer post-shift samples than this are in the PPO rollout that holds the shift,
+    the init measurement waits for the next rollout (and records that one update happened); an
+    init measured on fewer (a shift or the run's end came first) is left out"""
     probe_steps: int = 100
     """plasticity probe: full-batch steps of the copied optimizer on the new task's batch"""
 

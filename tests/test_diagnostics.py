@@ -213,17 +213,17 @@ def test_an_init_with_too_few_post_shift_samples_waits_for_the_next_rollout(tmp_
     # shift 12 samples before the end of a rollout: fewer than min_init_samples (256)
     run = ppo.train(tiny_ppo_args(tmp_path, shift_at=(1024 - 12,)))
     files = sorted(p.name for p in (run / "diagnostics").glob("*.npz"))
-    assert files == [
-        "step_0000000000.npz",
-        "step_0000001012.npz",  # the end of task 0 only
-        "step_0000001024.npz",  # the init of task 1 on the next rollout
-        "step_0000002048.npz",
-    ]
+    assert files == ["step_0000000000.npz", "step_0000001012.npz", "step_0000002048.npz"]
+    # one record at the shift's step: the end of task 0 and the init of task 1, the latter
+    # measured on the next rollout, after one update
     shift = np.load(run / "diagnostics" / "step_0000001012.npz")
-    assert int(shift["task_init"]) == -1 and "end/actor/hessian/top" in shift
+    assert (int(shift["task_end"]), int(shift["task_init"])) == (0, 1)
+    assert "end/actor/hessian/top" in shift and "init/actor/hessian/top" in shift
     metrics = read_jsonl(run / "metrics.jsonl")
     late = next(m for m in metrics if "shift/init/updates_since_shift" in m)
-    assert late["step"] == 1024 and late["shift/init/updates_since_shift"] == 1
+    assert late["step"] == 1012 and late["shift/init/updates_since_shift"] == 1
+    # the other boundaries measured their init on the rollout they began in: no such note
+    assert sum("shift/init/updates_since_shift" in m for m in metrics) == 1
 
 
 def test_a_resumed_runs_initial_weights_go_to_the_networks_device(tmp_path):
