@@ -114,16 +114,17 @@ class Manifest:
         old = {}
         if sweep.manifest_path.exists():
             saved = json.loads(sweep.manifest_path.read_text())
-            if [saved["mode"], saved["base"], saved["axes"]] != [
-                sweep.mode,
-                sweep.base,
-                sweep.axes,
-            ]:
-                raise ConfigError(
-                    f"{sweep.directory} holds another sweep ({saved['command']}); give another "
-                    "--sweep-dir"
-                )
             old = saved["cells"]
+            # A grid may grow (another method, more seeds): the cells it had keep their runs,
+            # as long as each is the same cell (same id, same flags). Anything else is another
+            # sweep, and mixing the two would make one report of two experiments.
+            flags = {cell.id: cell.flags for cell in sweep.cells}
+            same_cells = all(flags.get(id_) == entry["flags"] for id_, entry in old.items())
+            if [saved["mode"], saved["base"]] != [sweep.mode, sweep.base] or not same_cells:
+                raise ConfigError(
+                    f"{sweep.directory} holds another sweep ({' '.join(saved['command'])}); a "
+                    "sweep's grid may only grow there; give another --sweep-dir"
+                )
         for cell in sweep.cells:
             entry = old.get(cell.id, {"status": "pending", "run_dir": None, "error": None})
             self.data["cells"][cell.id] = {**entry, "values": cell.values, "flags": cell.flags}

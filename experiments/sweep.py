@@ -337,6 +337,13 @@ def run(argv: list[str]) -> None:
             shutil.rmtree(sweep.cell_dir(cell))
             state = "pending"
         todo.append((cell, state))
+    # Interrupted cells first (they hold work), then seed by seed: a sweep stopped part way has
+    # every method at its first seeds, not some methods at every seed and others at none.
+    seeds = sweep.axes.get("seed", [])
+    todo.sort(key=lambda item: (
+        item[1] != "interrupted",
+        seeds.index(item[0].values["seed"]) if "seed" in item[0].values else 0,
+    ))  # fmt: skip
     manifest.write()
     failed = [c for c in sweep.cells if manifest.entry(c)["status"] == "failed" and
               not sweep.retry_failed]  # fmt: skip

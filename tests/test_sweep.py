@@ -114,6 +114,25 @@ def test_a_cell_that_fails_is_listed_with_its_error_and_retried_only_when_asked(
     assert manifest(sweep_dir)["cells"]["learning-rate=1e30"]["attempts"] == 2
 
 
+def test_a_grid_that_grows_keeps_its_finished_cells_and_another_sweep_is_refused(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    argv = ["sweep", *TINY, "--num-tasks", "1", "--sweep-dir", str(sweep_dir)]
+    assert run_cli(*argv, "--grid", "learning-rate=0.01").returncode == 0
+    first = manifest(sweep_dir)["cells"]["learning-rate=0.01"]
+    grown = run_cli(*argv, "--grid", "learning-rate=0.01,0.02")
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    cells = manifest(sweep_dir)["cells"]
+    assert cells["learning-rate=0.01"] == first  # kept, not run again
+    assert cells["learning-rate=0.02"]["status"] == "finished"
+    assert manifest(sweep_dir)["axes"] == {"learning-rate": ["0.01", "0.02"]}
+    # a cell that would lose its place (a shrunk grid) or change its flags: another sweep
+    for other in (["--grid", "learning-rate=0.02"], ["--hidden-sizes", "16", "--grid", "seed=1"]):
+        refused = run_cli(*argv, *other)
+        assert refused.returncode == 2
+        assert "a sweep's grid may only grow there" in error_line(refused.stderr)
+    assert sorted(manifest(sweep_dir)["cells"]) == ["learning-rate=0.01", "learning-rate=0.02"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
