@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cleanrl_wheel import PPO_CONTINUOUS_EDITS, prepared_script, run_script  # noqa: E402
+from learning_tables import mean_last_returns, mean_std, median_range, print_learning_table  # noqa: E402
 
 from agents import ppo  # noqa: E402
 
@@ -92,20 +93,6 @@ def run_ours(env_id: str, total_timesteps: int, seed: int, runs_dir: str) -> dic
         (m["step"], m["charts/episodic_return"]) for m in metrics if "charts/episodic_return" in m
     ]
     return {"sps": sps, "wall_s": wall, "episodes": episodes}
-
-
-def mean_last_returns(episodes: list[tuple[int, float]], count: int = 10) -> float:
-    returns = [ret for _step, ret in episodes[-count:]]
-    return float(np.mean(returns)) if returns else float("nan")
-
-
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if np.isfinite(v)]
-    return f"{np.mean(values):.0f} +- {np.std(values):.0f}" if values else "-"
-
-
-def median_range(values: list[float], digits: int = 0) -> str:
-    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main(args: Args) -> None:
@@ -166,39 +153,11 @@ def main(args: Args) -> None:
         return
 
     # --- Learning table: per seed (repeats averaged), then mean +- std over seeds.
-    quarters = np.linspace(0, args.total_timesteps, 5)
-    print(
-        "\nLearning at equal env steps: mean episodic return of the episodes ending in each "
-        "quarter of the run, and of the last 10 episodes; mean +- std over seeds.\n"
-    )
-    print(
-        "| implementation | "
-        + " | ".join(f"steps <= {high:.0f}" for high in quarters[1:])
-        + " | last 10 episodes | SPS median |"
-    )
-    print("|---|" + "---|" * 6)
-    for name, runs in results.items():
-        cells = []
-        for low, high in zip(quarters[:-1], quarters[1:], strict=True):
-            per_seed = []
-            for seed in args.seeds:
-                returns = [
-                    ret
-                    for run in runs
-                    if run["seed"] == seed
-                    for step, ret in run["episodes"]
-                    if low < step <= high
-                ]
-                per_seed.append(float(np.mean(returns)) if returns else float("nan"))
-            cells.append(mean_std(per_seed))
-        last = [
-            np.mean([mean_last_returns(run["episodes"]) for run in runs if run["seed"] == seed])
-            for seed in args.seeds
-        ]
-        speed = f"{np.median([run['sps'] for run in runs]):.0f}"
-        if name == OURS:
-            speed += f" ({np.median(ratios):.2f}x)"
-        print(f"| {name} | " + " | ".join(cells) + f" | {mean_std(last)} | {speed} |")
+    speed = {
+        name: f"{np.median([run['sps'] for run in runs]):.0f}" for name, runs in results.items()
+    }
+    speed[OURS] += f" ({np.median(ratios):.2f}x)"
+    print_learning_table(results, args.seeds, args.total_timesteps, speed)
 
 
 if __name__ == "__main__":

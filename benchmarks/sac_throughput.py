@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cleanrl_sac_reference import run_cleanrl_sac  # noqa: E402
+from learning_tables import median_range, print_learning_table  # noqa: E402
 
 from agents import sac  # noqa: E402
 
@@ -124,20 +125,6 @@ def run_ours(args: Args, seed: int, regularizer: str, runs_dir: str) -> dict:
     return {"sps": sps, "ups": ups, "wall_s": wall, "episodes": episodes}
 
 
-def mean_last_returns(episodes: list[tuple[int, float]], count: int = 10) -> float:
-    returns = [ret for _step, ret in episodes[-count:]]
-    return float(np.mean(returns)) if returns else float("nan")
-
-
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if np.isfinite(v)]
-    return f"{np.mean(values):.0f} +- {np.std(values):.0f}" if values else "-"
-
-
-def median_range(values: list[float], digits: int = 0) -> str:
-    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-
-
 def main(args: Args) -> None:
     if args.learning_steps % 1000 or args.learning_steps < 1000:
         raise SystemExit("error: --learning-steps must be a positive multiple of 1000")
@@ -192,37 +179,7 @@ def main(args: Args) -> None:
         return
 
     # --- Learning table: per seed (repeats averaged), then mean +- std over seeds.
-    total = args.learning_starts + args.learning_steps
-    quarters = np.linspace(0, total, 5)
-    print(
-        "\nLearning at equal env steps: mean episodic return of the episodes ending in each "
-        "quarter of the run, and of the last 10 episodes; mean +- std over seeds.\n"
-    )
-    print(
-        "| implementation | "
-        + " | ".join(f"steps <= {high:.0f}" for high in quarters[1:])
-        + " | last 10 episodes |"
-    )
-    print("|---|" + "---|" * 5)
-    for name, runs in results.items():
-        cells = []
-        for low, high in zip(quarters[:-1], quarters[1:], strict=True):
-            per_seed = []
-            for seed in args.seeds:
-                returns = [
-                    ret
-                    for run in runs
-                    if run["seed"] == seed
-                    for step, ret in run["episodes"]
-                    if low < step <= high
-                ]
-                per_seed.append(float(np.mean(returns)) if returns else float("nan"))
-            cells.append(mean_std(per_seed))
-        last = [
-            np.mean([mean_last_returns(run["episodes"]) for run in runs if run["seed"] == seed])
-            for seed in args.seeds
-        ]
-        print(f"| {name} | " + " | ".join(cells) + f" | {mean_std(last)} |")
+    print_learning_table(results, args.seeds, args.learning_starts + args.learning_steps, {})
 
 
 if __name__ == "__main__":
