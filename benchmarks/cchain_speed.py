@@ -36,6 +36,9 @@ from pathlib import Path
 
 import tyro
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cleanrl_wheel import apply_edits  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = "control_train_aligned_vanilla.py"
 FILES = (SCRIPT, "networks.py", "basic_utils.py")
@@ -66,12 +69,7 @@ def prepared_cchain(cchain_dir: Path, into: Path) -> Path:
     for name in FILES:
         (into / name).write_text((source / name).read_text())
     script = into / SCRIPT
-    text = script.read_text()
-    for old, new, _ in PATCHES:
-        if text.count(old) != 1:
-            sys.exit(f"error: C-CHAIN's {SCRIPT} has changed: {old.strip()!r} not found once")
-        text = text.replace(old, new)
-    script.write_text(text)
+    script.write_text(apply_edits(script.read_text(), PATCHES, f"C-CHAIN's {SCRIPT}"))
     return script
 
 

@@ -84,16 +84,22 @@ def wheel_file() -> Path:
     return found[0]
 
 
+def apply_edits(text: str, edits: list[tuple[str, str, str]], what: str) -> str:
+    """`text` with each (old, new, why) edit applied; one error line when an edit does not
+    find its `old` exactly once (the other project's file has changed)."""
+    for old, new, why in edits:
+        if text.count(old) != 1:
+            sys.exit(f"error: {what} differs from what the edit expects ({why})")
+        text = text.replace(old, new)
+    return text
+
+
 def prepared_script(name: str, edits: list[tuple[str, str, str]], into: Path) -> Path:
     """cleanrl/<name> from the wheel, written into `into` with `edits` applied."""
     with zipfile.ZipFile(wheel_file()) as wheel:
         text = wheel.read(f"cleanrl/{name}").decode()
-    for old, new, why in edits:
-        if text.count(old) != 1:
-            sys.exit(f"error: {WHEEL}'s {name} differs from what the edit expects ({why})")
-        text = text.replace(old, new)
     script = into / name
-    script.write_text(text)
+    script.write_text(apply_edits(text, edits, f"{WHEEL}'s {name}"))
     return script
 
 
