@@ -241,6 +241,11 @@ def logged(metrics: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_run(path: Path) -> RunRecord:
     files = read_run_files(path)
+    if not files.config:  # its seed, method and tasks would be guesses: a silent wrong row
+        raise ConfigError(
+            f"{path / 'config.json'} cannot be read: a run's flags are its config.json; leave "
+            "the run out of the report or restore the file"
+        )
     config, metrics, origin = files.config, files.metrics, files.origin
     kind = "supervised" if files.is_supervised else "rl"
     shifts, ended = files.shift_steps, files.finished

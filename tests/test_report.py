@@ -192,12 +192,17 @@ def test_runs_that_differ_in_a_method_setting_are_two_methods(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["/nonexistent"], "no run directory or sweep directory at /nonexistent"),
     (["{tmp}"], "no run directories under"),
+    (["{tmp}/cells/none-1"], "{tmp}/cells/none-1/CartPole-v1__ppo__none__1/config.json cannot be read"),
 ])  # fmt: skip
 def test_a_report_of_nothing_is_one_error_line(tmp_path, argv, message):
+    if argv == ["{tmp}/cells/none-1"]:  # a run whose flags cannot be read
+        planted_rl_run(tmp_path, "none", 1, [10.0] * 8)
+        (next(tmp_path.glob("cells/*/*")) / "config.json").write_text("{truncated")
     result = run_cli("report", *[a.format(tmp=tmp_path) for a in argv])
     assert result.returncode == 2
     assert (
-        result.stderr.strip().startswith(f"error: {message}") and "Traceback" not in result.stderr
+        result.stderr.strip().startswith(f"error: {message.format(tmp=tmp_path)}")
+        and "Traceback" not in result.stderr
     )
 
 
