@@ -101,11 +101,6 @@ def main(args: Args) -> None:
     total_runs = 2 * len(args.seeds) * args.repeats
     with tempfile.TemporaryDirectory() as runs_dir:
         script = prepared_script("ppo_continuous_action.py", PPO_CONTINUOUS_EDITS, Path(runs_dir))
-        print(
-            "CleanRL's ppo_continuous_action.py (cleanrl 1.2.0), changed only so:", file=sys.stderr
-        )
-        for *_, why in PPO_CONTINUOUS_EDITS:
-            print(f"- {why}", file=sys.stderr)
         for seed in args.seeds:
             for _ in range(args.repeats):
                 for name in (REFERENCE, OURS):

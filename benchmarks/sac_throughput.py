@@ -1,16 +1,19 @@
-"""Env steps and gradient updates per second of our SAC against CleanRL's, in one process.
+"""Env steps and gradient updates per second of our SAC against CleanRL's own script.
 
-What it measures: our SAC (`agents/sac.py`) and the reference (`cleanrl_sac_reference.py`, a
-faithful gymnasium-1.x port of CleanRL's `sac_continuous_action.py`), both in CleanRL's default
-configuration: Hopper-v5, 1 env, 256x256 ReLU actor and twin Q networks, batch 256, buffer 1M,
-gamma 0.99, tau 0.005, learning starts at 5,000 steps, policy lr 3e-4, Q lr 1e-3, policy
-frequency 2, target network frequency 1, automatic entropy tuning; on the CPU with one torch
-thread each by default (--torch-threads sets both). Ours runs with no shift, no regularizer (or the ones asked for) and no diagnostics.
+What it measures: our SAC (`agents/sac.py`) and the reference, CleanRL's
+`sac_continuous_action.py` from the cleanrl 1.2.0 wheel (benchmarks/cleanrl_wheel.py: the
+gymnasium-1.x edits, each printed, and Stable-Baselines3's replay buffer from its own wheel),
+both in CleanRL's default configuration: Hopper-v5, 1 env, 256x256 ReLU actor and twin Q
+networks, batch 256, buffer 1M, gamma 0.99, tau 0.005, learning starts at 5,000 steps, policy lr
+3e-4, Q lr 1e-3, policy frequency 2, target network frequency 1, automatic entropy tuning; on the
+CPU with one torch thread each by default (--torch-threads sets both). Ours runs with no shift,
+no regularizer (or the ones asked for) and no diagnostics.
 
 The rates are those of the learning phase, after learning_starts (where the time goes; the
 random phase before it runs at thousands of steps/s): env steps/s and gradient updates/s (one
 critic update per env step in both, with two actor updates every second step). CleanRL's are
-timed from its first update to its end; ours are read from the `charts/interval_SPS` and
+timed between its first and last SPS lines after learning starts (every 100 steps; one edit
+adds their step and seconds); ours are read from the `charts/interval_SPS` and
 `charts/updates_per_second` it logs every 1,000 steps (the intervals after learning_starts).
 The wall time of each whole call, set-up and random phase included, is reported as well. Runs
 alternate, the reference first, so that machine noise falls on both alike; the ratio is the
@@ -18,20 +21,16 @@ median of the per-pair ratios. With --learning, the returns reached are compared
 
     python benchmarks/sac_throughput.py                       # throughput, ~3 minutes
     python benchmarks/sac_throughput.py --learning --learning-steps 45000 --seeds 1 2 --repeats 1
-
-Reference point (the issue): CleanRL's script trains at about 95 env steps/s on a 2-core machine
-of this kind once learning has started; the target is ours at >= 2x that, with the same learning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cleanrl_sac_reference import run_cleanrl_sac  # noqa: E402
+from cleanrl_wheel import SAC_CONTINUOUS_EDITS, prepared_script, run_script, sb3_path  # noqa: E402
 from learning_tables import median_range, print_learning_table  # noqa: E402
 
 from agents import sac  # noqa: E402
@@ -70,32 +69,24 @@ class Args:
     """torch threads of both implementations (the same for both)"""
 
 
-def run_reference(args: Args, seed: int) -> dict:
-    """CleanRL's SAC; its prints go to /dev/null, gymnasium's dtype warnings are silenced (CleanRL
-    sets the observation space's dtype to float32 while MuJoCo returns float64)."""
-    started = time.perf_counter()
-    with (
-        open(os.devnull, "w") as sink,
-        contextlib.redirect_stdout(sink),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
-        result = run_cleanrl_sac(
-            args.env_id,
-            args.learning_starts + args.learning_steps,
-            seed,
-            torch_threads=args.torch_threads,
-            learning_starts=args.learning_starts,
-        )
-    wall = time.perf_counter() - started
-    episodes = [(step + 1, ret) for step, ret, _length in result["episodes"]]
-    learning = result["learning"]
-    return {
-        "sps": learning["sps"],
-        "ups": learning["updates_per_second"],
-        "wall_s": wall,
-        "episodes": episodes,
-    }
+# the SPS lines of the edited script: "SPS: 152 at 1300 8.5249" (its step and seconds)
+TIMED = re.compile(r"^SPS: \d+ at (\d+) ([0-9.]+)")
+
+
+def run_reference(script: Path, args: Args, seed: int) -> dict:
+    """CleanRL's SAC script in a process of its own, with SB3 (its replay buffer) on its path;
+    its rate after learning starts from the steps and seconds of its SPS lines."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.torch_threads), "MKL_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(sb3_path())}  # fmt: skip
+    argv = ["--env-id", args.env_id, "--total-timesteps", str(args.learning_starts + args.learning_steps),
+            "--learning-starts", str(args.learning_starts), "--seed", str(seed), "--cuda", "False"]  # fmt: skip
+    run = run_script(script, argv, env)
+    timed = [(int(m.group(1)), float(m.group(2))) for m in map(TIMED.match, run["lines"]) if m]
+    (first_step, first_s), (last_step, last_s) = timed[0], timed[-1]
+    sps = (last_step - first_step) / (last_s - first_s)
+    # its global_step counts from 0: an episode printed at step s ended at env step s + 1
+    episodes = [(step + 1, ret) for step, ret in run["episodes"]]
+    return {"sps": sps, "ups": sps, "wall_s": run["wall_s"], "episodes": episodes}
 
 
 def run_ours(args: Args, seed: int, regularizer: str, runs_dir: str) -> dict:
@@ -132,11 +123,12 @@ def main(args: Args) -> None:
     results: dict[str, list[dict]] = {name: [] for name in names}
     total_runs = len(names) * len(args.seeds) * args.repeats
     with tempfile.TemporaryDirectory() as runs_dir:
+        script = prepared_script("sac_continuous_action.py", SAC_CONTINUOUS_EDITS, Path(runs_dir))
         for seed in args.seeds:
             for _ in range(args.repeats):
                 for name in names:
                     if name == REFERENCE:
-                        run = run_reference(args, seed)
+                        run = run_reference(script, args, seed)
                     else:
                         run = run_ours(args, seed, name[len("ours (") : -1], runs_dir)
                     results[name].append({"seed": seed, **run})
