@@ -16,13 +16,13 @@ from run_helpers import REPO, cli_env, run_cli
 
 from agents.checkpoints import load_checkpoint
 
-# 2 methods x 2 seeds x 3 tasks of the 8x8 digits, with a small Hessian at every boundary
+# 2 methods x 3 tasks of the 8x8 digits, with a small Hessian at every boundary (seeds are one
+# more axis of the same code: tests/test_sweep.py runs them)
 TINY = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "32",
         "--diagnostics", "hessian", "--diag.batch-size", "200", "--diag.lanczos-order", "10",
         "--checkpoint-every", "0"]  # fmt: skip
-GRID = ["--grid", "regularizer=none,l2", "seed=1,2"]
-CELLS = ["regularizer=l2__seed=1", "regularizer=l2__seed=2", "regularizer=none__seed=1",
-         "regularizer=none__seed=2"]  # fmt: skip
+GRID = ["--grid", "regularizer=none,l2", "seed=2"]
+CELLS = ["regularizer=l2__seed=2", "regularizer=none__seed=2"]
 
 
 def report_numbers(path: Path, out: Path) -> dict:
@@ -68,16 +68,14 @@ def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, r
         results[name] = swept(sweep_dir)
         reports[name] = report_numbers(sweep_dir, tmp_path / f"report-{name}")
     for regularizer in ("none", "l2"):
-        for seed in ("1", "2"):
-            hand = run_cli(*TINY, "--regularizer", regularizer, "--seed", seed,
-                           "--runs-dir", str(tmp_path / "hand"))  # fmt: skip
-            assert hand.returncode == 0, hand.stderr[-2000:]
+        hand = run_cli(*TINY, "--regularizer", regularizer, "--seed", "2",
+                       "--runs-dir", str(tmp_path / "hand"))  # fmt: skip
+        assert hand.returncode == 0, hand.stderr[-2000:]
     reports["hand"] = report_numbers(tmp_path / "hand", tmp_path / "report-hand")
 
     by_hand = {
-        f"regularizer={r}__seed={s}": accuracies(only_run_dir(tmp_path / "hand", r, s))
+        f"regularizer={r}__seed=2": accuracies(only_run_dir(tmp_path / "hand", r, "2"))
         for r in ("none", "l2")
-        for s in ("1", "2")
     }
     for name in launchers:
         assert results[name] == by_hand, name
@@ -101,7 +99,7 @@ def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, r
     assert start["code"]["commit"] == local["code"]["commit"]
     # Run again: nothing to do.
     again = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(tmp_path / "local"))
-    assert again.returncode == 0 and "4 cells, 0 to run" in again.stderr, again.stderr[-2000:]
+    assert again.returncode == 0 and "2 cells, 0 to run" in again.stderr, again.stderr[-2000:]
 
 
 @pytest.mark.parametrize("launcher, extra", [("slurm", "slurm"), ("ray", "ray")])
