@@ -1,0 +1,245 @@
+"""K seeds in one process: how fast can one PPO update of K continual-CartPole networks be?
+
+The design question of batched seeds, measured before it is built: on networks this small the
+time of an update is per-operation overhead, so K seeds whose tensors are stacked along a seed
+axis should cost little more than one. Three ways to run the same K updates, each exact per
+seed (Adam is elementwise, the loss a sum of per-seed losses):
+- loop: K ordinary actor/critic pairs (agents/networks.py) and K fused Adams, one after another
+  (what K processes do, without the processes);
+- vmap: the K pairs' parameters stacked (torch.func.stack_module_state), the loss vmapped over
+  functional_call, one fused Adam over the stacked tensors;
+- bmm: the same stacked weights used directly as batched matrix products (torch.baddbmm).
+The work is continual-CartPole's PPO update (5 epochs x 25 minibatches of 32 over an 800-step
+rollout, 3 x 256 LeakyReLU actor and critic, clipped surrogate + entropy + value loss) and its
+acting (one forward per env step for the K envs). One torch thread; the table gives seconds per
+update and per 800 acting steps, and the speed-up per seed over the loop at the same K.
+
+    python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
+    python benchmarks/batched_seeds.py --seeds 1 6 16
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from agents.networks import CategoricalActor, Critic  # noqa: E402
+
+OBS, ACTIONS, HIDDEN = 4, 2, (256, 256, 256)
+ROLLOUT, MINIBATCH, EPOCHS = 800, 32, 5
+CLIP, ENT, VF = 0.2, 0.01, 0.5
+
+
+@dataclass
+class Args:
+    seeds: tuple[int, ...] = (1, 2, 6)
+    """the K values measured (seeds trained at once)"""
+    updates: int = 3
+    """updates timed per K and way (after one untimed warm-up)"""
+
+
+def ppo_loss(logits: Tensor, values: Tensor, data: dict[str, Tensor]) -> Tensor:
+    """Continual-CartPole's PPO loss on one minibatch of one seed, or the sum over seeds of
+    theirs on a (seeds, minibatch) stack (every mean is over the last axis, then summed)."""
+    log_probs = logits.log_softmax(-1)
+    new = log_probs.gather(-1, data["actions"][..., None]).squeeze(-1)
+    ratio = (new - data["logprobs"]).exp()
+    adv = data["advantages"]
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - CLIP, 1 + CLIP)).mean(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1).mean(-1)
+    value_loss = 0.5 * (values - data["returns"]).square().mean(-1)
+    return (pg - ENT * entropy + VF * value_loss).sum()
+
+
+Tensor = torch.Tensor
+
+
+def rollout_data(k: int) -> dict[str, Tensor]:
+    """K seeds' rollouts (random numbers of the right shapes: the time does not depend on them)."""
+    return {
+        "obs": torch.randn(k, ROLLOUT, OBS),
+        "actions": torch.randint(0, ACTIONS, (k, ROLLOUT)),
+        "logprobs": torch.full((k, ROLLOUT), -0.69),
+        "advantages": torch.randn(k, ROLLOUT),
+        "returns": torch.randn(k, ROLLOUT),
+    }
+
+
+def networks(k: int) -> list[tuple[CategoricalActor, Critic]]:
+    net = (HIDDEN, "leaky-relu", "torch-default")
+    return [(CategoricalActor(OBS, ACTIONS, *net), Critic(OBS, *net)) for _ in range(k)]
+
+
+def loop_update(pairs, optimizers, data) -> None:
+    for seed, ((actor, critic), optimizer) in enumerate(zip(pairs, optimizers, strict=True)):
+        for _ in range(EPOCHS):
+            order = torch.randperm(ROLLOUT)
+            for start in range(0, ROLLOUT, MINIBATCH):
+                idx = order[start : start + MINIBATCH]
+                mb = {key: value[seed, idx] for key, value in data.items()}
+                loss = ppo_loss(actor(mb["obs"])[0], critic(mb["obs"])[0], mb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+
+def loop_act(pairs, obs: Tensor) -> None:
+    with torch.inference_mode():
+        for _ in range(ROLLOUT):
+            for seed, (actor, _critic) in enumerate(pairs):
+                torch.multinomial(actor(obs[seed : seed + 1])[0].softmax(-1), 1)
+
+
+def stacked(pairs) -> tuple[dict, dict, CategoricalActor, Critic]:
+    actor_params, _ = torch.func.stack_module_state([a for a, _ in pairs])
+    critic_params, _ = torch.func.stack_module_state([c for _, c in pairs])
+    base_actor = CategoricalActor(OBS, ACTIONS, HIDDEN, "leaky-relu", "torch-default").to("meta")
+    base_critic = Critic(OBS, HIDDEN, "leaky-relu", "torch-default").to("meta")
+    return actor_params, critic_params, base_actor, base_critic
+
+
+def minibatches(k: int, data: dict[str, Tensor]):
+    """Each seed its own order (its own random stream), gathered per seed: (k, 32, ...)."""
+    for _ in range(EPOCHS):
+        order = torch.stack([torch.randperm(ROLLOUT) for _ in range(k)])
+        for start in range(0, ROLLOUT, MINIBATCH):
+            idx = order[:, start : start + MINIBATCH]
+            yield {key: value.gather(1, idx.view(k, -1, *[1] * (value.dim() - 2)).expand(
+                k, MINIBATCH, *value.shape[2:])) for key, value in data.items()}  # fmt: skip
+
+
+def vmap_update(state, optimizer, data) -> None:
+    actor_params, critic_params, base_actor, base_critic = state
+    k = data["obs"].shape[0]
+
+    def one_seed(a_params, c_params, mb):
+        logits = torch.func.functional_call(base_actor, a_params, (mb["obs"],))[0]
+        values = torch.func.functional_call(base_critic, c_params, (mb["obs"],))[0]
+        return ppo_loss(logits, values, mb)
+
+    batched = torch.vmap(one_seed)
+    for mb in minibatches(k, data):
+        loss = batched(actor_params, critic_params, mb).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def bmm_forward(weights: list[tuple[Tensor, Tensor]], x: Tensor) -> Tensor:
+    """x (k, n, in) through stacked layers: W (k, out, in) as nn.Linear keeps them, b (k, out)."""
+    for index, (w, b) in enumerate(weights):
+        x = torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+        if index < len(weights) - 1:
+            x = F.leaky_relu(x, 0.01)
+    return x
+
+
+def layers(params: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    weights = sorted(name for name in params if name.endswith("weight"))
+    return [(params[w], params[w.removesuffix("weight") + "bias"]) for w in weights]
+
+
+def bmm_update(state, optimizer, data) -> None:
+    actor_params, critic_params, _, _ = state
+    k = data["obs"].shape[0]
+    actor_layers, critic_layers = layers(actor_params), layers(critic_params)
+    for mb in minibatches(k, data):
+        logits = bmm_forward(actor_layers, mb["obs"])
+        values = bmm_forward(critic_layers, mb["obs"]).squeeze(-1)
+        loss = ppo_loss(logits, values, mb)  # the sum of the K seeds' losses
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def bmm_act(state, obs: Tensor) -> None:
+    actor_layers = layers(state[0])
+    with torch.inference_mode():
+        for _ in range(ROLLOUT):
+            logits = bmm_forward(actor_layers, obs[:, None, :])
+            torch.multinomial(logits[:, 0].softmax(-1), 1)
+
+
+def timed(function, *inputs, repeats: int) -> float:
+    function(*inputs)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function(*inputs)
+    return (time.perf_counter() - start) / repeats
+
+
+def check_layer_order(pairs) -> None:
+    """The bmm path reads the stacked weights in name order: it must be the forward's order."""
+    actor_params = stacked(pairs)[0]
+    x = torch.randn(len(pairs), 5, OBS)
+    direct = torch.stack([pairs[s][0](x[s])[0] for s in range(len(pairs))])
+    torch.testing.assert_close(bmm_forward(layers(actor_params), x), direct)
+
+
+def check_same_gradients(k: int = 3) -> None:
+    """From the same parameters and minibatches, the stacked ways give each seed the gradient
+    its own network gets alone (float32 tolerance): they are K updates, not one."""
+    pairs, data = networks(k), rollout_data(k)
+    mb = next(minibatches(k, data))
+    alone = []
+    for seed, (actor, critic) in enumerate(pairs):
+        one = {key: value[seed] for key, value in mb.items()}
+        loss = ppo_loss(actor(one["obs"])[0], critic(one["obs"])[0], one)
+        alone.append(torch.autograd.grad(loss, list(actor.parameters())))
+    actor_params = stacked(pairs)[0]
+    for p in actor_params.values():
+        p.requires_grad_(True)
+    critic_layers = layers(stacked(pairs)[1])
+    logits = bmm_forward(layers(actor_params), mb["obs"])
+    loss = ppo_loss(logits, bmm_forward(critic_layers, mb["obs"]).squeeze(-1), mb)
+    names = [name for name, _ in pairs[0][0].named_parameters()]
+    grads = dict(
+        zip(names, torch.autograd.grad(loss, [actor_params[n] for n in names]), strict=True)
+    )
+    for seed in range(k):
+        for name, expected in zip(names, alone[seed], strict=True):
+            torch.testing.assert_close(grads[name][seed], expected, rtol=1e-4, atol=1e-6)
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    check_layer_order(networks(2))
+    check_same_gradients()
+    print("| K seeds | way | s per update | update speed-up per seed | s per 800 acting steps "
+          "| acting speed-up per seed |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for k in args.seeds:
+        data = rollout_data(k)
+        obs = torch.randn(k, OBS)
+        pairs = networks(k)
+        adams = [
+            torch.optim.Adam([*a.parameters(), *c.parameters()], lr=1e-3, fused=True)
+            for a, c in pairs
+        ]
+        loop_s = timed(loop_update, pairs, adams, data, repeats=args.updates)
+        loop_act_s = timed(loop_act, pairs, obs, repeats=1)
+        rows = [("loop", loop_s, loop_act_s)]
+        for way, update in (("vmap", vmap_update), ("bmm", bmm_update)):
+            state = stacked(networks(k))
+            params = [*state[0].values(), *state[1].values()]
+            for p in params:
+                p.requires_grad_(True)
+            optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
+            seconds = timed(update, state, optimizer, data, repeats=args.updates)
+            act = timed(bmm_act, state, obs, repeats=1)  # the same stacked forward for both
+            rows.append((way, seconds, act))
+        for way, seconds, act in rows:
+            print(f"| {k} | {way} | {seconds:.2f} | {loop_s / seconds:.2f}x | {act:.2f} "
+                  f"| {loop_act_s / act:.2f}x |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
