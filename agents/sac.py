@@ -715,6 +715,28 @@ def begin_task(
         boundaries.begin(shift["step"], shift["task"] - 1, shift["task"], end, agent.snapshot())
 
 
+@dataclass
+class Rates:
+    """Env steps and updates per second: over the run so far and since the last log point."""
+
+    start_step: int
+    updates: int
+    start_time: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.interval = (self.start_time, self.start_step, self.updates)
+
+    def scalars(self, step: int, updates: int) -> dict[str, float]:
+        now = time.perf_counter()
+        then, interval_step, interval_updates = self.interval
+        self.interval = (now, step, updates)
+        return {
+            "charts/SPS": int((step - self.start_step) / (now - self.start_time)),
+            "charts/interval_SPS": (step - interval_step) / (now - then),
+            "charts/updates_per_second": (updates - interval_updates) / (now - then),
+        }
+
+
 def loss_scalars(agent: SACAgent, last: dict[str, Tensor], step: int) -> dict[str, float]:
     """The latest losses, read in one device sync, as the run's scalars (stops the run when
     one is not finite)."""
@@ -813,8 +835,7 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         next_log = (global_step // args.log_every + 1) * args.log_every
         bar = progress_bar(args.total_timesteps, global_step, f"sac {args.env_id}")
         run.on_close(bar.close)
-        start_time, start_step = time.perf_counter(), global_step
-        interval_time, interval_step, interval_updates = start_time, global_step, updates
+        rates = Rates(global_step, updates)
 
         while global_step + num_envs <= args.total_timesteps:
             # --- Act: uniformly random before learning starts, then the policy's sample.
@@ -862,12 +883,8 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
             bar.update(num_envs)
             if global_step >= next_log:
                 next_log = (global_step // args.log_every + 1) * args.log_every
-                now = time.perf_counter()
                 scalars = {
-                    "charts/SPS": int((global_step - start_step) / (now - start_time)),
-                    "charts/interval_SPS": (global_step - interval_step) / (now - interval_time),
-                    "charts/updates_per_second": (updates - interval_updates)
-                    / (now - interval_time),
+                    **rates.scalars(global_step, updates),
                     "charts/task": envs.task,
                     "charts/buffer_size": buffer.size,
                     "charts/updates": updates,
@@ -878,7 +895,6 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
                 if "actor_loss" in last:
                     scalars.update({f"regularizer/{k}": v for k, v in regularizer_metrics.items()})
                     regularizer_metrics.clear()
-                interval_time, interval_step, interval_updates = now, global_step, updates
                 run.log(global_step, scalars)
                 bar.set_postfix(sps=scalars["charts/SPS"], task=envs.task, ret=episodes.summary())
             # A consistent point: this step's transitions are stored and its updates done.

@@ -315,6 +315,25 @@ LEARNER = Learner(
 # --- The steps of the loop -----------------------------------------------------------------------
 
 
+def build_model(
+    args: Args, stream, regularizer: Regularizer, device
+) -> tuple[MLP, torch.optim.Optimizer]:
+    """The MLP (with what the regularizer needs switched on) and its optimizer, the regularizer
+    attached to both."""
+    model = MLP(
+        stream.input_dim, args.hidden_sizes, stream.output_dim, args.activation, args.init,
+        **regularizer.network_options(layer_norm=args.layer_norm),
+    ).to(device)  # fmt: skip
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.learning_rate, momentum=args.momentum
+        )
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    regularizer.attach({"model": model}, optimizer, args.seed)
+    return model, optimizer
+
+
 def autograd_step(
     model: MLP, optimizer: torch.optim.Optimizer, regularizer: Regularizer, loss: str,
     x: Tensor, y: Tensor, task: Task,
@@ -507,17 +526,7 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
     )  # fmt: skip
     device = run.device
     with run.training() as stop:
-        model = MLP(
-            stream.input_dim, args.hidden_sizes, stream.output_dim, args.activation, args.init,
-            **regularizer.network_options(layer_norm=args.layer_norm),
-        ).to(device)  # fmt: skip
-        if args.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                model.parameters(), lr=args.learning_rate, momentum=args.momentum
-            )
-        else:
-            optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-        regularizer.attach({"model": model}, optimizer, args.seed)
+        model, optimizer = build_model(args, stream, regularizer, device)
         blocker = fused_update_blocker(args, regularizer)
         if args.update == "fused" and blocker is not None:
             raise ConfigError(f"--update fused cannot run here: {blocker}")
