@@ -12,10 +12,11 @@ seed (Adam is elementwise, the loss a sum of per-seed losses):
 The work is continual-CartPole's PPO update (5 epochs x 25 minibatches of 32 over an 800-step
 rollout, 3 x 256 LeakyReLU actor and critic, clipped surrogate + entropy + value loss) and its
 acting (one forward per env step for the K envs). One torch thread; the table gives seconds per
-update and per 800 acting steps, and the speed-up per seed over the loop at the same K.
+update and per 800 acting steps, the speed-up per seed over the loop, and K seeds' PPO
+iterations (update plus acting, without the envs) per second.
 
     python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
-    python benchmarks/batched_seeds.py --seeds 1 6 16
+    python benchmarks/batched_seeds.py --device cuda --seeds 1 4 16 64 256   # the GPU check's part
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Args:
     """the K values measured (seeds trained at once)"""
     updates: int = 3
     """updates timed per K and way (after one untimed warm-up)"""
+    device: str = "cpu"
+    """where the networks live (cuda: the GPU check's part)"""
+    loop_up_to: int = 8
+    """the loop runs only for K up to this; above it the speed-up is against the loop's time
+    per seed at the largest K it ran"""
 
 
 def ppo_loss(logits: Tensor, values: Tensor, data: dict[str, Tensor]) -> Tensor:
@@ -61,26 +67,30 @@ def ppo_loss(logits: Tensor, values: Tensor, data: dict[str, Tensor]) -> Tensor:
 Tensor = torch.Tensor
 
 
-def rollout_data(k: int) -> dict[str, Tensor]:
+def rollout_data(k: int, device: str = "cpu") -> dict[str, Tensor]:
     """K seeds' rollouts (random numbers of the right shapes: the time does not depend on them)."""
-    return {
+    data = {
         "obs": torch.randn(k, ROLLOUT, OBS),
         "actions": torch.randint(0, ACTIONS, (k, ROLLOUT)),
         "logprobs": torch.full((k, ROLLOUT), -0.69),
         "advantages": torch.randn(k, ROLLOUT),
         "returns": torch.randn(k, ROLLOUT),
     }
+    return {key: value.to(device) for key, value in data.items()}
 
 
-def networks(k: int) -> list[tuple[CategoricalActor, Critic]]:
+def networks(k: int, device: str = "cpu") -> list[tuple[CategoricalActor, Critic]]:
     net = (HIDDEN, "leaky-relu", "torch-default")
-    return [(CategoricalActor(OBS, ACTIONS, *net), Critic(OBS, *net)) for _ in range(k)]
+    return [
+        (CategoricalActor(OBS, ACTIONS, *net).to(device), Critic(OBS, *net).to(device))
+        for _ in range(k)
+    ]
 
 
 def loop_update(pairs, optimizers, data) -> None:
     for seed, ((actor, critic), optimizer) in enumerate(zip(pairs, optimizers, strict=True)):
         for _ in range(EPOCHS):
-            order = torch.randperm(ROLLOUT)
+            order = torch.randperm(ROLLOUT, device=data["obs"].device)
             for start in range(0, ROLLOUT, MINIBATCH):
                 idx = order[start : start + MINIBATCH]
                 mb = {key: value[seed, idx] for key, value in data.items()}
@@ -107,8 +117,9 @@ def stacked(pairs) -> tuple[dict, dict, CategoricalActor, Critic]:
 
 def minibatches(k: int, data: dict[str, Tensor]):
     """Each seed its own order (its own random stream), gathered per seed: (k, 32, ...)."""
+    device = data["obs"].device
     for _ in range(EPOCHS):
-        order = torch.stack([torch.randperm(ROLLOUT) for _ in range(k)])
+        order = torch.stack([torch.randperm(ROLLOUT, device=device) for _ in range(k)])
         for start in range(0, ROLLOUT, MINIBATCH):
             idx = order[:, start : start + MINIBATCH]
             yield {key: value.gather(1, idx.view(k, -1, *[1] * (value.dim() - 2)).expand(
@@ -160,6 +171,7 @@ def bmm_update(state, optimizer, data) -> None:
 
 
 def bmm_act(state, obs: Tensor) -> None:
+    """800 acting steps of K seeds: one stacked forward and one sampling per step."""
     actor_layers = layers(state[0])
     with torch.inference_mode():
         for _ in range(ROLLOUT):
@@ -169,9 +181,12 @@ def bmm_act(state, obs: Tensor) -> None:
 
 def timed(function, *inputs, repeats: int) -> float:
     function(*inputs)  # warm-up
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         function(*inputs)
+    synchronize()
     return (time.perf_counter() - start) / repeats
 
 
@@ -213,22 +228,27 @@ def main(args: Args) -> None:
     torch.manual_seed(0)
     check_layer_order(networks(2))
     check_same_gradients()
+    print(f"continual-CartPole PPO, {args.device}, torch {torch.__version__}, 1 torch thread\n")
     print("| K seeds | way | s per update | update speed-up per seed | s per 800 acting steps "
-          "| acting speed-up per seed |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "| acting speed-up per seed | seed-iterations per second |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    loop_per_seed = None  # (update s, acting s) per seed at the largest K the loop ran
     for k in args.seeds:
-        data = rollout_data(k)
-        obs = torch.randn(k, OBS)
-        pairs = networks(k)
-        adams = [
-            torch.optim.Adam([*a.parameters(), *c.parameters()], lr=1e-3, fused=True)
-            for a, c in pairs
-        ]
-        loop_s = timed(loop_update, pairs, adams, data, repeats=args.updates)
-        loop_act_s = timed(loop_act, pairs, obs, repeats=1)
-        rows = [("loop", loop_s, loop_act_s)]
+        data = rollout_data(k, args.device)
+        obs = torch.randn(k, OBS, device=args.device)
+        rows = []
+        if k <= args.loop_up_to:
+            pairs = networks(k, args.device)
+            adams = [
+                torch.optim.Adam([*a.parameters(), *c.parameters()], lr=1e-3, fused=True)
+                for a, c in pairs
+            ]
+            loop_s = timed(loop_update, pairs, adams, data, repeats=args.updates)
+            loop_act_s = timed(loop_act, pairs, obs, repeats=1)
+            loop_per_seed = (loop_s / k, loop_act_s / k)
+            rows.append(("loop", loop_s, loop_act_s))
         for way, update in (("vmap", vmap_update), ("bmm", bmm_update)):
-            state = stacked(networks(k))
+            state = stacked(networks(k, args.device))
             params = [*state[0].values(), *state[1].values()]
             for p in params:
                 p.requires_grad_(True)
@@ -237,8 +257,10 @@ def main(args: Args) -> None:
             act = timed(bmm_act, state, obs, repeats=1)  # the same stacked forward for both
             rows.append((way, seconds, act))
         for way, seconds, act in rows:
-            print(f"| {k} | {way} | {seconds:.2f} | {loop_s / seconds:.2f}x | {act:.2f} "
-                  f"| {loop_act_s / act:.2f}x |", flush=True)  # fmt: skip
+            update_up = loop_per_seed[0] * k / seconds
+            act_up = loop_per_seed[1] * k / act
+            print(f"| {k} | {way} | {seconds:.3f} | {update_up:.2f}x | {act:.3f} | {act_up:.2f}x "
+                  f"| {k / (seconds + act):.1f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

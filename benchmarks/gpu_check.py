@@ -33,7 +33,8 @@ BUDGETS = {
     "rl-throughput": (120, 90),
     "supervised": (45, 60),
     "hessian": (45, 60),
-    "ppo-1m": (180, 60),
+    "ppo-1m": (120, 60),
+    "batched-seeds": (60, 45),
     "suite": (90, 60),
 }
 
@@ -193,12 +194,32 @@ def ppo_1m(out: Path, dry: bool, budget: float) -> str:
                    "1M steps at this SPS": f"{1e6 / sps / 60:.1f} min" if sps else "-"}])  # fmt: skip
 
 
+def batched_seeds(out: Path, dry: bool, budget: float) -> str:
+    """K continual-CartPole PPO updates stacked along a seed axis (benchmarks/batched_seeds.py):
+    seconds per update and seed-iterations per second for K from 1 to 256 on the GPU (the CPU
+    buys ~1.1x per seed there, docs/benchmarks.md)."""
+    device, seeds = ("cpu", ["1", "2"]) if dry else ("cuda", ["1", "4", "16", "64", "256"])
+    command = [sys.executable, "benchmarks/batched_seeds.py", "--device", device, "--seeds",
+               *seeds, "--updates", "1" if dry else "2", "--loop-up-to", "4"]  # fmt: skip
+    try:
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                timeout=budget - 5)  # fmt: skip
+        text = result.stdout if result.returncode == 0 else f"failed:\n{result.stderr[-2000:]}"
+    except subprocess.TimeoutExpired as stopped:  # the rows it printed before the budget
+        printed = stopped.stdout or ""
+        printed = printed.decode() if isinstance(printed, bytes) else printed
+        text = printed + "\n(stopped by the budget)\n"
+    (out / "batched-seeds.md").write_text(text)
+    return text
+
+
 PARTS = {
     "gpu-tests": gpu_tests,
     "rl-throughput": rl_throughput,
     "supervised": supervised_speed,
     "hessian": hessian,
     "ppo-1m": ppo_1m,
+    "batched-seeds": batched_seeds,
     "suite": suite,
 }
 

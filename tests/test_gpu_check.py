@@ -77,7 +77,15 @@ def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
     summary = (out / "summary.md").read_text()
-    for part in ("gpu-tests", "rl-throughput", "supervised", "hessian", "ppo-1m", "suite"):
+    for part in (
+        "gpu-tests",
+        "rl-throughput",
+        "supervised",
+        "hessian",
+        "ppo-1m",
+        "batched-seeds",
+        "suite",
+    ):
         assert f"| {part} | ok |" in summary, summary
         assert (out / f"{part}.md").read_text().count("|") > 8, part
     # The packages came from the folder, not from the stand-in's own site-packages.
