@@ -205,6 +205,16 @@ def method_stream_seed(seed: int, method: str) -> int:
     return int(np.random.SeedSequence([seed, STREAM_TAG, tag]).generate_state(1)[0])
 
 
+def named_parameters(nets: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
+    """Every parameter of `nets` as "<net>.<parameter>" (so a checkpoint says which state
+    belongs to which weight); a parameter two nets share keeps its first name, once."""
+    names: dict[nn.Parameter, str] = {}
+    for net_name, net in nets.items():
+        for param_name, param in net.named_parameters():
+            names.setdefault(param, f"{net_name}.{param_name}")
+    return {name: param for param, name in names.items()}
+
+
 def reinitialise(net: nn.Module) -> None:
     """Redraw `net`'s initialisation in place: its own reset_parameters(), else its layers'."""
     if hasattr(net, "reset_parameters"):

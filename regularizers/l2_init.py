@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from regularizers.base import Features, FlagGroup, Method, Regularizer
+from regularizers.base import Features, FlagGroup, Method, Regularizer, named_parameters
 
 
 @dataclass
@@ -38,13 +38,7 @@ class L2Init(Regularizer):
         self, nets: dict[str, nn.Module], optimizer: torch.optim.Optimizer, seed: int
     ) -> None:
         super().attach(nets, optimizer, seed)
-        # Named "<net>.<parameter>" so a checkpoint says which anchor belongs to which weight;
-        # a parameter two nets share keeps its first name and is anchored once.
-        names: dict[nn.Parameter, str] = {}
-        for net_name, net in nets.items():
-            for param_name, param in net.named_parameters():
-                names.setdefault(param, f"{net_name}.{param_name}")
-        self.params = {name: param for param, name in names.items()}
+        self.params = named_parameters(nets)  # a parameter two nets share is anchored once
         self.theta_0 = {key: param.detach().clone() for key, param in self.params.items()}
 
     def penalty(self, feats: Features) -> Tensor:

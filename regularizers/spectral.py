@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from regularizers.base import Features, FlagGroup, Method, Regularizer, method_stream_seed
+from regularizers.base import (
+    Features,
+    FlagGroup,
+    Method,
+    Regularizer,
+    method_stream_seed,
+    named_parameters,
+)
 
 
 @dataclass
@@ -65,13 +72,9 @@ class Spectral(Regularizer):
         self, nets: dict[str, nn.Module], optimizer: torch.optim.Optimizer, seed: int
     ) -> None:
         super().attach(nets, optimizer, seed)
-        # Named "<net>.<parameter>"; a parameter two nets share keeps its first name.
-        names: dict[nn.Parameter, str] = {}
-        for net_name, net in nets.items():
-            for param_name, param in net.named_parameters():
-                names.setdefault(param, f"{net_name}.{param_name}")
-        self.matrices = {n: p for p, n in names.items() if is_weight_matrix(n, p)}
-        self.biases = {n: p for p, n in names.items() if "bias" in n}
+        params = named_parameters(nets)
+        self.matrices = {n: p for n, p in params.items() if is_weight_matrix(n, p)}
+        self.biases = {n: p for n, p in params.items() if "bias" in n}
         # Random unit starting vectors from the method's own stream (never the run's).
         generator = torch.Generator().manual_seed(method_stream_seed(seed, self.name))
         self.u, self.v = {}, {}
