@@ -839,7 +839,9 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
         )  # fmt: skip
         reset = row.get("beats_reset")
         reset_text = ""
-        if reset is not None:
+        if reset is not None and reset["verdict"] == "n/a":  # no finished last tasks to compare
+            reset_text = " n/a |"
+        elif reset is not None:
             reset_text = f" {reset['verdict']} ({reset['difference']:+.{digits}f} [{reset['ci'][0]:+.{digits}f}, {reset['ci'][1]:+.{digits}f}]) |"
         elif any("beats_reset" in r for r in summary["table"].values()):
             reset_text = " (reset) |"
