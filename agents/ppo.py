@@ -678,8 +678,8 @@ class Rollout:
     shift: dict | None = None
 
     @classmethod
-    def allocate(cls, args: Args, agent: PPOAgent, device: torch.device) -> Rollout:
-        steps, envs = args.num_steps, args.num_envs
+    def allocate(cls, args: Args, agent: PPOAgent) -> Rollout:
+        steps, envs, device = args.num_steps, args.num_envs, agent.device
         obs_dim = agent.obs_normalizer.rms.mean.shape[0]
         # One action per env and step: an index (categorical policy) or a vector (Gaussian).
         action_shape = () if agent.discrete else agent.action_space.shape
@@ -881,7 +881,7 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
                 previous_batch = {
                     k: v.to(run.device) for k, v in run.checkpoint["previous_batch"].items()
                 }
-        rollout = Rollout.allocate(args, agent, run.device)
+        rollout = Rollout.allocate(args, agent)
 
         # Episodes in flight at a checkpoint restart on resume; the task and statistics carry
         # on (the first observations do not move the statistics of a resumed run: they are

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import tyro
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.networks import CategoricalActor, Critic  # noqa: E402
@@ -62,9 +63,6 @@ def ppo_loss(logits: Tensor, values: Tensor, data: dict[str, Tensor]) -> Tensor:
     entropy = -(log_probs.exp() * log_probs).sum(-1).mean(-1)
     value_loss = 0.5 * (values - data["returns"]).square().mean(-1)
     return (pg - ENT * entropy + VF * value_loss).sum()
-
-
-Tensor = torch.Tensor
 
 
 def rollout_data(k: int, device: str = "cpu") -> dict[str, Tensor]:
