@@ -25,13 +25,22 @@ from validation import ConfigError, require
 Integrator = Literal["model", "euler", "implicit", "implicitfast", "rk4"]
 
 
+MUJOCO_WARNINGS_SHOWN: set[str] = set()
+
+
 def mujoco_warning(message: str) -> None:
-    """MuJoCo's own warnings, as Python warnings: MuJoCo prints each to stderr every time it
-    happens, e.g. mujoco 4 on gymnasium's half_cheetah.xml ("compiler attribute 'settotalmass'
-    is deprecated") once per model compiled, so again at every clip's env. As a Python warning
-    each distinct message is shown once, and none is hidden."""
+    """MuJoCo's own warnings, as Python warnings, each distinct message once per process.
+    MuJoCo prints each to stderr every time it happens, e.g. mujoco 4 on gymnasium's
+    half_cheetah.xml ("compiler attribute 'settotalmass' is deprecated") once per model
+    compiled, so again at every clip's env. Python's own once-per-place memory is not enough:
+    it is forgotten whenever any code changes the warning filters (every
+    `warnings.catch_warnings()` block does), so MUJOCO_WARNINGS_SHOWN remembers. No message
+    is hidden: the first of each goes through `warnings`, where filters (`-W error`) apply."""
     import warnings
 
+    if message in MUJOCO_WARNINGS_SHOWN:
+        return
+    MUJOCO_WARNINGS_SHOWN.add(message)
     warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
 
 

@@ -684,11 +684,17 @@ def test_reset_episodes_starts_a_task_due_at_the_reset_with_its_first_observatio
 
 def test_a_mujoco_warning_is_shown_once_however_often_it_happens():
     """mujoco 4 warns at every compile of gymnasium's half_cheetah.xml (settotalmass); with the
-    envs package imported, three models give one line on stderr, not three."""
+    envs package imported, three models give one line on stderr, not three, even when other code
+    changes the warning filters between them (which makes Python forget what it has shown)."""
     import subprocess
     import sys
 
-    code = "import envs, gymnasium as gym\nfor _ in range(3): gym.make('HalfCheetah-v5')"
+    code = (
+        "import envs, gymnasium as gym, warnings\n"
+        "for _ in range(3):\n"
+        "    gym.make('HalfCheetah-v5')\n"
+        "    with warnings.catch_warnings(): pass\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
