@@ -614,11 +614,13 @@ CURVE_POINTS_PER_TASK = 20
 def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
     """RL with a return per PPO iteration: each method's learning curve (the rollouts' mean
     return, averaged in CURVE_POINTS_PER_TASK bins per task), mean over seeds with its 95 %
-    bootstrap band, the task boundaries drawn."""
+    bootstrap band, the task boundaries drawn. Up to three methods share one plot; more get a
+    panel each (overlaid, eight curves hide each other), with reset's curve, where there is
+    one, drawn in grey in every other panel as the plastic reference."""
     with_rollouts = [r for r in runs if len(r.rollouts[0])]
     if summary["kind"] != "rl" or not with_rollouts:
         return None
-    methods = summary["methods"]
+    methods = [m for m in summary["methods"] if any(r.method == m for r in with_rollouts)]
     # the planned end, so the bins line up with the task boundaries while runs are unfinished
     end = max(
         max(float(r.config.get("total_timesteps", 0)), float(r.rollouts[0].max()))
@@ -627,12 +629,9 @@ def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
     bins = CURVE_POINTS_PER_TASK * summary["planned_tasks"]
     edges = np.linspace(0, end, bins + 1)
     centres = (edges[1:] + edges[:-1]) / 2
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for method in methods:
+
+    def curve(method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         mine = [r for r in with_rollouts if r.method == method]
-        if not mine:
-            continue
         binned = np.full((len(mine), bins), np.nan)
         for i, r in enumerate(mine):
             which = np.clip(np.digitize(r.rollouts[0] - 1, edges[1:-1]), 0, bins - 1)
@@ -644,14 +643,42 @@ def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
             for col in binned.T
         ]  # fmt: skip
         mean, low, high = np.array(stats).T
-        band(ax, centres, mean, low, high, colour(methods, method), f"{method} (n={len(mine)})")
-    for shift in sorted({s for r in runs for s in r.shifts}):
-        ax.axvline(shift, color="0.5", linestyle=":", linewidth=0.9)
-    ax.xaxis.set_major_formatter(EngFormatter())
-    ax.set_xlabel("env step (dotted: a new task)")
-    ax.set_ylabel("return (mean of a PPO iteration's episodes)")
-    ax.set_title("learning curves: mean over seeds with 95 % bootstrap band", size=10)
-    ax.legend(fontsize=8, loc="best")
+        return mean, low, high, len(mine)
+
+    curves = {method: curve(method) for method in methods}
+    panels = len(methods) > 3
+    columns = min(4, len(methods)) if panels else 1
+    rows = math.ceil(len(methods) / columns) if panels else 1
+    fig = Figure(figsize=(11, 4.2) if not panels else (3.2 * columns, 2.4 * rows + 0.6),
+                 layout="constrained")  # fmt: skip
+    axes = fig.subplots(rows, columns, squeeze=False, sharex=True, sharey=True).ravel()
+    resets = [m for m in methods if m.split(" ")[0] == "reset"]
+    for i, method in enumerate(methods):
+        ax = axes[i if panels else 0]
+        mean, low, high, n = curves[method]
+        if panels and resets and method != resets[0]:
+            ax.plot(centres, curves[resets[0]][0], color="0.6", linewidth=1.0, label=resets[0])
+        band(ax, centres, mean, low, high, colour(summary["methods"], method), f"{method} (n={n})")
+        if panels:
+            ax.set_title(f"{method} (n={n})", size=9)
+    for ax in axes[len(methods) if panels else 1 :]:
+        ax.set_visible(False)
+    shifts = sorted({s for r in runs for s in r.shifts})
+    for ax in axes[: len(methods) if panels else 1]:
+        for shift in shifts:
+            ax.axvline(shift, color="0.5", linestyle=":", linewidth=0.7)
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+    if panels:
+        fig.supxlabel("env step (dotted: a new task)", size=9)
+        fig.supylabel("return (mean of a PPO iteration's episodes)", size=9)
+        grey = f"; grey: {resets[0]}" if resets else ""
+        fig.suptitle(f"learning curves: mean over seeds with 95 % bootstrap band{grey}", size=10)
+    else:
+        axes[0].set_xlabel("env step (dotted: a new task)")
+        axes[0].set_ylabel("return (mean of a PPO iteration's episodes)")
+        axes[0].set_title("learning curves: mean over seeds with 95 % bootstrap band", size=10)
+        axes[0].legend(fontsize=8, loc="best")
     return fig
 
 
