@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, FixedLocator, MaxNLocator
 
 from diagnostics.curvature import epsilon_rank, paper_density, paper_epsilon_rank
 from diagnostics.plasticity import pearson, spearman
@@ -784,11 +784,20 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
         positive = x[x > 0]
         if len(positive) and x.max() > 100 * positive.min():
             # eps-ranks spanning decades (a collapsed spectrum sits at 0): log above the smallest
-            ax.set_xscale("symlog", linthresh=max(float(positive.min()), x.max() * 1e-4),
-                          linscale=0.3)  # fmt: skip
+            linthresh = max(float(positive.min()), x.max() * 1e-4)
+            ax.set_xscale("symlog", linthresh=linthresh, linscale=0.3)
+            # Where 0 is drawn, the decades start one past the linear part: the first sits 0.3
+            # of a decade from 0, where its label would overprint 0's.
+            has_zero = bool(x.min() <= 0)
+            first = math.ceil(math.log10(linthresh)) + int(has_zero)
+            last = math.ceil(math.log10(x.max()))
+            ax.xaxis.set_major_locator(
+                FixedLocator([0.0] * has_zero + [10.0**k for k in range(first, last + 1)])
+            )
         ax.set_xlabel("Hessian eps-rank at task init, % (exact)")
         ax.set_ylabel(summary["metric"])
-    axes[0, 0].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=len(labels))
     fig.suptitle(
         "the task's metric against the Hessian epsilon-rank at its start, every (method, seed, task)",
         size=10,
