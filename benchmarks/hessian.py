@@ -845,7 +845,7 @@ def mnist_case(args: Args, repeats: int) -> None:
             split["density"],
         ),
         row(
-            "paper's JAX (the issue; 2 CPU cores)",
+            "paper's JAX (reported, 2 CPU cores)",
             JAX_LANCZOS_S,
             f"~{JAX_HVP_S:.0f}",
             JAX_DENSITY_S,

@@ -20,8 +20,9 @@ episodic returns, and the mean episodic return of the episodes ending in each qu
     python benchmarks/ppo_throughput.py                        # throughput, ~3 minutes
     python benchmarks/ppo_throughput.py --learning --total-timesteps 100000 --seeds 1 2 3 --repeats 1
 
-Reference point (the issue): CleanRL's script runs at about 1,350 SPS on a 2-core machine of
-this kind; the target is ours at >= 1.5x that, with the same learning.
+Reference point (reported, not measured by this script): CleanRL's script runs at about 1,350
+SPS on a 2-core machine of this kind; the target is ours at >= 1.5x that, with the same
+learning.
 """
 
 from __future__ import annotations

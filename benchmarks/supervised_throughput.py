@@ -20,9 +20,9 @@ alike; the table shows medians and the median of per-round ratios against the re
     python benchmarks/supervised_throughput.py             # ~4 minutes on 2 cores
     python benchmarks/supervised_throughput.py --quick     # batch 1 only, 1 round
 
-Reference points (the issue, 2-core CPU): a plain eager loop does ~465 examples/s at batch 1;
-the paper's JAX code ~575 (plain) and ~412 (L2-ER). Target: ours >= 1,000 plain and >= 700
-with L2-ER at batch 1.
+Reference points (reported for a 2-core CPU, not measured by this script): a plain eager loop
+does ~465 examples/s at batch 1; the paper's JAX code ~575 (plain) and ~412 (L2-ER). Target:
+ours >= 1,000 plain and >= 700 with L2-ER at batch 1.
 """
 
 from __future__ import annotations

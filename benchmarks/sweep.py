@@ -1,7 +1,7 @@
 """Cells per hour of `train.py sweep` on each launcher, against the same cells run one after
 another, as a table of ratios.
 
-What it measures, on one machine (the 2-core CI machine: the issue's setting):
+What it measures, on one machine (the 2-core CI machine):
 - serial (the reference): the N cells' own commands (`train.py supervised ...`) run one after
   another, each in a fresh process, as a script looping over them would;
 - local: the sweep with --workers = cores. Ideal is serial time / cores; the "of ideal" column is

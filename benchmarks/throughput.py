@@ -22,10 +22,11 @@ num_steps = 2048 / num_envs. SAC runs CleanRL's (256x256, batch 256, policy freq
     python benchmarks/throughput.py                 # the full grid, ~10 minutes on 2 cores
     python benchmarks/throughput.py --quick         # PPO on HalfCheetah, 1 and 8 envs, no SAC
 
-Reference points (the issue, 2-core CPU): envpool steps HalfCheetah-v5 at ~36k/s with 8 envs vs
-~19k/s for gymnasium's SyncVectorEnv; CleanRL's single-env PPO trains at ~1,350 SPS. Targets:
-PPO with envpool >= 2x the gymnasium-backend PPO on CPU at equal hyperparameters; on an H100,
-1M steps of PPO on HalfCheetah-v5 in under 10 minutes.
+Reference points (reported for a 2-core CPU, not measured by this script): envpool steps
+HalfCheetah-v5 at ~36k/s with 8 envs vs ~19k/s for gymnasium's SyncVectorEnv; CleanRL's
+single-env PPO trains at ~1,350 SPS. Targets: PPO with envpool >= 2x the gymnasium-backend PPO
+on CPU at equal hyperparameters; on an H100, 1M steps of PPO on HalfCheetah-v5 in under 10
+minutes.
 """
 
 from __future__ import annotations
