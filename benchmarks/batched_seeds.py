@@ -15,7 +15,14 @@ acting (one forward per env step for the K envs). One torch thread; the table gi
 update and per 800 acting steps, the speed-up per seed over the loop, and K seeds' PPO
 iterations (update plus acting, without the envs) per second.
 
+With `--workload supervised`, the same question for the supervised stream as `make reproduce`
+runs it (permuted MNIST, 784-256x3-10 ReLU, batch 1, plain SGD): K seeds each take one SGD step
+on their own example, as a loop of the learner's own fused step (agents/supervised.py
+`fused_sgd_step`, one network after another) and as that step on stacked weights (a batched
+outer product per layer, `baddbmm`). The table gives examples per second per seed.
+
     python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
+    python benchmarks/batched_seeds.py --workload supervised --seeds 1 3 6   # ~1 minute
     python benchmarks/batched_seeds.py --device cuda --seeds 1 4 16 64 256   # the GPU check's part
 """
 
@@ -25,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +40,8 @@ import tyro
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from agents.networks import CategoricalActor, Critic  # noqa: E402
+from agents.networks import MLP, CategoricalActor, Critic  # noqa: E402
+from agents.supervised import fused_sgd_step  # noqa: E402
 
 OBS, ACTIONS, HIDDEN = 4, 2, (256, 256, 256)
 ROLLOUT, MINIBATCH, EPOCHS = 800, 32, 5
@@ -41,6 +50,8 @@ CLIP, ENT, VF = 0.2, 0.01, 0.5
 
 @dataclass
 class Args:
+    workload: Literal["ppo", "supervised"] = "ppo"
+    """continual-CartPole's PPO update and acting, or the supervised stream's SGD step"""
     seeds: tuple[int, ...] = (1, 2, 6)
     """the K values measured (seeds trained at once)"""
     updates: int = 3
@@ -221,9 +232,102 @@ def check_same_gradients(k: int = 3) -> None:
             torch.testing.assert_close(grads[name][seed], expected, rtol=1e-4, atol=1e-6)
 
 
+# --- the supervised stream: permuted MNIST at batch 1 ------------------------------------------
+
+MNIST_IN, MNIST_HIDDEN, MNIST_CLASSES, SGD_LR = 784, (256, 256, 256), 10, 0.01
+
+
+def mnist_models(k: int, device: str = "cpu") -> list[MLP]:
+    return [
+        MLP(MNIST_IN, MNIST_HIDDEN, MNIST_CLASSES, "relu", "kaiming-uniform").to(device)
+        for _ in range(k)
+    ]
+
+
+def stacked_sgd_step(weights: list[tuple[Tensor, Tensor]], x: Tensor, y: Tensor) -> None:
+    """`fused_sgd_step` (cross-entropy, no decay) for K seeds at once, each on its own example:
+    x (k, 1, 784), y (k,); W (k, out, in) updated in place by W <- W - lr delta^T a per seed."""
+    inputs = [x]
+    for w, b in weights[:-1]:
+        inputs.append(torch.baddbmm(b[:, None, :], inputs[-1], w.transpose(1, 2)).relu())
+    w, b = weights[-1]
+    outputs = torch.baddbmm(b[:, None, :], inputs[-1], w.transpose(1, 2))
+    delta = torch.softmax(outputs, dim=-1)  # (k, 1, classes): d loss / d outputs, batch 1
+    delta[torch.arange(len(y), device=y.device), 0, y] -= 1.0
+    for index in range(len(weights) - 1, -1, -1):
+        weight, bias = weights[index]
+        below = inputs[index]
+        next_delta = torch.bmm(delta, weight) * (below > 0) if index > 0 else None
+        weight.baddbmm_(delta.transpose(1, 2), below, alpha=-SGD_LR)
+        bias.sub_(delta[:, 0], alpha=SGD_LR)
+        delta = next_delta
+
+
+def mnist_stack(models: list[MLP]) -> list[tuple[Tensor, Tensor]]:
+    params, _ = torch.func.stack_module_state(models)
+    names = [f"hidden.{i}" for i in range(len(MNIST_HIDDEN))] + ["out"]
+    return [(params[f"{n}.weight"].detach(), params[f"{n}.bias"].detach()) for n in names]
+
+
+def check_same_sgd_steps(k: int = 3) -> None:
+    """From the same parameters and examples, the stacked step leaves each seed where the
+    learner's own fused step leaves its network alone (float32 tolerance)."""
+    models = mnist_models(k)
+    weights = mnist_stack(models)
+    x, y = torch.rand(k, 1, MNIST_IN), torch.randint(0, MNIST_CLASSES, (k,))
+    for _ in range(3):
+        stacked_sgd_step(weights, x, y)
+        with torch.no_grad():
+            for seed, model in enumerate(models):
+                fused_sgd_step(model, x[seed], y[seed : seed + 1], "ce", None, SGD_LR, 0.0)
+    for seed, model in enumerate(models):
+        for (w, b), layer in zip(weights, [*model.hidden, model.out], strict=True):
+            torch.testing.assert_close(w[seed], layer.weight, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(b[seed], layer.bias, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def loop_sgd(models: list[MLP], x: Tensor, y: Tensor) -> None:
+    """x (examples, k, 1, 784): each example, each seed's network its own step in turn."""
+    for i in range(len(x)):
+        for seed, model in enumerate(models):
+            fused_sgd_step(model, x[i, seed], y[i, seed : seed + 1], "ce", None, SGD_LR, 0.0)
+
+
+@torch.no_grad()
+def stacked_sgd(weights: list[tuple[Tensor, Tensor]], x: Tensor, y: Tensor) -> None:
+    for i in range(len(x)):
+        stacked_sgd_step(weights, x[i], y[i])
+
+
+def supervised_table(args: Args, examples: int = 2000) -> None:
+    check_same_sgd_steps()
+    print(f"permuted MNIST 784-256x3-10, batch 1, SGD, {args.device}, torch {torch.__version__}, "
+          "1 torch thread\n")  # fmt: skip
+    print("| K seeds | way | seed-examples per second | speed-up over the loop |")
+    print("|---|---|---|---|")
+    loop_rate = None  # seed-examples/s of the loop at the largest K it ran (flat in K)
+    for k in args.seeds:
+        x = torch.rand(examples, k, 1, MNIST_IN, device=args.device)
+        y = torch.randint(0, MNIST_CLASSES, (examples, k), device=args.device)
+        models, weights = mnist_models(k, args.device), mnist_stack(mnist_models(k, args.device))
+        rows = []
+        if k <= args.loop_up_to:
+            loop_rate = examples * k / timed(loop_sgd, models, x, y, repeats=args.updates)
+            rows.append(("loop", loop_rate))
+        rows.append(
+            ("stacked", examples * k / timed(stacked_sgd, weights, x, y, repeats=args.updates))
+        )
+        for way, rate in rows:
+            print(f"| {k} | {way} | {rate:,.0f} | {rate / loop_rate:.2f}x |", flush=True)
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.workload == "supervised":
+        supervised_table(args)
+        return
     check_layer_order(networks(2))
     check_same_gradients()
     print(f"continual-CartPole PPO, {args.device}, torch {torch.__version__}, 1 torch thread\n")
