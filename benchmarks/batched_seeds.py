@@ -19,7 +19,8 @@ With `--workload supervised`, the same question for the supervised stream as `ma
 runs it (permuted MNIST, 784-256x3-10 ReLU, batch 1, plain SGD): K seeds each take one SGD step
 on their own example, as a loop of the learner's own fused step (agents/supervised.py
 `fused_sgd_step`, one network after another) and as that step on stacked weights (a batched
-outer product per layer, `baddbmm`). The table gives examples per second per seed.
+outer product per layer, `baddbmm`). The table gives seed-examples per second (examples
+learnt, summed over the K seeds) and the speed-up over the loop.
 
     python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
     python benchmarks/batched_seeds.py --workload supervised --seeds 1 3 6   # ~1 minute
@@ -306,7 +307,7 @@ def supervised_table(args: Args, examples: int = 2000) -> None:
           "1 torch thread\n")  # fmt: skip
     print("| K seeds | way | seed-examples per second | speed-up over the loop |")
     print("|---|---|---|---|")
-    loop_rate = None  # seed-examples/s of the loop at the largest K it ran (flat in K)
+    loop_rate = None  # the loop's, at the largest K it ran: the reference for larger K
     for k in args.seeds:
         x = torch.rand(examples, k, 1, MNIST_IN, device=args.device)
         y = torch.randint(0, MNIST_CLASSES, (examples, k), device=args.device)

@@ -611,6 +611,27 @@ def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
 CURVE_POINTS_PER_TASK = 20
 
 
+def binned_curve(
+    runs: list[RunRecord], method: str, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The method's rollout returns averaged in the bins between `edges`, per run, then the
+    mean over its runs with a 95 % bootstrap band: (mean, low, high, runs)."""
+    mine = [r for r in runs if r.method == method]
+    bins = len(edges) - 1
+    binned = np.full((len(mine), bins), np.nan)
+    for i, r in enumerate(mine):
+        which = np.clip(np.digitize(r.rollouts[0] - 1, edges[1:-1]), 0, bins - 1)
+        for b in np.unique(which):
+            binned[i, b] = r.rollouts[1][which == b].mean()
+    stats = [
+        (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
+        if (~np.isnan(col)).any() else (np.nan,) * 3
+        for col in binned.T
+    ]  # fmt: skip
+    mean, low, high = np.array(stats).T
+    return mean, low, high, len(mine)
+
+
 def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
     """RL with a return per PPO iteration: each method's learning curve (the rollouts' mean
     return, averaged in CURVE_POINTS_PER_TASK bins per task), mean over seeds with its 95 %
@@ -629,23 +650,7 @@ def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
     bins = CURVE_POINTS_PER_TASK * summary["planned_tasks"]
     edges = np.linspace(0, end, bins + 1)
     centres = (edges[1:] + edges[:-1]) / 2
-
-    def curve(method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        mine = [r for r in with_rollouts if r.method == method]
-        binned = np.full((len(mine), bins), np.nan)
-        for i, r in enumerate(mine):
-            which = np.clip(np.digitize(r.rollouts[0] - 1, edges[1:-1]), 0, bins - 1)
-            for b in np.unique(which):
-                binned[i, b] = r.rollouts[1][which == b].mean()
-        stats = [
-            (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
-            if (~np.isnan(col)).any() else (np.nan,) * 3
-            for col in binned.T
-        ]  # fmt: skip
-        mean, low, high = np.array(stats).T
-        return mean, low, high, len(mine)
-
-    curves = {method: curve(method) for method in methods}
+    curves = {method: binned_curve(with_rollouts, method, edges) for method in methods}
     panels = len(methods) > 3
     columns = min(4, len(methods)) if panels else 1
     rows = math.ceil(len(methods) / columns) if panels else 1
