@@ -320,9 +320,12 @@ def boundary_eps_ranks(run: Run, convention: str) -> dict[str, dict[tuple, list]
     return ranks
 
 
+EPS_RANK_COLLAPSED = 1e-5  # a share of the spectrum: below it (0.001 %) a spectrum is collapsed
+
+
 def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
     """A panel per network and epsilon, each on a log axis (the ranks at 0.02 and at 0.1 differ
-    by a decade or more, and a collapse is a fall by a factor): the rank at the init of each
+    by a decade or more, and a collapse is a fall by a factor) that is linear near 0: the rank at the init of each
     task (filled, solid) and at its end (open, dashed), Hessian and GGN; the run's performance
     above them."""
     ranks = boundary_eps_ranks(run, convention)
@@ -349,10 +352,9 @@ def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
                 if line_eps != eps:
                     continue
                 steps, values = np.array(sorted(points)).T
-                positive = values > 0  # a log axis cannot show a rank of 0
                 ax.plot(
-                    steps[positive],
-                    values[positive],
+                    steps,
+                    values,
                     color=colours[phase, kind],
                     linestyle="-" if phase == "init" else "--",
                     marker="o" if phase == "init" else "s",
@@ -361,11 +363,14 @@ def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
                     linewidth=1.4,
                     label=f"{phase} {kind}",
                 )
-            ax.set_yscale("log")
+            # A collapsed spectrum's rank is 0 (or a float's breath above it): drawn, linearly
+            # below EPS_RANK_COLLAPSED, log above it.
+            ax.set_yscale("symlog", linthresh=EPS_RANK_COLLAPSED, linscale=0.5)
+            ax.set_ylim(bottom=0)
             step_axis(ax, run)
             ax.set_title(f"{net}, eps = {eps:g}", size=10)
             if j == 0:
-                ax.set_ylabel("eps-rank (log)")
+                ax.set_ylabel(f"eps-rank (log above {EPS_RANK_COLLAPSED:g})")
             if i == len(nets) - 1:
                 ax.set_xlabel(run.step_unit)
         axes[i, 0].legend(fontsize=7, handlelength=3)

@@ -699,6 +699,9 @@ def aggregate(runs: list[RunRecord], method: str, value: Callable[[RunRecord], d
     return np.array(rows).T if rows else None
 
 
+EPS_RANK_COLLAPSED = 1e-3  # %: below it a spectrum counts as collapsed (docs/experiments.md)
+
+
 def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Figure | None:
     index = list(CONVENTIONS).index(convention)
     keys = {(net, eps) for r in runs for net, _, _, eps in r.eps_ranks}
@@ -715,17 +718,20 @@ def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Fig
                 for phase, style in (("init", "-"), ("end", "--")):
                     line = aggregate(runs, method, lambda r, phase=phase, net=net, eps=eps: {
                         t: v[index] for (n, p, t, e), v in r.eps_ranks.items()
-                        if n == net and p == phase and e == eps and v[index] > 0
+                        if n == net and p == phase and e == eps
                     })  # fmt: skip
                     if line is not None:
                         band(ax, *line, colour(methods, method),
                              f"{method} {phase}" if (i, j) == (0, 0) else None, style,
                              "o" if phase == "init" else None)  # fmt: skip
-            ax.set_yscale("log")
+            # A collapsed spectrum's eps-rank is 0 (or a float's breath above it): it counts in
+            # the mean and is drawn, linearly below EPS_RANK_COLLAPSED, log above.
+            ax.set_yscale("symlog", linthresh=EPS_RANK_COLLAPSED, linscale=0.5)
+            ax.set_ylim(bottom=0)
             ax.set_title(f"{net}, eps = {eps:g}", size=10)
             ax.set_xlabel("task phase" if summary["kind"] == "rl" else "task")
             if j == 0:
-                ax.set_ylabel("eps-rank, % (log)")
+                ax.set_ylabel(f"eps-rank, % (log above {EPS_RANK_COLLAPSED:g})")
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.suptitle(
         f"Hessian epsilon-rank at each task's init (solid) and end (dashed), mean over seeds "
