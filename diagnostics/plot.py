@@ -323,6 +323,18 @@ def boundary_eps_ranks(run: Run, convention: str) -> dict[str, dict[tuple, list]
 EPS_RANK_COLLAPSED = 1e-5  # a share of the spectrum: below it (0.001 %) a spectrum is collapsed
 
 
+def eps_rank_scale(ax, lowest: float, collapsed: float = EPS_RANK_COLLAPSED) -> None:
+    """A log y-axis for epsilon-ranks (they span decades, and a collapse is a fall by a
+    factor). Where the panel holds a collapsed rank (below `collapsed`; a rank of 0 included)
+    the axis is linear below `collapsed` and starts at 0, so that the collapse is drawn, not
+    dropped as a log axis would drop it."""
+    if lowest < collapsed:
+        ax.set_yscale("symlog", linthresh=collapsed, linscale=0.5)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_yscale("log")
+
+
 def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
     """A panel per network and epsilon, each on a log axis (the ranks at 0.02 and at 0.1 differ
     by a decade or more, and a collapse is a fall by a factor) that is linear near 0: the rank at the init of each
@@ -348,10 +360,12 @@ def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
     for i, net in enumerate(nets):
         for j, eps in enumerate(epsilons):
             ax = axes[i, j]
+            lowest = np.inf
             for (phase, kind, line_eps), points in sorted(ranks[net].items()):
                 if line_eps != eps:
                     continue
                 steps, values = np.array(sorted(points)).T
+                lowest = min(lowest, float(values.min()))
                 ax.plot(
                     steps,
                     values,
@@ -363,14 +377,11 @@ def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
                     linewidth=1.4,
                     label=f"{phase} {kind}",
                 )
-            # A collapsed spectrum's rank is 0 (or a float's breath above it): drawn, linearly
-            # below EPS_RANK_COLLAPSED, log above it.
-            ax.set_yscale("symlog", linthresh=EPS_RANK_COLLAPSED, linscale=0.5)
-            ax.set_ylim(bottom=0)
+            eps_rank_scale(ax, lowest)
             step_axis(ax, run)
             ax.set_title(f"{net}, eps = {eps:g}", size=10)
             if j == 0:
-                ax.set_ylabel(f"eps-rank (log above {EPS_RANK_COLLAPSED:g})")
+                ax.set_ylabel("eps-rank (log)")
             if i == len(nets) - 1:
                 ax.set_xlabel(run.step_unit)
         axes[i, 0].legend(fontsize=7, handlelength=3)

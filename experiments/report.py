@@ -61,7 +61,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, MaxNLocator
 
 from diagnostics.curvature import epsilon_rank, paper_density, paper_epsilon_rank
 from diagnostics.plasticity import pearson, spearman
-from diagnostics.plot import RITZ_KEY
+from diagnostics.plot import EPS_RANK_COLLAPSED, RITZ_KEY, eps_rank_scale
 from run_directory import read_run_files
 from validation import ConfigError
 
@@ -699,9 +699,6 @@ def aggregate(runs: list[RunRecord], method: str, value: Callable[[RunRecord], d
     return np.array(rows).T if rows else None
 
 
-EPS_RANK_COLLAPSED = 1e-3  # %: below it a spectrum counts as collapsed (docs/experiments.md)
-
-
 def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Figure | None:
     index = list(CONVENTIONS).index(convention)
     keys = {(net, eps) for r in runs for net, _, _, eps in r.eps_ranks}
@@ -714,6 +711,7 @@ def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Fig
     for i, net in enumerate(nets):
         for j, eps in enumerate(epsilons):
             ax = axes[i, j]
+            lowest = np.inf
             for method in methods:
                 for phase, style in (("init", "-"), ("end", "--")):
                     line = aggregate(runs, method, lambda r, phase=phase, net=net, eps=eps: {
@@ -721,17 +719,16 @@ def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Fig
                         if n == net and p == phase and e == eps
                     })  # fmt: skip
                     if line is not None:
+                        lowest = min(lowest, float(np.nanmin(line[1:3])))
                         band(ax, *line, colour(methods, method),
                              f"{method} {phase}" if (i, j) == (0, 0) else None, style,
                              "o" if phase == "init" else None)  # fmt: skip
-            # A collapsed spectrum's eps-rank is 0 (or a float's breath above it): it counts in
-            # the mean and is drawn, linearly below EPS_RANK_COLLAPSED, log above.
-            ax.set_yscale("symlog", linthresh=EPS_RANK_COLLAPSED, linscale=0.5)
-            ax.set_ylim(bottom=0)
+            # A collapsed spectrum's eps-rank (0) counts in the mean and is drawn.
+            eps_rank_scale(ax, lowest, collapsed=100 * EPS_RANK_COLLAPSED)
             ax.set_title(f"{net}, eps = {eps:g}", size=10)
             ax.set_xlabel("task phase" if summary["kind"] == "rl" else "task")
             if j == 0:
-                ax.set_ylabel(f"eps-rank, % (log above {EPS_RANK_COLLAPSED:g})")
+                ax.set_ylabel("eps-rank, % (log)")
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.suptitle(
         f"Hessian epsilon-rank at each task's init (solid) and end (dashed), mean over seeds "
