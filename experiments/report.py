@@ -559,6 +559,18 @@ def band(ax, xs, mean, low, high, color, label, linestyle="-", marker=None) -> N
             markersize=3)  # fmt: skip
 
 
+def binned_bands(binned: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin (a column of `binned`, one row per run, NaN where a run has no value): the mean
+    over the runs that have one and its 95 % bootstrap interval; NaN where none has."""
+    stats = [
+        (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
+        if (~np.isnan(col)).any() else (np.nan,) * 3
+        for col in binned.T
+    ]  # fmt: skip
+    mean, low, high = np.array(stats).T
+    return mean, low, high
+
+
 def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
     methods = summary["methods"]
     rl = summary["kind"] == "rl"
@@ -589,14 +601,8 @@ def plot_performance(summary: dict, runs: list[RunRecord]) -> Figure:
                         for b in range(40)
                     ]
                 )
-            binned = np.array(binned)
             centres = (edges[1:] + edges[:-1]) / 2
-            stats = [
-                (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
-                if (~np.isnan(col)).any() else (np.nan,) * 3
-                for col in binned.T
-            ]  # fmt: skip
-            mean, low, high = np.array(stats).T
+            mean, low, high = binned_bands(np.array(binned))
             band(axes[1], centres, mean, low, high, colour(methods, method), method)
         for shift in sorted({s for r in runs for s in r.shifts}):
             axes[1].axvline(shift, color="0.5", linestyle=":", linewidth=0.9)
@@ -623,13 +629,7 @@ def binned_curve(
         which = np.clip(np.digitize(r.rollouts[0] - 1, edges[1:-1]), 0, bins - 1)
         for b in np.unique(which):
             binned[i, b] = r.rollouts[1][which == b].mean()
-    stats = [
-        (np.nanmean(col), *bootstrap_interval(mean_of, [col[~np.isnan(col)]]))
-        if (~np.isnan(col)).any() else (np.nan,) * 3
-        for col in binned.T
-    ]  # fmt: skip
-    mean, low, high = np.array(stats).T
-    return mean, low, high, len(mine)
+    return (*binned_bands(binned), len(mine))
 
 
 def plot_learning_curves(summary: dict, runs: list[RunRecord]) -> Figure | None:
