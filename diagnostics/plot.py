@@ -337,9 +337,9 @@ def eps_rank_scale(ax, lowest: float, collapsed: float = EPS_RANK_COLLAPSED) -> 
 
 def plot_eps_rank(run: Run, convention: str = "eps_rank") -> Figure | None:
     """A panel per network and epsilon, each on a log axis (the ranks at 0.02 and at 0.1 differ
-    by a decade or more, and a collapse is a fall by a factor) that is linear near 0: the rank at the init of each
-    task (filled, solid) and at its end (open, dashed), Hessian and GGN; the run's performance
-    above them."""
+    by a decade or more, and a collapse is a fall by a factor; see `eps_rank_scale` for a rank
+    of 0): the rank at the init of each task (filled, solid) and at its end (open, dashed),
+    Hessian and GGN; the run's performance above them."""
     ranks = boundary_eps_ranks(run, convention)
     if not ranks:
         return None
