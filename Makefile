@@ -41,7 +41,7 @@ bench: $(STAMP)
 # The GPU check (docs/gpu.md): `make gpu-wheels` here, where there is a package index,
 # then carry .gpu-wheels/ to the GPU machine and run `benchmarks/gpu_check.sh OUT_DIR` there.
 gpu-wheels: $(STAMP)
-	$(PY) benchmarks/gpu_wheels.py --out .gpu-wheels
+	$(PY) benchmarks/gpu_wheels.py --out .gpu-wheels --gl-debs
 
 # The same check on this machine's CPU at tiny sizes, installed from the folder alone.
 gpu-check: $(STAMP)

@@ -86,9 +86,10 @@ class PPOFlags:
     """seed of the run: networks, sampling, env resets and the tasks' parameters"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """use CUDA when it is available (whether a GPU is faster than the CPU for these small
-    networks is what the GPU check's throughput rows measure: docs/gpu.md)"""
+    cuda: bool = False
+    """use CUDA when it is available; off by default because at these network sizes the CPU
+    is faster: on an H200 machine PPO ran 2.2x (1 env) and 1.9x (8 envs) the GPU's env steps/s
+    on one CPU thread (docs/gpu.md). Seeds stacked in one process are where a GPU pays"""
     torch_threads: int = 1
     """CPU threads for torch (0 = torch's default); small networks run fastest on one"""
     compile: bool = False

@@ -14,6 +14,11 @@ with a requirements.txt the check installs from.
 
 envpool (740 MB) and imageio-ffmpeg (70 MB) cannot travel: the GPU rows use the gymnasium
 backend and no clips.
+
+The GPU machine also lacks the GL loader libraries (libEGL and friends: its driver brings only
+the vendor half), and with MUJOCO_GL=egl `import mujoco` then fails. With --gl-debs (on in
+`make gpu-wheels`) Debian's loader packages are fetched with `apt-get download` into OUT/gl/,
+~0.4 MiB, and the check unpacks them there before anything imports mujoco.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -56,6 +62,32 @@ class Args:
     """platform tags pip may pick wheels for"""
     max_mib: float = 58.0
     """refuse a folder larger than this (the working tree and it travel in 64 MiB)"""
+    gl_debs: bool = False
+    """also fetch the GL loader packages the GPU machine lacks into OUT/gl (needs apt-get and
+    a Debian/Ubuntu package index)"""
+
+
+GL_LOADERS = ("libegl1", "libglvnd0", "libopengl0", "libgl1", "libglx0", "libgles2")
+"""Debian's GL vendor-neutral loaders: with the driver's own libEGL_nvidia, EGL rendering works"""
+
+
+def download_gl_debs(folder: Path) -> None:
+    """The amd64 GL loader packages into `folder`, from a package list of their own (in a
+    temporary folder) so the host's apt state is neither needed nor changed."""
+    if shutil.which("apt-get") is None:
+        raise SystemExit("error: --gl-debs needs apt-get (a Debian or Ubuntu machine)")
+    folder.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as lists:
+        (Path(lists) / "partial").mkdir()
+        options = ["-o", "APT::Architecture=amd64", "-o", "APT::Architectures=amd64",
+                   "-o", f"Dir::State::Lists={lists}"]  # fmt: skip
+        for command in (["update"], ["download", *GL_LOADERS]):
+            result = subprocess.run(["apt-get", *options, *command], cwd=folder,
+                                    capture_output=True, text=True)  # fmt: skip
+            if result.returncode != 0:
+                tail = " ".join(result.stderr.strip().splitlines()[-2:])
+                raise SystemExit(f"error: apt-get {command[0]} failed: {tail}")
+    print(f"GL loaders: {len(list(folder.glob('*.deb')))} packages into {folder}")
 
 
 def canonical(name: str) -> str:
@@ -120,6 +152,8 @@ def main(args: Args) -> None:
         raise SystemExit(f"error: {len(pins)} packages but {len(wheels)} wheels in {args.out}")
     if total > args.max_mib:
         raise SystemExit(f"error: {args.out} holds {total:.1f} MiB, over --max-mib {args.max_mib}")
+    if args.gl_debs:
+        download_gl_debs(args.out / "gl")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ wheel, a part that does not run, a table that is not written) breaks this test f
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,10 @@ def stand_in_machine(base: Path) -> Path:
 @pytest.mark.skipif(not unshare_works(), reason="needs unshare -rn to block the network")
 def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_path):
     python = stand_in_machine(tmp_path / "machine")
-    lacks = subprocess.run([python, "-c", "import gymnasium"], capture_output=True)
+    # A PYTHONPATH of the caller's (the GPU machine's suite runs under one) would let the
+    # stand-in see packages the GPU machine lacks.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    lacks = subprocess.run([python, "-c", "import gymnasium"], capture_output=True, env=env)
     assert lacks.returncode != 0, "the stand-in sees this environment's packages"
 
     wheels = tmp_path / "wheels"
@@ -73,7 +77,7 @@ def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_
     checked = subprocess.run(
         ["unshare", "-rn", "env", f"WHEELS={wheels}", f"PYTHON={python}",
          REPO / "benchmarks" / "gpu_check.sh", out, "--dry-run"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
     summary = (out / "summary.md").read_text()
@@ -91,3 +95,17 @@ def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_
     # The packages came from the folder, not from the stand-in's own site-packages.
     assert (out / "site" / "gymnasium").is_dir() and (out / "site" / "wandb").is_dir()
     assert "passed" in (out / "gpu-tests.md").read_text()
+
+
+def test_an_unknown_part_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, REPO / "benchmarks" / "gpu_check.py", "run", "--out", tmp_path,
+         "--parts", "gpu-tests,nope"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown part(s) ['nope']; the parts are ['gpu-tests', 'rl-throughput', "
+        "'supervised', 'hessian', 'ppo-1m', 'batched-seeds', 'suite']"
+    ]
+    assert not (tmp_path / "summary.md").exists()
