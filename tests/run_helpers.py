@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 from collections import Counter
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +36,37 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli_in_process(*argv: str) -> subprocess.CompletedProcess:
+    """train.py with `argv` in this process, for commands that end before a run starts (a bad
+    flag or input, --help, a refused resume): the exit status, stdout and stderr a real process
+    gives, without its ~2 s of Python and torch start-up. What must outlive or crash a process
+    (a signal, a kill, a lock, an engine) stays with run_cli."""
+    import train
+
+    # Byte streams with an encoding, as a pipe's are (rich draws ASCII boxes on a StringIO).
+    stdout, stderr = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2))
+    sigterm = signal.getsignal(signal.SIGTERM)  # train.main makes SIGTERM Ctrl-C during set-up
+    environ = dict(os.environ)
+    os.environ.update(cli_env())
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                train.main(list(argv))
+                status = 0
+            except SystemExit as stop:  # as the interpreter ends on it: a str goes to stderr
+                status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        os.environ.clear()
+        os.environ.update(environ)
+    stdout.flush(), stderr.flush()
+    return subprocess.CompletedProcess(["train.py", *argv], status,
+                                       stdout.buffer.getvalue().decode(),
+                                       stderr.buffer.getvalue().decode())  # fmt: skip
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import REPO, cli_env, run_cli
+from run_helpers import REPO, cli_env, run_cli, run_cli_in_process
 
 from agents.checkpoints import load_checkpoint
 
@@ -128,7 +128,8 @@ def test_a_launcher_whose_engine_is_not_installed_is_one_error_line(tmp_path, la
     (["--launcher", "ray", "--ray-cpus", "two"], "--ray-cpus must be a float, got 'two'"),
 ])  # fmt: skip
 def test_bad_launcher_flags_are_one_error_line(tmp_path, flags, message):
-    result = run_cli("sweep", *TINY, "--grid", "seed=1", *flags, "--sweep-dir", str(tmp_path / "s"))
+    result = run_cli_in_process("sweep", *TINY, "--grid", "seed=1", *flags, "--sweep-dir",
+                                str(tmp_path / "s"))  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {message}"), result.stderr
     assert not (tmp_path / "s").exists()

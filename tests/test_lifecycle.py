@@ -28,6 +28,7 @@ from run_helpers import (
     only_run_dir,
     read_jsonl,
     run_cli,
+    run_cli_in_process,
     train_command,
     wandb_history_steps,
 )
@@ -248,14 +249,14 @@ def test_no_loadable_checkpoint_is_one_error_line(tmp_path, finished_supervised_
     shutil.copytree(finished_supervised_run, run_dir)
     for path in (run_dir / "checkpoints").glob("*.pt"):
         path.write_bytes(b"")
-    result = run_cli("supervised", "--resume", str(run_dir))
+    result = run_cli_in_process("supervised", "--resume", str(run_dir))
     assert result.returncode == 2
     assert "no checkpoint loads" in error_line(result.stderr)
     # A run killed while writing its first checkpoint leaves only a temporary file.
     for path in (run_dir / "checkpoints").glob("*.pt"):
         path.unlink()
     (run_dir / "checkpoints" / ".step_1497.pt.123.tmp").write_bytes(b"partial")
-    result = run_cli("supervised", "--resume", str(run_dir))
+    result = run_cli_in_process("supervised", "--resume", str(run_dir))
     assert "no checkpoint yet" in error_line(result.stderr)
 
 
@@ -396,7 +397,7 @@ def test_flags_that_cannot_change_on_a_resume_are_refused(finished_supervised_ru
 
 
 def test_a_run_of_another_mode_is_refused(finished_supervised_run):
-    result = run_cli("ppo", "--resume", str(finished_supervised_run))
+    result = run_cli_in_process("ppo", "--resume", str(finished_supervised_run))
     assert "is a supervised run; resume it with train.py supervised" in error_line(result.stderr)
 
 
@@ -640,7 +641,7 @@ def test_a_bad_input_in_a_real_process_is_one_line(tmp_path):
 def test_the_help_lists_the_learners_own_flags_first(tmp_path):
     for mode, own, later in (("ppo", "--clip-coef", "--shift-every"), ("sac", "--tau", "--shift-every"),
                              ("supervised", "--stream", "--regularizer")):  # fmt: skip
-        lines = run_cli(mode, "--help").stdout.splitlines()
+        lines = run_cli_in_process(mode, "--help").stdout.splitlines()
 
         def row(flag: str, lines: list[str] = lines) -> int:  # where the flag itself is listed
             return next(i for i, line in enumerate(lines) if line.startswith(f"│ {flag} "))

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import run_helpers
 import torch
+from run_helpers import run_cli_in_process
 
 import train
 from agents import ppo
@@ -36,15 +38,7 @@ SMALL = [
 
 
 def run_cli(*argv: str, runs_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "train.py", *argv, "--runs-dir", str(runs_dir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_helpers.run_cli(*argv, "--runs-dir", str(runs_dir), timeout=timeout)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -198,7 +192,7 @@ def test_sigterm_leaves_logs_and_a_resumable_checkpoint(tmp_path):
     ],
 )
 def test_bad_input_gets_one_clear_line(tmp_path, argv, expected):
-    result = run_cli(*argv, runs_dir=tmp_path, timeout=60)
+    result = run_cli_in_process(*argv, "--runs-dir", str(tmp_path))
     assert result.returncode != 0
     (error_line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert expected in error_line, result.stderr
@@ -206,13 +200,13 @@ def test_bad_input_gets_one_clear_line(tmp_path, argv, expected):
 
 
 def test_wrong_flag_gets_tyros_error(tmp_path):
-    result = run_cli("ppo", "--shfit", "friction", runs_dir=tmp_path, timeout=60)
+    result = run_cli_in_process("ppo", "--shfit", "friction", "--runs-dir", str(tmp_path))
     assert result.returncode != 0
     assert "Unrecognized options" in result.stderr and "--shift" in result.stderr
 
 
 def test_help_shows_every_flag_with_its_docstring(tmp_path):
-    result = run_cli("ppo", "--help", runs_dir=tmp_path, timeout=60)
+    result = run_cli_in_process("ppo", "--help")
     assert result.returncode == 0
     for flag in [
         "--env-id",

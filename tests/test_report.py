@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_helpers import run_cli
+from run_helpers import run_cli_in_process
 
 from experiments.report import (
     bootstrap_interval,
@@ -198,7 +198,7 @@ def test_a_report_of_nothing_is_one_error_line(tmp_path, argv, message):
     if argv == ["{tmp}/cells/none-1"]:  # a run whose flags cannot be read
         planted_rl_run(tmp_path, "none", 1, [10.0] * 8)
         (next(tmp_path.glob("cells/*/*")) / "config.json").write_text("{truncated")
-    result = run_cli("report", *[a.format(tmp=tmp_path) for a in argv])
+    result = run_cli_in_process("report", *[a.format(tmp=tmp_path) for a in argv])
     assert result.returncode == 2
     assert (
         result.stderr.strip().startswith(f"error: {message.format(tmp=tmp_path)}")

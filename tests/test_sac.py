@@ -17,7 +17,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import run_helpers
 import torch
+from run_helpers import run_cli_in_process
 
 import train
 from agents import sac
@@ -88,15 +90,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def run_cli(*argv: str, runs_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "train.py", *argv, "--runs-dir", str(runs_dir)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_helpers.run_cli(*argv, "--runs-dir", str(runs_dir), timeout=timeout)
 
 
 def only_run_dir(runs_dir: Path) -> Path:
@@ -546,11 +540,11 @@ def test_bad_settings_get_one_clear_error(tmp_path, overrides, expected):
 
 
 def test_cli_help_and_errors(tmp_path):
-    result = run_cli("sac", "--help", runs_dir=tmp_path, timeout=60)
+    result = run_cli_in_process("sac", "--help")
     assert result.returncode == 0
     for flag in ("--buffer-at-shift", "--save-buffer", "--policy-frequency", "--erank.every"):
         assert flag in result.stdout
-    result = run_cli("sac", "--tau", "2", runs_dir=tmp_path, timeout=60)
+    result = run_cli_in_process("sac", "--tau", "2", "--runs-dir", str(tmp_path))
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "--tau" in line and "Traceback" not in result.stderr

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from run_helpers import REPO, assert_records_once, cli_env, error_line, run_cli, train_command
+from run_helpers import (
+    REPO,
+    assert_records_once,
+    cli_env,
+    error_line,
+    run_cli,
+    run_cli_in_process,
+    train_command,
+)
 
 # 2 methods x 2 seeds x 3 tasks of the 8x8 digits
 TINY = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "32",
@@ -141,7 +149,7 @@ def test_a_failed_cell_is_listed_retried_when_asked_and_a_grid_may_only_grow(tmp
     ],
 )
 def test_bad_sweeps_are_one_error_line_before_any_cell_starts(tmp_path, argv, message):
-    result = run_cli(*argv, "--sweep-dir", str(tmp_path / "sweep"))
+    result = run_cli_in_process(*argv, "--sweep-dir", str(tmp_path / "sweep"))
     assert result.returncode == 2
     assert message in error_line(result.stderr)
     assert not (tmp_path / "sweep" / "cells").exists()
@@ -187,7 +195,7 @@ def test_a_named_sweeps_published_numbers_are_read_and_a_malformed_table_refused
     "command", [["sweep", "--help"], ["sweep", "ppo", "-h"], ["report", "--help"]]
 )
 def test_help_of_sweep_and_report_lists_their_flags_and_exits_0(command):
-    result = run_cli(*command)
+    result = run_cli_in_process(*command)
     assert result.returncode == 0 and "Traceback" not in result.stderr
     for flag in (
         ("--grid", "--workers", "--launcher", "--dry-run") if command[0] == "sweep" else ("--out",)
