@@ -46,7 +46,7 @@ gpu-wheels: $(STAMP)
 # The same check on this machine's CPU at tiny sizes, installed from the folder alone.
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_wheels.py --python-version $$($(PY) -c 'import sys; print(f"{sys.version_info.major}.{sys.version_info.minor}")') --out .gpu-wheels-local
-	WHEELS=.gpu-wheels-local benchmarks/gpu_check.sh gpu-check --dry-run
+	WHEELS=.gpu-wheels-local PYTHON=$(PY) benchmarks/gpu_check.sh gpu-check --dry-run
 
 clean:
 	rm -rf $(VENV) runs sweeps report wandb .pytest_cache .gpu-wheels .gpu-wheels-local gpu-check
