@@ -73,9 +73,14 @@ def main(argv: list[str]) -> None:
 
     def train() -> Any:
         module, args, resumed = parse(argv[0], argv[1:])
-        return module.train(args, resumed)
+        if getattr(args, "seeds", ()):  # K seeds of one configuration in one process
+            from agents import seeds
 
-    print(f"run directory: {one_line_errors(train)}")
+            return seeds.train(args)
+        return [module.train(args, resumed)]
+
+    for run_dir in one_line_errors(train):
+        print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":

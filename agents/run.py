@@ -124,6 +124,9 @@ class Run:
     checkpoint_path: Path | None = None
     next_checkpoint: int | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
+    setting_up: bool = True
+    """a ConfigError while this holds and before any metric ends a new run leaving nothing (a
+    learner that runs several runs in one process clears it once they all train)"""
 
     @classmethod
     def start(
@@ -388,7 +391,7 @@ class Run:
                 f"{error}; {last_good()} (--resume continues from it once the disk has room)"
             ) from None
         except ConfigError:
-            if self.new and not self.logger.positions()["metrics.jsonl"]:
+            if self.setting_up and self.new and not self.logger.positions()["metrics.jsonl"]:
                 self._abandon()  # a bad configuration found while setting up: leave nothing
             raise
         finally:

@@ -41,6 +41,7 @@ import tyro
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from agents import seeds  # noqa: E402
 from agents.networks import MLP, CategoricalActor, Critic  # noqa: E402
 from agents.supervised import fused_sgd_step  # noqa: E402
 
@@ -246,22 +247,9 @@ def mnist_models(k: int, device: str = "cpu") -> list[MLP]:
 
 
 def stacked_sgd_step(weights: list[tuple[Tensor, Tensor]], x: Tensor, y: Tensor) -> None:
-    """`fused_sgd_step` (cross-entropy, no decay) for K seeds at once, each on its own example:
-    x (k, 1, 784), y (k,); W (k, out, in) updated in place by W <- W - lr delta^T a per seed."""
-    inputs = [x]
-    for w, b in weights[:-1]:
-        inputs.append(torch.baddbmm(b[:, None, :], inputs[-1], w.transpose(1, 2)).relu())
-    w, b = weights[-1]
-    outputs = torch.baddbmm(b[:, None, :], inputs[-1], w.transpose(1, 2))
-    delta = torch.softmax(outputs, dim=-1)  # (k, 1, classes): d loss / d outputs, batch 1
-    delta[torch.arange(len(y), device=y.device), 0, y] -= 1.0
-    for index in range(len(weights) - 1, -1, -1):
-        weight, bias = weights[index]
-        below = inputs[index]
-        next_delta = torch.bmm(delta, weight) * (below > 0) if index > 0 else None
-        weight.baddbmm_(delta.transpose(1, 2), below, alpha=-SGD_LR)
-        bias.sub_(delta[:, 0], alpha=SGD_LR)
-        delta = next_delta
+    """The learner's stacked step (`agents.seeds.stacked_sgd_step`: cross-entropy, no decay)
+    for K seeds at once, each on its own example: x (k, 1, 784), y (k,)."""
+    seeds.stacked_sgd_step(weights, "relu", x, y[:, None], "cross-entropy", None, SGD_LR, 0.0)
 
 
 def mnist_stack(models: list[MLP]) -> list[tuple[Tensor, Tensor]]:

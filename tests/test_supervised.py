@@ -276,3 +276,22 @@ def test_a_run_stopped_mid_task_by_sigterm_resumes_as_if_never_stopped(tmp_path)
         m["charts/online_accuracy"] for m in theirs
     ]
     assert [m["task/train_loss"] for m in ours] == [m["task/train_loss"] for m in theirs]
+
+
+def test_a_tasks_end_is_measured_on_the_network_that_finished_it_even_under_reset(tmp_path):
+    """The boundary's end is measured after the regularizer's shift action has run; it must
+    still read the network that finished the old task: the same numbers as a run that simply
+    ended there (before the fix it measured the freshly reset network)."""
+    common = dict(regularizer="reset", diagnostics=("hessian",), hidden_sizes=(16,))
+    ended = supervised.train(small_args(tmp_path / "one", num_tasks=1, **common))
+    went_on = supervised.train(small_args(tmp_path / "two", num_tasks=2, **common))
+
+    def end_of_task_0(run_dir: Path) -> dict[str, float]:
+        rows = [row for row in read_jsonl(run_dir / "metrics.jsonl") if row["step"] == 300]
+        return {k: v for row in rows for k, v in row.items()
+                if k.startswith("shift/end/") and not k.endswith("seconds")}  # fmt: skip
+
+    measured = end_of_task_0(went_on)
+    assert measured and any("lambda_max" in key for key in measured)
+    for key, value in end_of_task_0(ended).items():
+        assert measured[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

@@ -1,0 +1,353 @@
+"""K seeds of one supervised configuration in one process: `train.py supervised --seeds 1 2 3`.
+
+At batch size 1 a step of a small network is per-operation overhead, not arithmetic, so K
+networks stacked along a seed axis take one batched step for little more than one network's
+cost (docs/benchmarks.md: 2.2x the examples of one seed alone at K = 3 on one CPU core, ~200x
+at K = 256 on a GPU).
+
+Each seed is still an ordinary run. It has its own stream, regularizer, diagnostics and Run,
+and writes the run directory that `--seed S` alone writes (config.json with its seed, metrics,
+events, checkpoints, diagnostics). Its network is an ordinary MLP whose parameters are views
+into the stacked tensors, so the step updates every seed in place at once, and whatever acts on
+one seed's network (a regularizer's shift or reset, the diagnostics, a checkpoint) does so
+through the same code as a single run. Its checkpoints are single-run checkpoints: a stopped
+seed resumes on its own with `train.py supervised --resume RUN_DIR`.
+
+What it does not do yet: the autograd step (Adam, momentum, and regularizers with a penalty
+term such as ER are refused with one line), resuming K seeds together, stopping one diverged
+seed while the others go on (a divergence ends all K, each with its own `diverged` event), and
+RL (PPO, SAC).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agents.networks import MLP
+from agents.progress import progress_bar
+from agents.run import Diverged, Interrupted, Run, seed_everything
+from agents.supervised import (
+    ACTIVATION_DERIVATIVES,
+    LEARNER,
+    Args,
+    TaskRecords,
+    build_model,
+    check_args,
+    checkpoint_state,
+    finished_task_probe,
+    fused_update_blocker,
+    task_end_metrics,
+    task_probe,
+    window_features,
+)
+from diagnostics import Diagnostics, TaskBoundaries
+from envs.streams import STREAMS, make_stream
+from regularizers import build_regularizer
+from validation import ConfigError, require_all
+
+# The activations the fused step knows, as the MLP applies them (agents.networks.ACTIVATIONS).
+FORWARD = {"relu": F.relu, "leaky-relu": F.leaky_relu, "tanh": torch.tanh}
+
+
+@torch.no_grad()
+def stacked_sgd_step(
+    layers: list[tuple[Tensor, Tensor]],
+    activation: str,
+    x: Tensor,
+    y: Tensor,
+    loss: str,
+    active_classes: int | None,
+    lr: float,
+    decay: float,
+) -> tuple[Tensor, Tensor]:
+    """`fused_sgd_step` for K networks at once: layers[i] = (weight (K, out, in), bias (K, out)),
+    x (K, batch, in), y (K, batch) (or (K, batch, out) for MSE); seed k takes its own step on
+    (x[k], y[k]). Returns the outputs before the step (K, batch, out) and each seed's loss (K,)."""
+    forward, derivative = FORWARD[activation], ACTIVATION_DERIVATIVES[activation]
+    inputs = [x]
+    for weight, bias in layers[:-1]:
+        inputs.append(forward(torch.baddbmm(bias[:, None, :], inputs[-1], weight.transpose(1, 2))))
+    weight, bias = layers[-1]
+    outputs = torch.baddbmm(bias[:, None, :], inputs[-1], weight.transpose(1, 2))
+    seeds, batch = x.shape[0], x.shape[1]
+    if loss == "mse":
+        values = ((outputs - y) ** 2).mean(dim=(1, 2))
+        delta = (outputs - y) * (2.0 / (batch * outputs.shape[2]))
+    else:
+        live = outputs if active_classes is None else outputs[..., :active_classes]
+        log_probabilities = torch.log_softmax(live, dim=-1)
+        values = -log_probabilities.gather(-1, y[..., None]).squeeze(-1).mean(dim=1)
+        probabilities = log_probabilities.exp()
+        rows = torch.arange(seeds, device=x.device)[:, None]
+        probabilities[rows, torch.arange(batch, device=x.device)[None, :], y] -= 1.0
+        delta = torch.zeros_like(outputs)
+        delta[..., : live.shape[-1]] = probabilities / batch
+    keep = 1.0 - lr * decay
+    for index in range(len(layers) - 1, -1, -1):
+        (weight, bias), below = layers[index], inputs[index]
+        next_delta = torch.bmm(delta, weight) * derivative(below) if index > 0 else None
+        weight.baddbmm_(delta.transpose(1, 2), below, beta=keep, alpha=-lr)
+        if keep != 1.0:
+            bias.mul_(keep)
+        bias.add_(delta.sum(1), alpha=-lr)
+        delta = next_delta
+    return outputs, values
+
+
+def stack_networks(models: list[MLP]) -> list[tuple[Tensor, Tensor]]:
+    """Stack the K networks' layers along a seed axis and make each network's parameters views
+    into the stack (the same Parameter objects, so the optimizer and regularizer that hold them
+    keep working on them)."""
+    layers = []
+    for index in range(len(models[0].hidden) + 1):
+        parts = [[*model.hidden, model.out][index] for model in models]
+        weight = torch.stack([part.weight.detach() for part in parts])
+        bias = torch.stack([part.bias.detach() for part in parts])
+        for seed, part in enumerate(parts):
+            part.weight.data, part.bias.data = weight[seed], bias[seed]
+        layers.append((weight, bias))
+    return layers
+
+
+def check_seeds(args: Args) -> None:
+    """One clear line for what --seeds cannot run (yet)."""
+    seeds = list(args.seeds)
+    require_all([("--seeds", seed, "a seed in [0, 2**32)") for seed in seeds])
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: each seed once, got {seeds}")
+    if args.resume:
+        raise ConfigError(
+            "--seeds cannot be combined with --resume: each seed's run directory is an ordinary "
+            "run; resume it on its own with train.py supervised --resume RUN_DIR"
+        )
+    if args.update == "autograd":
+        raise ConfigError("--seeds takes the fused SGD step; --update autograd is not batched yet")
+
+
+class Seed:
+    """One seed's ordinary run inside the batched process."""
+
+    def __init__(self, args: Args, stream, run: Run):
+        self.args, self.stream, self.run = args, stream, run
+        self.regularizer = build_regularizer(args)
+        self.model = self.optimizer = self.diagnostics = self.boundaries = None
+        self.records: TaskRecords | None = None
+
+    def build(self, device) -> None:
+        """The network, optimizer and diagnostics, from the random state a single run of this
+        seed builds them from."""
+        seed_everything(self.args.seed)
+        self.model, self.optimizer = build_model(self.args, self.stream, self.regularizer, device)
+        self.diagnostics = Diagnostics(self.args, self.run.logger, self.args.seed)
+        self.diagnostics.attach({"model": self.model}, [self.optimizer])
+        self.boundaries = TaskBoundaries(self.diagnostics, wanted=0, min_samples=0)
+
+    def state(self, examples_seen: int, next_task: int, position: dict | None = None) -> dict:
+        """A single-run checkpoint: this seed's own weights, not the stack its views point into."""
+        state = checkpoint_state(self.model, self.optimizer, self.regularizer, self.diagnostics,
+                                 examples_seen, next_task, position)  # fmt: skip
+        state["model"] = {name: tensor.clone() for name, tensor in state["model"].items()}
+        return state
+
+
+def train(args: Args) -> list[Path]:
+    """Train each of args.seeds as its own run, all K networks stepped together; return the K
+    run directories."""
+    check_seeds(args)
+    per_seed = [replace(args, seed=seed, seeds=()) for seed in args.seeds]
+    check_args(per_seed[0])
+    options = {k: getattr(args, k) for k in ("dataset", "subset", "classes_per_task")}
+    options = {k: v for k, v in options.items() if k in STREAMS[args.stream]}
+    streams = [
+        make_stream(one.stream, one.num_tasks, one.examples_per_task, one.seed, one.data_dir,
+                    one.download, **options)
+        for one in per_seed
+    ]  # fmt: skip
+    blocker = fused_update_blocker(args, build_regularizer(per_seed[0]))
+    if blocker is not None:
+        raise ConfigError(f"--seeds takes the fused SGD step, which cannot run here: {blocker}")
+    threads = args.torch_threads or (1 if args.batch_size == 1 else 0)
+    seeds: list[Seed] = []
+    try:
+        for one, stream in zip(per_seed, streams, strict=True):
+            run = Run.start(one, LEARNER, title=one.stream, group=one.stream,
+                            tags=[one.regularizer, one.stream], seed=one.seed, threads=threads,
+                            cuda=one.cuda)  # fmt: skip
+            seeds.append(Seed(one, stream, run))
+    except BaseException:  # a later seed could not start: the earlier ones leave nothing
+        for seed in seeds:
+            seed.run._abandon()
+        raise
+    with ExitStack() as guard:
+        stops = [guard.enter_context(seed.run.training()) for seed in seeds]
+        device = seeds[0].run.device
+        for seed in seeds:
+            seed.build(device)
+        layers = stack_networks([seed.model for seed in seeds])
+        for seed in seeds:
+            seed.run.event(0, "stream", source=seed.stream.source, loss=seed.stream.loss,
+                           update="fused", why_not_fused=None,
+                           seeds_in_process=list(args.seeds))  # fmt: skip
+        for seed in seeds:
+            seed.run.setting_up = False
+        try:
+            train_together(args, seeds, layers, stops, device)
+        except Diverged as error:
+            # Each seed's Run would record a divergence as its own: say which seed it was.
+            for seed in seeds:
+                if f"seed {seed.args.seed}:" in str(error):
+                    seed.run.event(error.step, "diverged", message=str(error), step=error.step)
+                else:
+                    seed.run.event(error.step, "stopped", reason=f"another seed diverged: {error}")
+            raise ConfigError(
+                f"training diverged at step {error.step}: {error}; every seed stopped there, "
+                "with its logs in its run directory"
+            ) from None
+    return [seed.run.dir for seed in seeds]
+
+
+def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None:
+    """The single run's loop (agents/supervised.py), each step one stacked step for all seeds."""
+    first = seeds[0]
+    loss, classification = first.stream.loss, first.stream.loss == "cross-entropy"
+    decay = first.regularizer.coupled_decay()
+    window = min(2048, args.batch_size * max(1, first.regularizer.recent_updates()))
+    per_task = len(first.stream.task(0).train_x)
+    bar = progress_bar(per_task * args.num_tasks * len(seeds), 0,
+                       f"supervised {args.stream}, {len(seeds)} seeds")  # fmt: skip
+    first.run.on_close(bar.close)
+    examples_seen = 0
+    previous = [None] * len(seeds)
+    for t in range(args.num_tasks):
+        tasks = [seed.stream.task(t) for seed in seeds]
+        if (
+            len({len(task.train_x) for task in tasks}) > 1
+            or len({task.active_classes for task in tasks}) > 1
+        ):
+            raise ConfigError("--seeds needs every seed's task to have the same size and classes")
+        for seed, task, before in zip(seeds, tasks, previous, strict=True):
+            due = seed.diagnostics.enabled and t % args.diag_every_tasks == 0
+            end = (
+                finished_task_probe(args, seed.model, seed.optimizer, before, loss, device)
+                if due and before
+                else None
+            )
+            if t > 0:
+                seed.run.event(examples_seen, "shift", task=t, params=task.params)
+                shift_metrics = seed.regularizer.on_shift()
+                if shift_metrics:
+                    seed.run.log(examples_seen,
+                                 {f"regularizer/{k}": v for k, v in shift_metrics.items()})  # fmt: skip
+            if due:
+                seed.boundaries.begin(examples_seen, t - 1 if t > 0 else None, t, end)
+                seed.boundaries.measure(task_probe(args, seed.model, task, loss, True, device))
+
+        x_all = torch.stack([task.train_x for task in tasks]).to(device)
+        y_all = torch.stack([task.train_y for task in tasks]).to(device)
+        n = x_all.shape[1]
+        # One buffer for all seeds, each seed's TaskRecords a view of its row: one write a step.
+        records = [TaskRecords.start(n, args.batch_size, device, None) for _ in seeds]
+        losses = torch.empty(len(seeds), len(records[0].sizes), device=device)
+        predictions = torch.empty(len(seeds), n, dtype=torch.long, device=device)
+        for index, seed in enumerate(seeds):
+            records[index].losses, records[index].predictions = losses[index], predictions[index]
+            seed.records = records[index]
+        steps_start = time.perf_counter()
+        for index in range(len(records[0].sizes)):
+            start = index * args.batch_size
+            end = min(start + args.batch_size, n)
+            outputs, losses[:, index] = stacked_sgd_step(
+                layers, args.activation, x_all[:, start:end], y_all[:, start:end], loss,
+                tasks[0].active_classes, args.learning_rate, decay,
+            )  # fmt: skip
+            if classification:
+                live = (
+                    outputs
+                    if tasks[0].active_classes is None
+                    else outputs[..., : tasks[0].active_classes]
+                )
+                predictions[:, start:end] = live.argmax(-1)
+            for k, seed in enumerate(seeds):
+                seed.records.steps = index + 1
+                recent = functools.partial(window_features, seed.model, x_all[k],
+                                           max(0, end - window), end)  # fmt: skip
+                seed.records.regularizer_metrics |= seed.regularizer.after_update(recent, end >= n)
+            examples_seen += end - start
+            if end - records[0].logged >= args.log_every and end < n:
+                for k, seed in enumerate(seeds):
+                    log_running(seed, examples_seen, t, y_all[k], end, classification)
+                bar.update((end - records[0].logged) * len(seeds))
+                for record in records:
+                    record.logged = end
+            if any(stop.requested for stop in stops) and end < n:
+                seconds = time.perf_counter() - steps_start
+                positions = [seed.records.position(end, seconds) for seed in seeds]
+                states = [seed.state(examples_seen, t, position)
+                          for seed, position in zip(seeds, positions, strict=True)]  # fmt: skip
+                stop_all(seeds, examples_seen, states)
+        seconds = time.perf_counter() - steps_start
+        bar.update((n - records[0].logged) * len(seeds))
+        for seed, task in zip(seeds, tasks, strict=True):
+            seed.records.train_seconds += seconds
+            train_loss = seed_loss(seed, examples_seen, t)
+            metrics = task_end_metrics(seed.model, task, loss, seed.records.predictions,
+                                       seed.records.logged, train_loss)  # fmt: skip
+            metrics["charts/examples_per_second"] = n / max(seconds, 1e-9)
+            metrics["charts/learning_rate"] = seed.optimizer.param_groups[0]["lr"]
+            metrics |= {f"regularizer/{k}": v for k, v in seed.records.regularizer_metrics.items()}
+            seed.run.log(examples_seen, metrics)
+        previous = tasks
+        if any(stop.requested for stop in stops) and t + 1 < args.num_tasks:
+            stop_all(seeds, examples_seen, [seed.state(examples_seen, t + 1) for seed in seeds])
+        if first.run.checkpoint_due(examples_seen):
+            for seed in seeds[1:]:
+                seed.run.checkpoint_due(examples_seen)
+            for seed in seeds:
+                seed.run.save(examples_seen, seed.state(examples_seen, t + 1))
+    for seed, task in zip(seeds, previous, strict=True):
+        if seed.diagnostics.enabled and task is not None:
+            end = task_probe(args, seed.model, task, loss, False, device)
+            seed.boundaries.finish(examples_seen, args.num_tasks - 1, end)
+        seed.run.finish(examples_seen, seed.state(examples_seen, args.num_tasks))
+        seed.diagnostics.finish(examples_seen)
+
+
+def seed_loss(seed: Seed, examples_seen: int, task: int) -> float:
+    """The seed's mean loss in the task so far; a non-finite one names the seed."""
+    try:
+        return seed.records.mean_loss(examples_seen, task)
+    except Diverged as error:
+        raise Diverged(error.step, f"seed {seed.args.seed}: {error}") from None
+
+
+def log_running(
+    seed: Seed, examples_seen: int, task: int, y: Tensor, end: int, classification: bool
+) -> None:
+    """A seed's running log line inside a task, as a single run writes it."""
+    records = seed.records
+    metrics = {"charts/train_loss": seed_loss(seed, examples_seen, task), "charts/task": task}
+    if classification:
+        hits = records.predictions[records.logged : end] == y[records.logged : end]
+        metrics["charts/running_accuracy"] = int(hits.sum()) / len(hits)
+    metrics |= {f"regularizer/{k}": v for k, v in records.regularizer_metrics.items()}
+    seed.run.log(examples_seen, metrics)
+
+
+def stop_all(seeds: list[Seed], examples_seen: int, states: list[dict]) -> None:
+    """On a signal: every seed records the stop and checkpoints, then the process stops."""
+    for seed, state in zip(seeds, states, strict=True):
+        seed.run.event(examples_seen, "interrupted", checkpoint=f"step_{examples_seen}.pt")
+        seed.run.save(examples_seen, state)
+    directories = " ".join(str(seed.run.dir) for seed in seeds)
+    raise Interrupted(
+        f"stopped at step {examples_seen} with a checkpoint in each seed's run directory; "
+        f"continue each with train.py supervised --resume RUN_DIR ({directories})"
+    )

@@ -1,0 +1,128 @@
+"""K seeds of one supervised configuration in one process (agents/seeds.py): the stacked step
+against each seed's own fused step, and a batched run against the single runs of its seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from run_helpers import assert_records_once, read_jsonl
+
+import train
+from agents import seeds, supervised
+from agents.checkpoints import load_checkpoint
+from agents.networks import MLP
+from agents.supervised import fused_sgd_step
+
+
+@pytest.mark.parametrize(
+    ("loss", "activation", "batch", "active", "decay"),
+    [
+        ("cross-entropy", "relu", 1, None, 0.0),
+        ("cross-entropy", "tanh", 4, 3, 1e-2),  # class-incremental: 3 classes live of 5
+        ("mse", "leaky-relu", 3, None, 1e-3),
+    ],
+)
+def test_a_stacked_step_is_each_seeds_own_fused_step(loss, activation, batch, active, decay):
+    torch.manual_seed(0)
+    k, width_in, width_out = 3, 7, 5
+    models = [MLP(width_in, (6, 4), width_out, activation, "default") for _ in range(k)]
+    alone = [MLP(width_in, (6, 4), width_out, activation, "default") for _ in range(k)]
+    for model, twin in zip(models, alone, strict=True):
+        twin.load_state_dict(model.state_dict())
+    layers = seeds.stack_networks(models)
+    for _ in range(3):
+        x = torch.randn(k, batch, width_in)
+        y = (
+            torch.randn(k, batch, width_out)
+            if loss == "mse"
+            else torch.randint(0, active or width_out, (k, batch))
+        )
+        outputs, values = seeds.stacked_sgd_step(layers, activation, x, y, loss, active, 0.1, decay)
+        for seed, twin in enumerate(alone):
+            own_outputs, own_value = fused_sgd_step(
+                twin, x[seed], y[seed], loss, active, 0.1, decay
+            )
+            torch.testing.assert_close(outputs[seed], own_outputs, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(values[seed], own_value, rtol=1e-5, atol=1e-6)
+    for model, twin in zip(models, alone, strict=True):  # the networks' own views moved too
+        for (name, mine), theirs in zip(
+            model.state_dict().items(), twin.state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def small(tmp_path: Path, **overrides) -> supervised.Args:
+    base = dict(
+        num_tasks=2, examples_per_task=200, hidden_sizes=(16,), dataset="digits", log_every=50,
+        runs_dir=str(tmp_path), checkpoint_every=0, torch_threads=1, regularizer="shrink-perturb",
+        diagnostics=("hessian",),
+    )  # fmt: skip
+    return dataclasses.replace(supervised.Args(), **(base | overrides))
+
+
+def values(run_dir: Path, name: str) -> dict[tuple[int, str], float]:
+    """{(step, key): value} of the metrics whose key contains `name`."""
+    return {(row["step"], key): value for row in read_jsonl(run_dir / "metrics.jsonl")
+            for key, value in row.items() if name in key}  # fmt: skip
+
+
+def test_each_seed_of_a_batched_run_is_its_single_run(tmp_path):
+    """Same config, same records (online accuracy exactly, losses and the Hessian to float
+    rounding), the same events plus which seeds shared the process; and its checkpoint is a
+    single run's, which resumes on its own into the single run's next task."""
+    batched = seeds.train(small(tmp_path / "batched", seeds=(3, 5)))
+    assert [json.loads((d / "config.json").read_text())["seed"] for d in batched] == [3, 5]
+    for run_dir, seed in zip(batched, (3, 5), strict=True):
+        alone = supervised.train(small(tmp_path / f"alone{seed}", seed=seed, num_tasks=3))
+        assert_records_once(run_dir)
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config == json.loads((alone / "config.json").read_text()) | {
+            "runs_dir": str(tmp_path / "batched"), "num_tasks": 2,
+        }  # fmt: skip
+        mine, theirs = (
+            values(run_dir, "charts/online_accuracy"),
+            values(alone, "charts/online_accuracy"),
+        )
+        assert mine and mine == {key: v for key, v in theirs.items() if key[0] <= 400}
+        for prefix in ("charts/train_loss", "task/heldout_loss", "lambda_max"):
+            mine, theirs = values(run_dir, prefix), values(alone, prefix)
+            assert mine.keys() <= theirs.keys() and mine, prefix
+            for key, value in mine.items():
+                assert value == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (prefix, key)
+        kinds = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
+        assert kinds == ["start", "stream", "shift", "finished"]
+        (stream,) = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "stream"]
+        assert stream["seeds_in_process"] == [3, 5]
+        # Only this seed's weights in its checkpoint, and it resumes as a single run.
+        state = load_checkpoint(run_dir)
+        assert state["model"]["hidden.0.weight"].untyped_storage().nbytes() == 16 * 64 * 4
+        train.main(["supervised", "--resume", str(run_dir), "--num-tasks", "3"])
+        mine, theirs = (
+            values(run_dir, "charts/online_accuracy"),
+            values(alone, "charts/online_accuracy"),
+        )
+        assert mine == theirs and len(mine) == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seeds", "1", "1"], "--seeds: each seed once, got [1, 1]"),
+        (["--seeds", "1", "2", "--optimizer", "adam"], "--seeds takes the fused SGD step, which cannot run here"),
+        (["--seeds", "1", "2", "--activation", "gelu"], "--seeds takes the fused SGD step, which cannot run here"),
+        (["--seeds", "1", "2", "--update", "autograd"], "--update autograd is not batched yet"),
+        (["--seeds", "1", "4294967296"], "--seeds must be a seed in [0, 2**32)"),
+    ],
+)  # fmt: skip
+def test_what_seeds_in_one_process_cannot_run_is_one_error_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stopped:
+        tiny = ["--dataset", "digits", "--num-tasks", "1", "--examples-per-task", "10"]
+        train.main(["supervised", *tiny, *flags, "--runs-dir", str(tmp_path / "runs")])
+    assert stopped.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert message in line
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
