@@ -204,7 +204,7 @@ def train(args: Args) -> list[Path]:
             # Each seed's Run would record a divergence as its own: say which seed it was.
             for seed in seeds:
                 if f"seed {seed.args.seed}:" in str(error):
-                    seed.run.event(error.step, "diverged", message=str(error), step=error.step)
+                    seed.run.event(error.step, "diverged", message=str(error))
                 else:
                     seed.run.event(error.step, "stopped", reason=f"another seed diverged: {error}")
             raise ConfigError(

@@ -16,6 +16,7 @@ from agents import seeds, supervised
 from agents.checkpoints import load_checkpoint
 from agents.networks import MLP
 from agents.supervised import fused_sgd_step
+from validation import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -126,3 +127,16 @@ def test_what_seeds_in_one_process_cannot_run_is_one_error_line(tmp_path, capsys
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert message in line
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_diverged_seed_is_named_and_every_seed_keeps_its_records(tmp_path):
+    args = small(
+        tmp_path, seeds=(3, 5), learning_rate=1e30, regularizer="none", diagnostics=("none",)
+    )
+    with pytest.raises(ConfigError, match="training diverged at step 50: seed 3:"):
+        seeds.train(args)
+    run_dirs = sorted(tmp_path.iterdir())
+    assert len(run_dirs) == 2
+    ends = [read_jsonl(run_dir / "events.jsonl")[-1] for run_dir in run_dirs]
+    assert [end["event"] for end in ends] == ["diverged", "stopped"]
+    assert "seed 3:" in ends[1]["reason"]
