@@ -13,10 +13,10 @@ one seed's network (a regularizer's shift or reset, the diagnostics, a checkpoin
 through the same code as a single run. Its checkpoints are single-run checkpoints: a stopped
 seed resumes on its own with `train.py supervised --resume RUN_DIR`.
 
-What it does not do yet: the autograd step (Adam, momentum, and regularizers with a penalty
-term such as ER are refused with one line), resuming K seeds together, stopping one diverged
-seed while the others go on (a divergence ends all K, each with its own `diverged` event), and
-RL (PPO, SAC).
+What it does not do yet: the autograd step (Adam, momentum, LayerNorm, activations other than
+relu, leaky-relu and tanh, and regularizers with a penalty term are refused with one line),
+resuming K seeds together, stopping one diverged seed while the others go on (a divergence ends
+all K: the diverged seed records `diverged`, the others `stopped`), and RL (PPO, SAC).
 """
 
 from __future__ import annotations
@@ -36,20 +36,21 @@ from agents.progress import progress_bar
 from agents.run import Diverged, Interrupted, Run, seed_everything
 from agents.supervised import (
     ACTIVATION_DERIVATIVES,
-    LEARNER,
     Args,
     TaskRecords,
     build_model,
+    build_stream,
     check_args,
     checkpoint_state,
     finished_task_probe,
     fused_update_blocker,
+    live_outputs,
+    start_run,
     task_end_metrics,
     task_probe,
     window_features,
 )
 from diagnostics import Diagnostics, TaskBoundaries
-from envs.streams import STREAMS, make_stream
 from regularizers import build_regularizer
 from validation import ConfigError, require_all
 
@@ -82,7 +83,7 @@ def stacked_sgd_step(
         values = ((outputs - y) ** 2).mean(dim=(1, 2))
         delta = (outputs - y) * (2.0 / (batch * outputs.shape[2]))
     else:
-        live = outputs if active_classes is None else outputs[..., :active_classes]
+        live = live_outputs(outputs, active_classes)
         log_probabilities = torch.log_softmax(live, dim=-1)
         values = -log_probabilities.gather(-1, y[..., None]).squeeze(-1).mean(dim=1)
         probabilities = log_probabilities.exp()
@@ -164,24 +165,14 @@ def train(args: Args) -> list[Path]:
     check_seeds(args)
     per_seed = [replace(args, seed=seed, seeds=()) for seed in args.seeds]
     check_args(per_seed[0])
-    options = {k: getattr(args, k) for k in ("dataset", "subset", "classes_per_task")}
-    options = {k: v for k, v in options.items() if k in STREAMS[args.stream]}
-    streams = [
-        make_stream(one.stream, one.num_tasks, one.examples_per_task, one.seed, one.data_dir,
-                    one.download, **options)
-        for one in per_seed
-    ]  # fmt: skip
+    streams = [build_stream(one) for one in per_seed]
     blocker = fused_update_blocker(args, build_regularizer(per_seed[0]))
     if blocker is not None:
         raise ConfigError(f"--seeds takes the fused SGD step, which cannot run here: {blocker}")
-    threads = args.torch_threads or (1 if args.batch_size == 1 else 0)
     seeds: list[Seed] = []
     try:
         for one, stream in zip(per_seed, streams, strict=True):
-            run = Run.start(one, LEARNER, title=one.stream, group=one.stream,
-                            tags=[one.regularizer, one.stream], seed=one.seed, threads=threads,
-                            cuda=one.cuda)  # fmt: skip
-            seeds.append(Seed(one, stream, run))
+            seeds.append(Seed(one, stream, start_run(one)))
     except BaseException:  # a later seed could not start: the earlier ones leave nothing
         for seed in seeds:
             seed.run._abandon()
@@ -269,12 +260,9 @@ def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None
                 tasks[0].active_classes, args.learning_rate, decay,
             )  # fmt: skip
             if classification:
-                live = (
-                    outputs
-                    if tasks[0].active_classes is None
-                    else outputs[..., : tasks[0].active_classes]
+                predictions[:, start:end] = live_outputs(outputs, tasks[0].active_classes).argmax(
+                    -1
                 )
-                predictions[:, start:end] = live.argmax(-1)
             for k, seed in enumerate(seeds):
                 seed.records.steps = index + 1
                 recent = functools.partial(window_features, seed.model, x_all[k],
@@ -307,9 +295,7 @@ def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None
         previous = tasks
         if any(stop.requested for stop in stops) and t + 1 < args.num_tasks:
             stop_all(seeds, examples_seen, [seed.state(examples_seen, t + 1) for seed in seeds])
-        if first.run.checkpoint_due(examples_seen):
-            for seed in seeds[1:]:
-                seed.run.checkpoint_due(examples_seen)
+        if all([seed.run.checkpoint_due(examples_seen) for seed in seeds]):  # one schedule
             for seed in seeds:
                 seed.run.save(examples_seen, seed.state(examples_seen, t + 1))
     for seed, task in zip(seeds, previous, strict=True):

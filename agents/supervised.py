@@ -180,8 +180,9 @@ PRESETS: dict[str, dict] = {
 
 
 def live_outputs(outputs: Tensor, active_classes: int | None) -> Tensor:
-    """The outputs of the classes in play (class-incremental: those seen so far)."""
-    return outputs if active_classes is None else outputs[:, :active_classes]
+    """The outputs of the classes in play (class-incremental: those seen so far), along the
+    last axis."""
+    return outputs if active_classes is None else outputs[..., :active_classes]
 
 
 def task_loss(outputs: Tensor, targets: Tensor, loss: str, active_classes: int | None) -> Tensor:
@@ -318,6 +319,31 @@ LEARNER = Learner(
 
 
 # --- The steps of the loop -----------------------------------------------------------------------
+
+
+def build_stream(args: Args):
+    """The run's task stream, given the stream-specific flags it takes."""
+    flags = {
+        "dataset": args.dataset,
+        "subset": args.subset,
+        "classes_per_task": args.classes_per_task,
+    }
+    options = {name: value for name, value in flags.items() if name in STREAMS[args.stream]}
+    return make_stream(
+        args.stream, args.num_tasks, args.examples_per_task, args.seed, args.data_dir,
+        args.download, **options,
+    )  # fmt: skip
+
+
+def start_run(args: Args, resumed: Resumed | None = None) -> Run:
+    """The run's directory, records, seeding and device (agents.run.Run.start)."""
+    return Run.start(
+        args, LEARNER, title=args.stream, group=args.stream, tags=[args.regularizer, args.stream],
+        seed=args.seed,
+        # 1 thread at batch size 1 (see --torch-threads), torch's default otherwise
+        threads=args.torch_threads or (1 if args.batch_size == 1 else 0),
+        cuda=args.cuda, resumed=resumed,
+    )  # fmt: skip
 
 
 def build_model(
@@ -522,25 +548,9 @@ def checkpoint_state(
 def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run the stream as configured; return the run directory."""
     check_args(args)
-    # the stream-specific flags, passed to the streams that take them
-    flags = {
-        "dataset": args.dataset,
-        "subset": args.subset,
-        "classes_per_task": args.classes_per_task,
-    }
-    options = {name: value for name, value in flags.items() if name in STREAMS[args.stream]}
-    stream = make_stream(
-        args.stream, args.num_tasks, args.examples_per_task, args.seed, args.data_dir,
-        args.download, **options,
-    )  # fmt: skip
+    stream = build_stream(args)
     regularizer = build_regularizer(args)
-    run = Run.start(
-        args, LEARNER, title=args.stream, group=args.stream, tags=[args.regularizer, args.stream],
-        seed=args.seed,
-        # 1 thread at batch size 1 (see --torch-threads), torch's default otherwise
-        threads=args.torch_threads or (1 if args.batch_size == 1 else 0),
-        cuda=args.cuda, resumed=resumed,
-    )  # fmt: skip
+    run = start_run(args, resumed)
     device = run.device
     with run.training() as stop:
         model, optimizer = build_model(args, stream, regularizer, device)
