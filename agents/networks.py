@@ -312,3 +312,41 @@ class TwinCritic(nn.Module):
         q1, _ = self.q1(obs_actions, frozen=True)
         q2, _ = self.q2(obs_actions, frozen=True)
         return torch.stack([q1.squeeze(-1), q2.squeeze(-1)])
+
+
+# --- Seeds stacked along a leading axis (agents/ppo_seeds.py, agents/seeds.py) ------------------
+
+
+def stack_parameters(modules: list[nn.Module], requires_grad: bool = False) -> dict[str, Tensor]:
+    """Stack K modules' parameters along a new leading seed axis, {name: (K, *shape)}, and make
+    each module's parameters views into the stack: the same Parameter objects, so the optimizer,
+    regularizer and diagnostics that hold one module keep working on it, and a step on the
+    stack moves every module."""
+    stacked = {}
+    for name, _ in modules[0].named_parameters():
+        parts = [dict(module.named_parameters())[name] for module in modules]
+        stack = torch.stack([part.detach() for part in parts]).requires_grad_(requires_grad)
+        for seed, part in enumerate(parts):
+            part.data = stack.detach()[seed]
+        stacked[name] = stack
+    return stacked
+
+
+def stacked_mlp(
+    mlp: MLP, params: dict[str, Tensor], prefix: str, x: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """`mlp.forward` for K networks at once: `params` from `stack_parameters` (names under
+    `prefix`), x (K, batch, in) -> (outputs (K, batch, out), hidden features (K, batch, width))."""
+    features = []
+    for i in range(len(mlp.hidden)):
+        weight, bias = params[f"{prefix}hidden.{i}.weight"], params[f"{prefix}hidden.{i}.bias"]
+        x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        if mlp.norms is not None:
+            norm = mlp.norms[i]
+            gain, shift = params[f"{prefix}norms.{i}.weight"], params[f"{prefix}norms.{i}.bias"]
+            x = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+            x = x * gain.unsqueeze(1) + shift.unsqueeze(1)
+        x = mlp.activation(x)
+        features.append(x)
+    weight, bias = params[f"{prefix}out.weight"], params[f"{prefix}out.bias"]
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)), features

@@ -174,6 +174,10 @@ class PPOFlags:
     """clip the global gradient norm to this; 0 = no clipping"""
     target_kl: float | None = None
     """stop an update early when the approximate KL exceeds this"""
+    seeds: tuple[int, ...] = ()
+    """train these seeds in one process instead (e.g. --seeds 1 2 3 4 5 6): their networks
+    stacked along a seed axis, one batched forward for acting and one batched backward per
+    minibatch, each seed writing the run directory --seed alone writes (agents/ppo_seeds.py)"""
 
 
 @dataclass
@@ -329,16 +333,18 @@ def policy_objective(outputs: Tensor, data: dict[str, Tensor], args: Args) -> di
     the actor's `policy_outputs` on `data` (its actions, old log-probabilities and advantages;
     with --adv-norm-scope minibatch the advantages are normalised over `data`). Training and
     the diagnostics' closures both call this: the curvature measured is that of the loss
-    trained."""
+    trained. Means are over the last (sample) axis: a leading seed axis gives one loss per seed
+    (agents/ppo_seeds.py)."""
     new_logprob, entropy = log_prob_and_entropy(outputs, data["actions"])
     logratio = new_logprob - data["logprobs"]
     ratio = logratio.exp()
     advantages = data["advantages"]
     if args.norm_adv and args.adv_norm_scope == "minibatch":
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        mean, std = advantages.mean(-1, keepdim=True), advantages.std(-1, keepdim=True)
+        advantages = (advantages - mean) / (std + 1e-8)
     clipped = torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-    pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
-    return {"pg_loss": pg_loss, "entropy": entropy.mean(), "logratio": logratio, "ratio": ratio}
+    pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean(-1)
+    return {"pg_loss": pg_loss, "entropy": entropy.mean(-1), "logratio": logratio, "ratio": ratio}
 
 
 def value_objective(values: Tensor, data: dict[str, Tensor], args: Args) -> Tensor:
@@ -347,8 +353,8 @@ def value_objective(values: Tensor, data: dict[str, Tensor], args: Args) -> Tens
     returns, old_values = data["returns"], data["values"]
     if args.clip_vloss:
         clipped = old_values + torch.clamp(values - old_values, -args.clip_coef, args.clip_coef)
-        return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()
-    return 0.5 * ((values - returns) ** 2).mean()
+        return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean(-1)
+    return 0.5 * ((values - returns) ** 2).mean(-1)
 
 
 def minibatch_loss(
@@ -360,20 +366,27 @@ def minibatch_loss(
     data = {k: v[idx] for k, v in batch.items()}
     outputs, actor_features = policy_outputs(actor, data["obs"])
     new_value, critic_features = critic(data["obs"])
+    terms = ppo_terms(outputs, new_value, data, args)
+    return {**terms, "actor_features": actor_features, "critic_features": critic_features}
+
+
+def ppo_terms(
+    outputs: Tensor, new_value: Tensor, data: dict[str, Tensor], args: Args
+) -> dict[str, Tensor]:
+    """PPO's loss and the update's statistics from the networks' outputs on `data` (means over
+    the last axis: one value per seed with a leading seed axis, agents/ppo_seeds.py)."""
     policy = policy_objective(outputs, data, args)
     v_loss = value_objective(new_value, data, args)
     with torch.no_grad():
         logratio, ratio = policy["logratio"], policy["ratio"]
-        old_approx_kl = (-logratio).mean()
-        approx_kl = ((ratio - 1) - logratio).mean()
-        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+        old_approx_kl = (-logratio).mean(-1)
+        approx_kl = ((ratio - 1) - logratio).mean(-1)
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean(-1)
     return {
         "loss": policy["pg_loss"] - args.ent_coef * policy["entropy"] + args.vf_coef * v_loss,
         "pg_loss": policy["pg_loss"],
         "v_loss": v_loss,
         "entropy": policy["entropy"],
-        "actor_features": actor_features,
-        "critic_features": critic_features,
         "old_approx_kl": old_approx_kl,
         "approx_kl": approx_kl,
         "clipfrac": clipfrac,

@@ -69,7 +69,7 @@ class SupervisedFlags:
     seeds: tuple[int, ...] = ()
     """train these seeds in one process instead (e.g. --seeds 1 2 3): their networks stacked,
     one batched fused SGD step for all, each seed writing the run directory --seed alone
-    writes (agents/seeds.py; ~2x the examples per second of one seed at 3 seeds on a CPU core)"""
+    writes (agents/supervised_seeds.py; ~2x the examples per second of one seed at 3 seeds on a CPU core)"""
     cuda: bool = True
     """use CUDA when it is available: on an H200 machine the 3 x 1000 network trained 1.8x
     (batch 1) and 21x (batch 100) faster than on the CPU (docs/gpu.md)"""

@@ -41,7 +41,7 @@ import tyro
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from agents import seeds  # noqa: E402
+from agents import supervised_seeds as seeds  # noqa: E402
 from agents.networks import MLP, CategoricalActor, Critic  # noqa: E402
 from agents.supervised import fused_sgd_step  # noqa: E402
 
@@ -247,7 +247,7 @@ def mnist_models(k: int, device: str = "cpu") -> list[MLP]:
 
 
 def stacked_sgd_step(weights: list[tuple[Tensor, Tensor]], x: Tensor, y: Tensor) -> None:
-    """The learner's stacked step (`agents.seeds.stacked_sgd_step`: cross-entropy, no decay)
+    """The learner's stacked step (`agents.supervised_seeds.stacked_sgd_step`: cross-entropy, no decay)
     for K seeds at once, each on its own example: x (k, 1, 784), y (k,)."""
     seeds.stacked_sgd_step(weights, "relu", x, y[:, None], "cross-entropy", None, SGD_LR, 0.0)
 

@@ -1,14 +1,18 @@
-"""Whole runs: K seeds of the reproduce setting in one process (`train.py supervised --seeds`)
-against the same K cells through the local launcher (`train.py sweep ... --workers 2`), in one
-run of this script, alternating, as a user would start them.
+"""Whole runs: K seeds in one process (`train.py supervised|ppo --seeds`) against the same K
+cells through the local launcher (`train.py sweep ... --workers 2`), in one run of this script,
+alternating, as a user would start them.
 
-    python benchmarks/seeds_in_one_process.py                  # 3 seeds, 5 tasks, 2 rounds
+    python benchmarks/seeds_in_one_process.py                  # supervised: 3 seeds, 5 tasks
     python benchmarks/seeds_in_one_process.py --seeds 1 2 3 4 5 6 --num-tasks 10
+    python benchmarks/seeds_in_one_process.py --learner ppo --seeds 1 2 3 4 5 6   # CartPole
 
-The setting is `make reproduce`'s (the paper code's small permuted MNIST: 784-256x3-10, online
-SGD, 4,000 examples a task; its diagnostics every 10 tasks, here at the start and the end),
-cut to --num-tasks tasks. The launcher runs two cells at a time on the machine's two cores; the
-batched process uses one core, so the table gives both wall time and cells per core-hour.
+supervised: `make reproduce`'s setting (the paper code's small permuted MNIST: 784-256x3-10,
+online SGD, 4,000 examples a task; its diagnostics every 10 tasks, here at the start and the
+end), cut to --num-tasks tasks. ppo: the continual-cartpole preset (C-CHAIN's setting, 3 x 256
+networks, minibatches of 32) cut to --num-tasks tasks of 10 iterations, diagnostics off (they
+are per seed in both ways), or with --hidden-sizes another width. The launcher runs two cells
+at a time on the machine's two cores; the batched process runs with --threads torch threads,
+so the table gives both wall time and cells per core-hour.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ class Args:
     """how many times each way runs, alternating"""
     workers: int = 2
     """the launcher's workers (the machine's cores)"""
+    learner: str = "supervised"
+    """supervised (permuted MNIST) or ppo (continual CartPole)"""
+    threads: int = 1
+    """torch threads of the batched process (each launcher cell has one)"""
+    hidden_sizes: tuple[int, ...] = ()
+    """ppo: the networks' widths instead of the preset's 3 x 256"""
 
 
 def timed(command: list[str]) -> float:
@@ -50,32 +60,44 @@ def timed(command: list[str]) -> float:
 
 
 def main(args: Args) -> None:
-    base = ["--preset", "permuted-mnist-small", "--torch-threads", "1", "--num-tasks",
-            str(args.num_tasks), "--regularizer", args.regularizer, "--checkpoint-every", "0"]  # fmt: skip
+    if args.learner == "ppo":
+        steps = args.num_tasks * 8_000  # tasks of 10 iterations of 800 steps
+        base = ["--preset", "continual-cartpole", "--total-timesteps", str(steps),
+                "--shift-every", "8000", "--diagnostics", "none", "--checkpoint-every", "0",
+                "--regularizer", args.regularizer]  # fmt: skip
+        if args.hidden_sizes:
+            base += ["--hidden-sizes", *map(str, args.hidden_sizes)]
+        title = (f"continual CartPole (PPO, {'x'.join(map(str, args.hidden_sizes or (256,) * 3))}"
+                 f" networks), {args.num_tasks} tasks x 8,000 steps, diagnostics off")  # fmt: skip
+    else:
+        base = ["--preset", "permuted-mnist-small", "--num-tasks", str(args.num_tasks),
+                "--regularizer", args.regularizer, "--checkpoint-every", "0"]  # fmt: skip
+        title = f"permuted MNIST 784-256x3-10, {args.num_tasks} tasks x 4,000 examples"
     seeds = [str(seed) for seed in args.seeds]
     times: dict[str, list[float]] = {"launcher": [], "one process": []}
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as scratch:
-            sweep = [sys.executable, "train.py", "sweep", "supervised", *base, "--grid",
+            sweep = [sys.executable, "train.py", "sweep", args.learner, *base, "--torch-threads",
+                     "1", "--grid",
                      f"seed={','.join(seeds)}", "--workers", str(args.workers),
                      "--sweep-dir", f"{scratch}/sweep"]  # fmt: skip
             times["launcher"].append(timed(sweep))
-            batched = [sys.executable, "train.py", "supervised", *base, "--seeds", *seeds,
-                       "--runs-dir", f"{scratch}/runs"]  # fmt: skip
+            batched = [sys.executable, "train.py", args.learner, *base, "--torch-threads",
+                       str(args.threads), "--seeds", *seeds, "--runs-dir", f"{scratch}/runs"]  # fmt: skip
             times["one process"].append(timed(batched))
     k = len(seeds)
-    print(f"permuted MNIST 784-256x3-10, {args.num_tasks} tasks x 4,000 examples, "
-          f"--regularizer {args.regularizer}, {k} seeds, median of {args.rounds} rounds\n")  # fmt: skip
-    print("| way | cores | wall s | cells per hour | cells per core-hour | core-hour ratio |")
-    print("|---|---|---|---|---|---|")
-    cores = {"launcher": min(args.workers, k), "one process": 1}
+    print(f"{title}, --regularizer {args.regularizer}, {k} seeds, median of {args.rounds} rounds\n")
+    print("| way | cores | wall s | cells per hour | ratio | cells per core-hour | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    cores = {"launcher": min(args.workers, k), "one process": args.threads}
     reference = None
     for way, walls in times.items():
         wall = sorted(walls)[len(walls) // 2]
-        per_core_hour = k * 3600 / wall / cores[way]
-        reference = reference or per_core_hour
-        print(f"| {way} | {cores[way]} | {wall:.1f} | {k * 3600 / wall:,.0f} | "
-              f"{per_core_hour:,.0f} | {per_core_hour / reference:.2f}x |")  # fmt: skip
+        per_hour = k * 3600 / wall
+        reference = reference or (per_hour, per_hour / cores[way])
+        print(f"| {way} | {cores[way]} | {wall:.1f} | {per_hour:,.0f} | "
+              f"{per_hour / reference[0]:.2f}x | {per_hour / cores[way]:,.0f} | "
+              f"{per_hour / cores[way] / reference[1]:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

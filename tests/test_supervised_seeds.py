@@ -1,4 +1,4 @@
-"""K seeds of one supervised configuration in one process (agents/seeds.py): the stacked step
+"""K seeds of one supervised configuration in one process (agents/supervised_seeds.py): the stacked step
 against each seed's own fused step, and a batched run against the single runs of its seeds."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 from run_helpers import assert_records_once, read_jsonl
 
 import train
-from agents import seeds, supervised
+from agents import supervised
+from agents import supervised_seeds as seeds
 from agents.checkpoints import load_checkpoint
 from agents.networks import MLP
 from agents.supervised import fused_sgd_step
