@@ -149,7 +149,8 @@ def check_seeds(args: Args) -> None:
 def train(args: Args) -> list[Path]:
     """Train each of args.seeds as its own run, all K stacked; return the K run directories."""
     check_seeds(args)
-    per_seed = [replace(args, seed=seed, seeds=()) for seed in args.seeds]
+    per_seed = [replace(args, seed=seed, seeds=(), runs_dir=args.runs_dir.replace("{seed}", str(seed)))
+                for seed in args.seeds]  # fmt: skip
     check_args(per_seed[0])
     seeds: list[Seed] = []
     try:

@@ -131,6 +131,9 @@ def check_seeds(args: Args) -> None:
         )
     if args.update == "autograd":
         raise ConfigError("--seeds takes the fused SGD step; --update autograd is not batched yet")
+    blocker = fused_update_blocker(args, build_regularizer(args))
+    if blocker is not None:
+        raise ConfigError(f"--seeds takes the fused SGD step, which cannot run here: {blocker}")
 
 
 class Seed:
@@ -163,12 +166,10 @@ def train(args: Args) -> list[Path]:
     """Train each of args.seeds as its own run, all K networks stepped together; return the K
     run directories."""
     check_seeds(args)
-    per_seed = [replace(args, seed=seed, seeds=()) for seed in args.seeds]
+    per_seed = [replace(args, seed=seed, seeds=(), runs_dir=args.runs_dir.replace("{seed}", str(seed)))
+                for seed in args.seeds]  # fmt: skip
     check_args(per_seed[0])
     streams = [build_stream(one) for one in per_seed]
-    blocker = fused_update_blocker(args, build_regularizer(per_seed[0]))
-    if blocker is not None:
-        raise ConfigError(f"--seeds takes the fused SGD step, which cannot run here: {blocker}")
     seeds: list[Seed] = []
     try:
         for one, stream in zip(per_seed, streams, strict=True):

@@ -62,6 +62,9 @@ class Sweep:
     cells: list[Cell] = field(default_factory=list)
     published: dict[str, Any] | None = None
     """a TOML's [published] table: the numbers the sweep reproduces, for the report"""
+    group_seeds: bool | None = None
+    """cells that differ only in their seed run as one `--seeds` process (None: on for the
+    local launcher, off for Slurm and Ray)"""
 
     @property
     def manifest_path(self) -> Path:
@@ -149,11 +152,92 @@ def cell_command(sweep: Sweep, cell: Cell, state: str) -> list[str]:
     train_py = [sys.executable, str(REPO / "train.py"), sweep.mode]
     if state == "interrupted":
         return [*train_py, "--resume", str(run_dir_of(sweep.cell_dir(cell)))]
-    extra = []
-    if "--track" in sweep.base:  # one W&B group per sweep, each run tagged with its values
-        extra = ["--wandb-group", sweep.directory.name, "--wandb-tags",
-                 *(f"{k}={v}" for k, v in cell.values.items())]  # fmt: skip
-    return [*train_py, *sweep.base, *cell.flags, *extra, "--runs-dir", str(sweep.cell_dir(cell))]
+    return [*train_py, *sweep.base, *cell.flags, *wandb_flags(sweep, cell.values), "--runs-dir",
+            str(sweep.cell_dir(cell))]  # fmt: skip
+
+
+def wandb_flags(sweep: Sweep, values: dict[str, str]) -> list[str]:
+    """With --track: one W&B group per sweep, each run tagged with its axis values."""
+    if "--track" not in sweep.base:
+        return []
+    return ["--wandb-group", sweep.directory.name, "--wandb-tags",
+            *(f"{k}={v}" for k, v in values.items())]  # fmt: skip
+
+
+@dataclass
+class Job:
+    """What one process of the sweep runs: one cell, or the cells of one configuration that
+    differ only in their seed (`train.py MODE ... --seeds S1 S2 ...`, each seed's run
+    directory in its own cell's directory)."""
+
+    cells: list[Cell]
+    state: str
+    command: list[str]
+
+
+def jobs(sweep: Sweep, todo: list[tuple[Cell, str]]) -> list[Job]:
+    """The processes that run `todo` ((cell, state) pairs, in order): with grouping on, the
+    new cells that differ only in seed become one job where the mode's batched learner takes
+    their flags (else, and for cells to resume, one job a cell)."""
+    grouping = sweep.group_seeds
+    if grouping is None:
+        grouping = sweep.engine.launcher == "local"
+    groups: dict[tuple, list[Cell]] = {}
+    singles: dict[str, Job] = {}
+    for cell, state in todo:
+        if grouping and state == "pending" and seed_flags(sweep, cell) is not None:
+            rest = tuple(sorted((k, v) for k, v in cell.values.items() if k != "seed"))
+            groups.setdefault(rest, []).append(cell)
+        else:
+            singles[cell.id] = Job([cell], state, cell_command(sweep, cell, state))
+    for cells in groups.values():
+        command = seeds_command(sweep, cells) if len(cells) > 1 else None
+        if command is None:
+            singles |= {c.id: Job([c], "pending", cell_command(sweep, c, "pending")) for c in cells}
+        else:
+            singles[cells[0].id] = Job(cells, "pending", command)
+    order = {cell.id: index for index, (cell, _) in enumerate(todo)}
+    return sorted(singles.values(), key=lambda job: order[job.cells[0].id])
+
+
+def seed_flags(sweep: Sweep, cell: Cell) -> list[str] | None:
+    """The cell's flags without its seed, or None where its seed is not a plain --seed axis."""
+    axis = sweep.axes.get("seed")
+    if "seed" not in cell.values or not isinstance(axis, list):
+        return None
+    flags, seed = list(cell.flags), ["--seed", cell.values["seed"]]
+    for i in range(len(flags) - 1):
+        if flags[i : i + 2] == seed:
+            return flags[:i] + flags[i + 2 :]
+    return None
+
+
+def seeds_command(sweep: Sweep, cells: list[Cell]) -> list[str] | None:
+    """One `--seeds` process for `cells` (the same flags but their seeds), or None where the
+    mode has no batched learner or it refuses these flags (then each cell runs alone)."""
+    import importlib
+    import importlib.util
+
+    from agents.cli import parse
+
+    if importlib.util.find_spec(f"agents.{sweep.mode}_seeds") is None:
+        return None
+    seeds = [cell.values["seed"] for cell in cells]
+    values = {**cells[0].values, "seed": "{seed}"}
+    flags = [*sweep.base, *seed_flags(sweep, cells[0]), "--seeds", *seeds]
+    try:
+        _, args, _ = parse(sweep.mode, flags)
+        importlib.import_module(f"agents.{sweep.mode}_seeds").check_seeds(args)
+    except ConfigError:
+        return None
+    train_py = [sys.executable, str(REPO / "train.py"), sweep.mode]
+    tags = wandb_flags(sweep, {k: v for k, v in cells[0].values.items() if k != "seed"})
+    return [*train_py, *flags, *tags, "--runs-dir",
+            str(sweep.directory / "cells" / cell_id(values))]  # fmt: skip
+
+
+def cell_id(values: dict[str, str]) -> str:
+    return "__".join(f"{key}={value}" for key, value in values.items()).replace("/", "-")
 
 
 def error_line(log: str) -> str:

@@ -36,11 +36,12 @@ from tqdm import tqdm
 from experiments.cells import (
     Cell,
     EngineFlags,
+    Job,
     Manifest,
     Sweep,
-    cell_command,
     cell_state,
     error_line,
+    jobs,
     run_dir_of,
 )
 from validation import ConfigError
@@ -288,12 +289,13 @@ def finish(
 
 
 def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bool:
-    """Run the cells in `todo` ((cell, state) pairs) on the sweep's engine. Returns whether
-    the sweep was stopped by a signal before every cell had run."""
+    """Run the cells in `todo` ((cell, state) pairs) on the sweep's engine, one process per
+    job (a cell, or the cells that differ only in seed: experiments.cells.jobs). Returns
+    whether the sweep was stopped by a signal before every cell had run."""
     sweep.stop_file.unlink(missing_ok=True)  # left by a stopped run of this sweep
     engine = ENGINES[sweep.engine.launcher](sweep)
-    pending = list(todo)
-    running: dict[int, tuple[Cell, Any, Path, int]] = {}
+    pending = jobs(sweep, todo)
+    running: dict[int, tuple[Job, Any, Path, int]] = {}
     stop = {"requested": 0}
 
     def request(signum: int, frame: Any) -> None:
@@ -317,19 +319,22 @@ def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bo
             room = len(pending) if engine.capacity is None else engine.capacity - len(running)
             batch = []
             while pending and len(batch) < room and not stop["requested"]:
-                cell, state = pending.pop(0)
-                log_path = sweep.cell_dir(cell) / "cell.log"
+                job = pending.pop(0)
+                # A job of several cells logs into its first cell's cell.log; the others get
+                # a copy of what it wrote when it ends.
+                log_path = sweep.cell_dir(job.cells[0]) / "cell.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 offset = log_path.stat().st_size if log_path.exists() else 0
-                batch.append((cell, cell_command(sweep, cell, state), log_path, offset))
+                batch.append((job, log_path, offset))
             if batch:
-                handles = engine.start([(command, path) for _, command, path, _ in batch])
-                for (cell, _, path, offset), handle in zip(batch, handles, strict=True):
-                    attempts = manifest.entry(cell).get("attempts", 0) + 1
-                    manifest.update(cell, status="running", error=None, attempts=attempts)
-                    running[id(handle)] = (cell, handle, path, offset)
-                    started[cell.id] = time.time()
-            for key, (cell, handle, path, offset) in list(running.items()):
+                handles = engine.start([(job.command, path) for job, path, _ in batch])
+                for (job, path, offset), handle in zip(batch, handles, strict=True):
+                    for cell in job.cells:
+                        attempts = manifest.entry(cell).get("attempts", 0) + 1
+                        manifest.update(cell, status="running", error=None, attempts=attempts)
+                        started[cell.id] = time.time()
+                    running[id(handle)] = (job, handle, path, offset)
+            for key, (job, handle, path, offset) in list(running.items()):
                 done, code = engine.poll(handle)
                 if not done:
                     continue
@@ -339,14 +344,25 @@ def launch(sweep: Sweep, manifest: Manifest, todo: list[tuple[Cell, str]]) -> bo
                     with open(path) as log:
                         log.seek(offset)
                         text = log.read()
-                finish(sweep, manifest, cell, code, text, bool(stop["requested"]))
-                bar.update(1)
-                ended += 1
-                if not on_terminal:
-                    status = manifest.entry(cell)["status"]
-                    seconds = time.time() - started[cell.id]
-                    print(f"[{ended}/{len(todo)}] {status}: {cell.id} ({seconds:.0f} s)",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                for cell in job.cells:
+                    if cell is not job.cells[0] and text:
+                        with open(sweep.cell_dir(cell) / "cell.log", "a") as copy:
+                            copy.write(text)
+                    # In a job of several seeds, each cell's own run says how it ended (one
+                    # seed may diverge while the others finish).
+                    cell_code = code
+                    if len(job.cells) > 1 and cell_state(sweep.cell_dir(cell)) == "finished":
+                        cell_code = 0
+                    elif len(job.cells) > 1 and code == 0:
+                        cell_code = None
+                    finish(sweep, manifest, cell, cell_code, text, bool(stop["requested"]))
+                    bar.update(1)
+                    ended += 1
+                    if not on_terminal:
+                        status = manifest.entry(cell)["status"]
+                        seconds = time.time() - started[cell.id]
+                        print(f"[{ended}/{len(todo)}] {status}: {cell.id} ({seconds:.0f} s)",
+                              file=sys.stderr, flush=True)  # fmt: skip
             time.sleep(0.1 if engine.capacity else 0.5)
     finally:
         for _, handle, _, _ in running.values():  # only after an error of the sweep's own

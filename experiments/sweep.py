@@ -44,8 +44,9 @@ from experiments.cells import (
     EngineFlags,
     Manifest,
     Sweep,
-    cell_command,
+    cell_id,
     cell_state,
+    jobs,
     run_dir_of,
 )
 from experiments.launchers import check_engine, launch
@@ -53,12 +54,13 @@ from validation import ConfigError
 
 NAMED_SWEEPS = REPO / "experiments" / "sweeps"
 USAGE = """usage: train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
-                      [--sweep-dir DIR] [--retry-failed] [--dry-run] [--launcher local|slurm|ray]
+                      [--sweep-dir DIR] [--retry-failed] [--dry-run] [--no-group-seeds]
+                      [--launcher local|slurm|ray]
                       [--slurm-partition P --slurm-time MIN --slurm-cpus N --slurm-gpus N
                        --slurm-array-parallelism N --slurm-cluster auto|slurm|local]
                       [--ray-cpus N --ray-gpus N]
        train.py sweep --config SWEEP.toml|NAME [EXTRA FLAGS] [--workers N] [--sweep-dir DIR]
-                      [--retry-failed] [--dry-run]"""
+                      [--retry-failed] [--dry-run] [--no-group-seeds]"""
 
 
 FLAGS_HELP = """
@@ -72,6 +74,14 @@ A sweep's own flags (every other flag is a base flag of each cell; `train.py MOD
   --sweep-dir DIR           where the sweep lives (default: sweeps/<its name>)
   --retry-failed            run the cells that failed before again
   --dry-run                 check every cell and print its command; run nothing
+  --group-seeds, --no-group-seeds
+                            cells that differ only in their seed run as one process
+                            (train.py MODE ... --seeds S1 S2 ...: each seed still its own run
+                            in its own cell's directory); on by default for --launcher local,
+                            off for slurm and ray. Batching is not possible for sac, for ppo
+                            with --compile or --target-kl, for supervised other than the
+                            fused SGD step (adam, momentum, layernorm, penalty methods), and
+                            for cells to resume: those run one process a cell
   --launcher local|slurm|ray
                             where cells run: worker processes here (default), a Slurm job
                             array through submitit, or tasks on a Ray cluster
@@ -94,6 +104,7 @@ def parse_argv(argv: list[str]) -> Sweep:
         "sweep_dir": None,
         "retry": False,
         "dry_run": False,
+        "group_seeds": None,
     }
     rest, config = [], None
     engine: dict[str, Any] = {f.name: None for f in dataclasses.fields(EngineFlags)}
@@ -120,6 +131,10 @@ def parse_argv(argv: list[str]) -> Sweep:
             continue
         if arg in ("--retry-failed", "--dry-run"):
             options["retry" if arg == "--retry-failed" else "dry_run"] = True
+            i += 1
+            continue
+        if arg in ("--group-seeds", "--no-group-seeds"):
+            options["group_seeds"] = arg == "--group-seeds"
             i += 1
             continue
         rest.append(arg)
@@ -162,7 +177,8 @@ def parse_argv(argv: list[str]) -> Sweep:
     directory = Path(options["sweep_dir"] or default).absolute()
     return Sweep(mode, base, axes, directory, workers, retry_failed=options["retry"],
                  dry_run=options["dry_run"], engine=parse_engine(engine),
-                 published=published if config is not None else None)  # fmt: skip
+                 published=published if config is not None else None,
+                 group_seeds=options["group_seeds"])  # fmt: skip
 
 
 def parse_engine(given: dict[str, str | None]) -> EngineFlags:
@@ -267,10 +283,6 @@ def sweep_name(mode: str, base: list[str], axes: dict[str, list[str]]) -> str:
     return f"{mode}__{'-'.join(axes)}__{digest}"
 
 
-def cell_id(values: dict[str, str]) -> str:
-    return "__".join(f"{key}={value}" for key, value in values.items()).replace("/", "-")
-
-
 def build_cells(sweep: Sweep) -> list[Cell]:
     """Every combination of the axes, checked as train.py would check it; axis flags with no
     effect in a cell are left out of it and cells that become the same run are merged."""
@@ -316,8 +328,8 @@ def run(argv: list[str]) -> None:
     sweep = parse_argv(argv)
     sweep.cells = build_cells(sweep)
     if sweep.dry_run:
-        for cell in sweep.cells:
-            print(f"{cell.id}: {shlex.join(cell_command(sweep, cell, 'pending')[1:])}")
+        for job in jobs(sweep, [(cell, "pending") for cell in sweep.cells]):
+            print(f"{', '.join(c.id for c in job.cells)}: {shlex.join(job.command[1:])}")
         print(f"sweep {sweep.directory}: {len(sweep.cells)} cells (--dry-run: none started)")
         return
     check_engine(sweep.engine)

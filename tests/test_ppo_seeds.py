@@ -31,7 +31,9 @@ def build_agents(args: ppo.Args, seeds=SEEDS) -> list[ppo.PPOAgent]:
         one = dataclasses.replace(args, seed=seed)
         envs = learner_envs(one, "PPO", bounded_actions=False, discrete_actions=True)
         seed_everything(seed)
-        stand_in_run = SimpleNamespace(device=torch.device("cpu"), logger=SimpleNamespace(run_dir="."))
+        stand_in_run = SimpleNamespace(
+            device=torch.device("cpu"), logger=SimpleNamespace(run_dir=".")
+        )
         agents.append(ppo.PPOAgent.build(one, envs, stand_in_run))
         envs.close()
     return agents
@@ -123,11 +125,12 @@ def continual_cartpole(tmp_path: Path, **changes) -> ppo.Args:
 
 @pytest.mark.slow
 def test_batched_seeds_learn_cartpole_as_their_single_runs_do(tmp_path):
-    """A learning claim, tested by learning (as test_ppo's single run): two seeds of C-CHAIN's
-    PPO batched on CartPole, 20 iterations of 800 steps: each rises from a random policy's
-    return to several times it. Each writes the run directory its single run writes: the same
-    config.json (its own seed), the same metric names, the single run's events plus which seeds
-    shared the process; its last checkpoint holds only its own weights and resumes alone."""
+    """A learning claim, tested by learning: C-CHAIN's PPO (a softmax policy over CartPole's two
+    actions) on CartPole without shifts, 20 iterations of 800 steps, as a single run (seed 2)
+    and as two seeds batched: each rises from a random policy's return (~20) to several times
+    it. Each batched seed writes the run directory its single run writes: the same config.json
+    (its own seed), the same metric names, the single run's events plus which seeds shared the
+    process; its last checkpoint holds only its own weights and resumes alone."""
     args = continual_cartpole(
         tmp_path / "batched", shift=(), shift_every=0, total_timesteps=16_000, seeds=(2, 4),
         diagnostics=("none",), checkpoint_every=8_000,
@@ -138,6 +141,12 @@ def test_batched_seeds_learn_cartpole_as_their_single_runs_do(tmp_path):
     single_config = json.loads((single_dir / "config.json").read_text())
     single_keys = {key for m in read_jsonl(single_dir / "metrics.jsonl") for key in m}
     single_events = [e["event"] for e in read_jsonl(single_dir / "events.jsonl")]
+    for directory in [single_dir, *directories]:
+        metrics = read_jsonl(directory / "metrics.jsonl")
+        returns = [m["charts/rollout_return"] for m in metrics if "charts/rollout_return" in m]
+        assert len(returns) == 20
+        first, last = returns[0], np.mean(returns[-3:])  # the first: the initial policy's
+        assert first < 40 and last > 4 * first and last > 100, (directory.name, first, last)
     for seed, directory in zip((2, 4), directories, strict=True):
         assert directory.name.startswith(f"CartPole-v1__ppo__none__{seed}__")
         config = json.loads((directory / "config.json").read_text())
@@ -149,10 +158,6 @@ def test_batched_seeds_learn_cartpole_as_their_single_runs_do(tmp_path):
         metrics = read_jsonl(directory / "metrics.jsonl")
         assert {key for m in metrics for key in m} == single_keys
         assert_records_once(directory)
-        returns = [m["charts/rollout_return"] for m in metrics if "charts/rollout_return" in m]
-        assert len(returns) == 20
-        first, last = returns[0], np.mean(returns[-3:])
-        assert first < 40 and last > 4 * first and last > 100, (seed, first, last)
         events = read_jsonl(directory / "events.jsonl")
         assert [e["event"] for e in events if e["event"] != "seeds_in_process"] == single_events
         assert [e["seeds"] for e in events if e["event"] == "seeds_in_process"] == [[2, 4]]

@@ -87,6 +87,46 @@ def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(
             assert cell["attempts"] == 1, cell_id  # never run again
 
 
+def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(tmp_path):
+    """The local launcher groups the cells of one configuration into one `--seeds` process:
+    2 methods x 2 seeds are 2 processes, and each cell still holds its own run (its seed in its
+    config, the process's seeds in its events) and its own manifest line. --no-group-seeds and
+    flags the batched learner refuses run one process a cell (their commands, by --dry-run)."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir), "--workers", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    cells = manifest(sweep_dir)["cells"]
+    assert sorted(cells) == ["regularizer=l2__seed=1", "regularizer=l2__seed=2",
+                             "regularizer=none__seed=1", "regularizer=none__seed=2"]  # fmt: skip
+    assert {c["status"] for c in cells.values()} == {"finished"}
+    for cell_id, cell in cells.items():
+        runs = [p for p in (sweep_dir / "cells" / cell_id).iterdir() if p.is_dir()]
+        assert len(runs) == 1 and str(runs[0]) == cell["run_dir"]
+        assert json.loads((runs[0] / "config.json").read_text())["seed"] == int(cell_id[-1])
+        assert_records_once(runs[0])
+        events = [json.loads(line) for line in (runs[0] / "events.jsonl").read_text().splitlines()]
+        assert [e["seeds_in_process"] for e in events if e["event"] == "stream"] == [[1, 2]]
+        assert "run directory" in (sweep_dir / "cells" / cell_id / "cell.log").read_text()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert len(lines) == 4  # a line per cell, not per process
+
+    def commands(*flags: str) -> list[str]:
+        dry = run_cli_in_process("sweep", *TINY, *flags, *GRID, "--dry-run",
+                                 "--sweep-dir", str(tmp_path / "dry"))  # fmt: skip
+        assert dry.returncode == 0, dry.stderr
+        return dry.stdout.splitlines()[:-1]
+
+    grouped = commands()
+    assert [line.split(": ")[0] for line in grouped] == [
+        "regularizer=none__seed=1, regularizer=none__seed=2",
+        "regularizer=l2__seed=1, regularizer=l2__seed=2",
+    ]
+    assert all("--seeds 1 2" in line and "seed={seed}" in line for line in grouped)
+    for flags in (["--no-group-seeds"], ["--optimizer", "adam"]):
+        single = commands(*flags)
+        assert len(single) == 4 and not any("--seeds" in line for line in single), flags
+
+
 def test_unused_axis_flags_are_left_out_and_cells_that_are_one_run_merged(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_cli("sweep", *TINY, "--num-tasks", "1", "--grid", "regularizer=none,l2",
