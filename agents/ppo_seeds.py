@@ -29,6 +29,8 @@ run directory on its own).
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -434,10 +436,16 @@ def stop_alone(seed: Seed, error: Diverged) -> None:
     """A seed diverged: its run ends as a single run's would (its `diverged` event, its
     records intact); the others go on."""
     seed.diverged = f"{error}"
+    # Its run's exit restores the signal handlers it found (an earlier seed's); the process
+    # keeps the ones in force, which set a stop every seed's loop reads.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         seed.guard.__exit__(Diverged, error, error.__traceback__)
     except ConfigError as message:
         seed.diverged = str(message)
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def stop_all(active: list[Seed], global_step: int) -> None:

@@ -218,3 +218,44 @@ def test_what_ppo_seeds_cannot_run_is_one_error_line(tmp_path, flags, message):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {message}") and len(result.stderr.splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_a_batched_process_killed_resumes_each_seed_alone_with_every_record_once(tmp_path):
+    """kill -9 of a process training two seeds, at a random moment after both have a
+    checkpoint: each seed's run resumes alone from its last checkpoint to the end, with every
+    record once and the updates and shifts of an uninterrupted run at the same steps."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from run_helpers import cli_env, run_cli, train_command
+
+    total = 8192
+    flags = ["ppo", "--preset", "continual-cartpole", "--num-steps", "256", "--num-minibatches",
+             "4", "--hidden-sizes", "16", "--total-timesteps", str(total), "--shift-every",
+             "2048", "--checkpoint-every", "512", "--diagnostics", "none", "--runs-dir",
+             str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(train_command(*flags, "--seeds", "1", "2"), env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        checkpoints = list(tmp_path.glob("*/checkpoints/step_*.pt"))
+        if len({path.parents[1] for path in checkpoints}) == 2:
+            break
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.3))
+    assert process.poll() is None, "the run ended before the kill: make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    runs = sorted(path for path in tmp_path.iterdir() if path.is_dir())
+    assert len(runs) == 2
+    for run_dir in runs:
+        resumed = run_cli("ppo", "--resume", str(run_dir))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        metrics, events = assert_records_once(run_dir)
+        assert [m["step"] for m in metrics if "losses/value_loss" in m] == list(
+            range(256, total + 1, 256)
+        )
+        assert [e["step"] for e in events if e["event"] == "shift"] == [2048, 4096, 6144]
+        assert events[-1]["event"] == "finished"
