@@ -19,6 +19,12 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: pytest-xdist hands tests to its workers in order, so a slow test
+    collected late runs at the end with the other worker idle (make test's wall time)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _private_download_cache(tmp_path_factory, monkeypatch):
     """Every test sees an empty data set download cache, whatever the developer has cached."""

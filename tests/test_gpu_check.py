@@ -55,6 +55,7 @@ def stand_in_machine(base: Path) -> Path:
     return python
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not unshare_works(), reason="needs unshare -rn to block the network")
 def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_path):
     python = stand_in_machine(tmp_path / "machine")
@@ -89,6 +90,7 @@ def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_
         "hessian",
         "ppo-1m",
         "batched-seeds",
+        "seeds-runs",
         "suite",
     ):
         assert f"| {part} | ok |" in summary, summary

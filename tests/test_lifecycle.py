@@ -109,6 +109,7 @@ def total_of(mode: str) -> int:
     return {"ppo": PPO_TOTAL, "sac": SAC_TOTAL, "supervised": SUPERVISED_TASKS * 1497}[mode]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mode", "sig"), [("ppo", "KILL"), ("ppo", "TERM"), ("sac", "KILL"), ("supervised", "KILL")]
 )
@@ -430,6 +431,7 @@ class FailingServer(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_wandb_without_a_key_a_network_or_a_working_server_goes_offline_with_one_line(tmp_path):
     (tmp_path / "home").mkdir()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingServer)
@@ -495,6 +497,7 @@ def limit_file_size(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fails", ["first checkpoint", "metrics after a checkpoint"])
 def test_a_full_disk_is_one_line_and_the_last_good_checkpoint_survives(tmp_path, fails):
     # the checkpoint of this network is ~20 KB; metrics.jsonl passes 40 KB in the second task

@@ -57,6 +57,7 @@ def test_gaussian_log_prob_matches_torch_distribution():
     torch.testing.assert_close(ppo.gaussian_log_prob(action, mean, log_std), expected)
 
 
+@pytest.mark.slow
 def test_end_to_end_across_a_shift_with_tracking(tmp_path):
     result = run_cli(
         "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "2048", "--shift", "friction",
@@ -117,6 +118,7 @@ def test_end_to_end_across_a_shift_with_tracking(tmp_path):
     assert list(offline_runs[0].rglob("*.png")), "the plots did not reach W&B"
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tmp_path):
     first = run_cli(
         "ppo", "--env-id", "Hopper-v5", "--total-timesteps", "1024", "--shift", "obs-permute",

@@ -220,6 +220,7 @@ def test_what_ppo_seeds_cannot_run_is_one_error_line(tmp_path, flags, message):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_batched_process_killed_resumes_each_seed_alone_with_every_record_once(tmp_path):
     """kill -9 of a process training two seeds, at a random moment after both have a
     checkpoint: each seed's run resumes alone from its last checkpoint to the end, with every

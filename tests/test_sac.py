@@ -410,6 +410,7 @@ def test_every_regularizer_runs_on_both_networks(tmp_path, method, overrides, re
 # --- Runs: end to end, resume, interruption, divergence, bad input ----------------------------
 
 
+@pytest.mark.slow
 def test_end_to_end_across_a_shift_with_diagnostics_and_tracking(tmp_path):
     result = run_cli(
         "sac", "--env-id", "Hopper-v5", "--total-timesteps", "1200", "--learning-starts", "300",

@@ -86,6 +86,7 @@ def test_other_streams_run(tmp_path, stream, options):
         assert "charts/online_accuracy" not in metrics[0]
 
 
+@pytest.mark.slow
 def test_cli_run_measures_the_hessian_at_every_task_boundary(tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "supervised", "--dataset", "digits", "--num-tasks", "2",
@@ -222,6 +223,7 @@ def test_kaiming_uniform_is_he_uniform_with_zero_biases():
     assert default.hidden[0].weight.abs().max() <= 1 / math.sqrt(784)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_mid_task_by_sigterm_resumes_as_if_never_stopped(tmp_path):
     flags = [
         "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "256", "256",

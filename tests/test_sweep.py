@@ -38,6 +38,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher", ["local", pytest.param("ray", marks=pytest.mark.xdist_group("ray"))]
 )
@@ -87,6 +88,7 @@ def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(
             assert cell["attempts"] == 1, cell_id  # never run again
 
 
+@pytest.mark.slow
 def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(tmp_path):
     """The local launcher groups the cells of one configuration into one `--seeds` process:
     2 methods x 2 seeds are 2 processes, and each cell still holds its own run (its seed in its
@@ -127,6 +129,7 @@ def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(
         assert len(single) == 4 and not any("--seeds" in line for line in single), flags
 
 
+@pytest.mark.slow
 def test_unused_axis_flags_are_left_out_and_cells_that_are_one_run_merged(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_cli("sweep", *TINY, "--num-tasks", "1", "--grid", "regularizer=none,l2",
@@ -139,6 +142,7 @@ def test_unused_axis_flags_are_left_out_and_cells_that_are_one_run_merged(tmp_pa
     ]
 
 
+@pytest.mark.slow
 def test_a_failed_cell_is_listed_retried_when_asked_and_a_grid_may_only_grow(tmp_path):
     sweep_dir = tmp_path / "sweep"
     argv = ["sweep", *TINY, "--num-tasks", "1", "--grid", "learning-rate=0.01,1e30",
