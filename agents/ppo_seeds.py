@@ -29,8 +29,6 @@ run directory on its own).
 from __future__ import annotations
 
 import functools
-import signal
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -56,7 +54,7 @@ from agents.ppo import (
     ppo_terms,
 )
 from agents.progress import EpisodeStats, progress_bar
-from agents.run import Diverged, HostToDevice, Interrupted, Run, seed_everything
+from agents.run import Diverged, HostToDevice, Interrupted, Run, end_diverged, seed_everything
 from diagnostics import TaskBoundaries
 from envs import learner_envs
 from envs.video import ClipRecorder
@@ -265,7 +263,7 @@ def train_together(args: Args, seeds: list[Seed]) -> None:
             try:
                 check_skipped(seed.run, global_step, seed_stats, seed.agent)
             except Diverged as error:
-                stop_alone(seed, error)
+                seed.diverged = end_diverged(seed.guard, error)
                 continue
             seed.run.log(global_step, {
                 **seed.episodes.rollout_return(),
@@ -430,22 +428,6 @@ def stacked_update(
         seed_stats["minibatches"] = len(clipfracs)
         per_seed.append(seed_stats)
     return per_seed, regularizer_metrics
-
-
-def stop_alone(seed: Seed, error: Diverged) -> None:
-    """A seed diverged: its run ends as a single run's would (its `diverged` event, its
-    records intact); the others go on."""
-    seed.diverged = f"{error}"
-    # Its run's exit restores the signal handlers it found (an earlier seed's); the process
-    # keeps the ones in force, which set a stop every seed's loop reads.
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        seed.guard.__exit__(Diverged, error, error.__traceback__)
-    except ConfigError as message:
-        seed.diverged = str(message)
-    if threading.current_thread() is threading.main_thread():
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
 
 
 def stop_all(active: list[Seed], global_step: int) -> None:

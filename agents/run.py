@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,6 +416,23 @@ class Run:
         self.logger.close()
         self.lock.release()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def end_diverged(guard: ExitStack, error: Diverged) -> str:
+    """End one of several runs in one process (`--seeds`) as diverged, as a run alone ends:
+    `guard` holds its `Run.training()`, which records the `diverged` event and closes it. The
+    others go on: the signal handlers in force stay (its exit would restore the ones it
+    found, an earlier run's). Returns the one-line message."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    message = str(error)
+    try:
+        guard.__exit__(Diverged, error, error.__traceback__)
+    except ConfigError as line:
+        message = str(line)
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return message
 
 
 class HostToDevice:

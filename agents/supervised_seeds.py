@@ -13,10 +13,11 @@ one seed's network (a regularizer's shift or reset, the diagnostics, a checkpoin
 through the same code as a single run. Its checkpoints are single-run checkpoints: a stopped
 seed resumes on its own with `train.py supervised --resume RUN_DIR`.
 
-What it does not do yet: the autograd step (Adam, momentum, LayerNorm, activations other than
-relu, leaky-relu and tanh, and regularizers with a penalty term are refused with one line),
-resuming K seeds together, stopping one diverged seed while the others go on (a divergence ends
-all K: the diverged seed records `diverged`, the others `stopped`), and RL (PPO, SAC).
+A seed that diverges stops alone: its run records `diverged` and ends, the others go on, and
+the command ends with one error line naming it. What it does not do yet: the autograd step
+(Adam, momentum, LayerNorm, activations other than relu, leaky-relu and tanh, and regularizers
+with a penalty term are refused with one line) and resuming K seeds together. PPO's seeds in
+one process: agents/ppo_seeds.py.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from agents.networks import MLP
 from agents.progress import progress_bar
-from agents.run import Diverged, Interrupted, Run, seed_everything
+from agents.run import Diverged, Interrupted, Run, end_diverged, seed_everything
 from agents.supervised import (
     ACTIVATION_DERIVATIVES,
     Args,
@@ -142,6 +143,7 @@ class Seed:
     def __init__(self, args: Args, stream, run: Run):
         self.args, self.stream, self.run = args, stream, run
         self.regularizer = build_regularizer(args)
+        self.guard, self.stop, self.diverged = ExitStack(), None, None
         self.model = self.optimizer = self.diagnostics = self.boundaries = None
         self.records: TaskRecords | None = None
 
@@ -179,7 +181,9 @@ def train(args: Args) -> list[Path]:
             seed.run._abandon()
         raise
     with ExitStack() as guard:
-        stops = [guard.enter_context(seed.run.training()) for seed in seeds]
+        for seed in seeds:
+            guard.enter_context(seed.guard)
+            seed.stop = seed.guard.enter_context(seed.run.training())
         device = seeds[0].run.device
         for seed in seeds:
             seed.build(device)
@@ -190,24 +194,19 @@ def train(args: Args) -> list[Path]:
                            seeds_in_process=list(args.seeds))  # fmt: skip
         for seed in seeds:
             seed.run.setting_up = False
-        try:
-            train_together(args, seeds, layers, stops, device)
-        except Diverged as error:
-            # Each seed's Run would record a divergence as its own: say which seed it was.
-            for seed in seeds:
-                if f"seed {seed.args.seed}:" in str(error):
-                    seed.run.event(error.step, "diverged", message=str(error))
-                else:
-                    seed.run.event(error.step, "stopped", reason=f"another seed diverged: {error}")
-            raise ConfigError(
-                f"training diverged at step {error.step}: {error}; every seed stopped there, "
-                "with its logs in its run directory"
-            ) from None
+        train_together(args, seeds, layers, device)
+    diverged = [seed for seed in seeds if seed.diverged]
+    if diverged:
+        names = "; ".join(f"seed {seed.args.seed}: {seed.diverged}" for seed in diverged)
+        raise ConfigError(f"{len(diverged)} of {len(seeds)} seeds diverged ({names}); the others "
+                          "finished, each in its run directory")  # fmt: skip
     return [seed.run.dir for seed in seeds]
 
 
-def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None:
-    """The single run's loop (agents/supervised.py), each step one stacked step for all seeds."""
+def train_together(args: Args, seeds: list[Seed], layers, device) -> None:
+    """The single run's loop (agents/supervised.py), each step one stacked step for all seeds.
+    A seed that diverges ends its run there; its network keeps its place in the stack (its
+    NaNs stay in its own slice), and nothing more is done or written for it."""
     first = seeds[0]
     loss, classification = first.stream.loss, first.stream.loss == "cross-entropy"
     decay = first.regularizer.coupled_decay()
@@ -226,6 +225,8 @@ def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None
         ):
             raise ConfigError("--seeds needs every seed's task to have the same size and classes")
         for seed, task, before in zip(seeds, tasks, previous, strict=True):
+            if seed.diverged:
+                continue
             due = seed.diagnostics.enabled and t % args.diag_every_tasks == 0
             end = (
                 finished_task_probe(args, seed.model, seed.optimizer, before, loss, device)
@@ -266,27 +267,36 @@ def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None
                 )
             for k, seed in enumerate(seeds):
                 seed.records.steps = index + 1
+                if seed.diverged:
+                    continue
                 recent = functools.partial(window_features, seed.model, x_all[k],
                                            max(0, end - window), end)  # fmt: skip
                 seed.records.regularizer_metrics |= seed.regularizer.after_update(recent, end >= n)
             examples_seen += end - start
             if end - records[0].logged >= args.log_every and end < n:
                 for k, seed in enumerate(seeds):
-                    log_running(seed, examples_seen, t, y_all[k], end, classification)
+                    if not seed.diverged:
+                        log_running(seed, examples_seen, t, y_all[k], end, classification)
                 bar.update((end - records[0].logged) * len(seeds))
                 for record in records:
                     record.logged = end
-            if any(stop.requested for stop in stops) and end < n:
+            if any(seed.stop.requested for seed in seeds) and end < n:
                 seconds = time.perf_counter() - steps_start
-                positions = [seed.records.position(end, seconds) for seed in seeds]
-                states = [seed.state(examples_seen, t, position)
-                          for seed, position in zip(seeds, positions, strict=True)]  # fmt: skip
-                stop_all(seeds, examples_seen, states)
+                live = [seed for seed in seeds if not seed.diverged]
+                states = [seed.state(examples_seen, t, seed.records.position(end, seconds))
+                          for seed in live]  # fmt: skip
+                stop_all(live, examples_seen, states)
         seconds = time.perf_counter() - steps_start
         bar.update((n - records[0].logged) * len(seeds))
         for seed, task in zip(seeds, tasks, strict=True):
+            if seed.diverged:
+                continue
             seed.records.train_seconds += seconds
-            train_loss = seed_loss(seed, examples_seen, t)
+            try:
+                train_loss = seed_loss(seed, examples_seen, t)
+            except Diverged as error:
+                seed.diverged = end_diverged(seed.guard, error)
+                continue
             metrics = task_end_metrics(seed.model, task, loss, seed.records.predictions,
                                        seed.records.logged, train_loss)  # fmt: skip
             metrics["charts/examples_per_second"] = n / max(seconds, 1e-9)
@@ -294,12 +304,17 @@ def train_together(args: Args, seeds: list[Seed], layers, stops, device) -> None
             metrics |= {f"regularizer/{k}": v for k, v in seed.records.regularizer_metrics.items()}
             seed.run.log(examples_seen, metrics)
         previous = tasks
-        if any(stop.requested for stop in stops) and t + 1 < args.num_tasks:
-            stop_all(seeds, examples_seen, [seed.state(examples_seen, t + 1) for seed in seeds])
-        if all([seed.run.checkpoint_due(examples_seen) for seed in seeds]):  # one schedule
-            for seed in seeds:
+        live = [seed for seed in seeds if not seed.diverged]
+        if not live:
+            return
+        if any(seed.stop.requested for seed in seeds) and t + 1 < args.num_tasks:
+            stop_all(live, examples_seen, [seed.state(examples_seen, t + 1) for seed in live])
+        if all([seed.run.checkpoint_due(examples_seen) for seed in live]):  # one schedule
+            for seed in live:
                 seed.run.save(examples_seen, seed.state(examples_seen, t + 1))
     for seed, task in zip(seeds, previous, strict=True):
+        if seed.diverged:
+            continue
         if seed.diagnostics.enabled and task is not None:
             end = task_probe(args, seed.model, task, loss, False, device)
             seed.boundaries.finish(examples_seen, args.num_tasks - 1, end)
@@ -318,9 +333,15 @@ def seed_loss(seed: Seed, examples_seen: int, task: int) -> float:
 def log_running(
     seed: Seed, examples_seen: int, task: int, y: Tensor, end: int, classification: bool
 ) -> None:
-    """A seed's running log line inside a task, as a single run writes it."""
+    """A seed's running log line inside a task, as a single run writes it (a non-finite loss
+    ends its run as diverged)."""
     records = seed.records
-    metrics = {"charts/train_loss": seed_loss(seed, examples_seen, task), "charts/task": task}
+    try:
+        train_loss = seed_loss(seed, examples_seen, task)
+    except Diverged as error:
+        seed.diverged = end_diverged(seed.guard, error)
+        return
+    metrics = {"charts/train_loss": train_loss, "charts/task": task}
     if classification:
         hits = records.predictions[records.logged : end] == y[records.logged : end]
         metrics["charts/running_accuracy"] = int(hits.sum()) / len(hits)
