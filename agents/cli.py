@@ -9,6 +9,7 @@ in MODES.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from typing import Any
@@ -61,6 +62,11 @@ def parse(mode: str, argv: list[str]) -> tuple[Any, Any, Any]:
     from agents.flags import baseline_config
 
     module = importlib.import_module(MODES[mode])
+    if "--seeds" in argv and "seeds" not in {f.name for f in dataclasses.fields(module.Args)}:
+        raise ConfigError(
+            f"--seeds: {mode} has no seeds in one process yet (ppo and supervised have); run a "
+            f"process a seed, e.g. train.py sweep {mode} ... --grid seed=1,2,3"
+        )
     resume = flag_value(argv, "--resume")
     preset = flag_value(argv, "--preset")
     if resume is not None and preset is not None:
