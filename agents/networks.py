@@ -314,7 +314,7 @@ class TwinCritic(nn.Module):
         return torch.stack([q1.squeeze(-1), q2.squeeze(-1)])
 
 
-# --- Seeds stacked along a leading axis (agents/ppo_seeds.py, agents/seeds.py) ------------------
+# --- Seeds stacked along a leading axis (agents/ppo_seeds.py, agents/supervised_seeds.py) ---
 
 
 def stack_parameters(modules: list[nn.Module], requires_grad: bool = False) -> dict[str, Tensor]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from torch import Tensor
 from agents.networks import CategoricalActor, stack_parameters, stacked_mlp
 from agents.ppo import (
     LEARNER,
+    LOG_2PI,
     Args,
     PPOAgent,
     Rollout,
@@ -54,11 +55,20 @@ from agents.ppo import (
     ppo_terms,
 )
 from agents.progress import EpisodeStats, progress_bar
-from agents.run import Diverged, HostToDevice, Interrupted, Run, end_diverged, seed_everything
+from agents.run import (
+    Diverged,
+    HostToDevice,
+    Interrupted,
+    Run,
+    check_no_seed_diverged,
+    end_diverged,
+    seed_configs,
+    seed_everything,
+)
 from diagnostics import TaskBoundaries
 from envs import learner_envs
 from envs.video import ClipRecorder
-from validation import ConfigError, require_all
+from validation import ConfigError
 
 
 class StackedNets:
@@ -129,28 +139,19 @@ class Seed:
         return state
 
 
-def check_seeds(args: Args) -> None:
-    """One clear line for what --seeds cannot run (yet)."""
-    seeds = list(args.seeds)
-    require_all([("--seeds", seed, "a seed in [0, 2**32)") for seed in seeds])
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: each seed once, got {seeds}")
-    if args.resume:
-        raise ConfigError(
-            "--seeds cannot be combined with --resume: each seed's run directory is an ordinary "
-            "run; resume it on its own with train.py ppo --resume RUN_DIR"
-        )
+def check_seeds(args: Args) -> list[Args]:
+    """One clear line for what --seeds cannot run (yet), else each seed's config."""
+    per_seed = seed_configs(args, "ppo")
     if args.compile:
         raise ConfigError("--seeds does not take --compile (the batched step is not compiled)")
     if args.target_kl is not None:
         raise ConfigError("--seeds does not take --target-kl (an early stop per seed)")
+    return per_seed
 
 
 def train(args: Args) -> list[Path]:
     """Train each of args.seeds as its own run, all K stacked; return the K run directories."""
-    check_seeds(args)
-    per_seed = [replace(args, seed=seed, seeds=(), runs_dir=args.runs_dir.replace("{seed}", str(seed)))
-                for seed in args.seeds]  # fmt: skip
+    per_seed = check_seeds(args)
     check_args(per_seed[0])
     seeds: list[Seed] = []
     try:
@@ -171,11 +172,8 @@ def train(args: Args) -> list[Path]:
             seed.run.event(0, "seeds_in_process", seeds=list(args.seeds))
             seed.run.setting_up = False
         train_together(args, seeds)
-    diverged = [seed for seed in seeds if seed.diverged]
-    if diverged:
-        names = "; ".join(f"seed {seed.args.seed}: {seed.diverged}" for seed in diverged)
-        raise ConfigError(f"{len(diverged)} of {len(seeds)} seeds diverged ({names}); the others "
-                          "finished, each in its run directory")  # fmt: skip
+    check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
+                           len(seeds))  # fmt: skip
     return [seed.run.dir for seed in seeds]
 
 
@@ -341,9 +339,8 @@ def act(
             return action, logprob, action.cpu().numpy()
         mean, log_std = outputs.chunk(2, dim=-1)
         action = mean + log_std.exp() * draws
-        logprob = (-0.5 * draws.square() - log_std).sum(-1) - 0.5 * action.shape[-1] * np.log(
-            2 * np.pi
-        )
+        # log N(action; mean, std) with (action - mean) / std = draws, as PPOAgent.act
+        logprob = (-0.5 * draws.square() - log_std).sum(-1) - 0.5 * action.shape[-1] * LOG_2PI
         space = agent.action_space
         return action, logprob, np.clip(action.cpu().numpy(), space.low, space.high)
 

@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +416,32 @@ class Run:
         self.logger.close()
         self.lock.release()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def seed_configs(args: Any, mode: str) -> list[Any]:
+    """`--seeds S1 S2 ...` (agents/ppo_seeds.py, agents/supervised_seeds.py): one line for what
+    no learner can batch, else each seed's config, the one `--seed S` alone has (`{seed}` in
+    --runs-dir becomes its own)."""
+    seeds = list(args.seeds)
+    require_all([("--seeds", seed, "a seed in [0, 2**32)") for seed in seeds])
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: each seed once, got {seeds}")
+    if args.resume:
+        raise ConfigError(
+            "--seeds cannot be combined with --resume: each seed's run directory is an ordinary "
+            f"run; resume it on its own with train.py {mode} --resume RUN_DIR"
+        )
+    runs_dir = args.runs_dir
+    return [replace(args, seed=seed, seeds=(), runs_dir=runs_dir.replace("{seed}", str(seed)))
+            for seed in seeds]  # fmt: skip
+
+
+def check_no_seed_diverged(diverged: dict[int, str], seeds: int) -> None:
+    """After the others finished: one line naming each seed that diverged ({seed: message})."""
+    if diverged:
+        names = "; ".join(f"seed {seed}: {message}" for seed, message in diverged.items())
+        raise ConfigError(f"{len(diverged)} of {seeds} seeds diverged ({names}); the others "
+                          "finished, each in its run directory")  # fmt: skip
 
 
 def end_diverged(guard: ExitStack, error: Diverged) -> str:

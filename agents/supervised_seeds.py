@@ -25,16 +25,23 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.networks import MLP
+from agents.networks import MLP, stack_parameters
 from agents.progress import progress_bar
-from agents.run import Diverged, Interrupted, Run, end_diverged, seed_everything
+from agents.run import (
+    Diverged,
+    Interrupted,
+    Run,
+    check_no_seed_diverged,
+    end_diverged,
+    seed_configs,
+    seed_everything,
+)
 from agents.supervised import (
     ACTIVATION_DERIVATIVES,
     Args,
@@ -53,7 +60,7 @@ from agents.supervised import (
 )
 from diagnostics import Diagnostics, TaskBoundaries
 from regularizers import build_regularizer
-from validation import ConfigError, require_all
+from validation import ConfigError
 
 # The activations the fused step knows, as the MLP applies them (agents.networks.ACTIVATIONS).
 FORWARD = {"relu": F.relu, "leaky-relu": F.leaky_relu, "tanh": torch.tanh}
@@ -105,36 +112,23 @@ def stacked_sgd_step(
 
 
 def stack_networks(models: list[MLP]) -> list[tuple[Tensor, Tensor]]:
-    """Stack the K networks' layers along a seed axis and make each network's parameters views
-    into the stack (the same Parameter objects, so the optimizer and regularizer that hold them
-    keep working on them)."""
-    layers = []
-    for index in range(len(models[0].hidden) + 1):
-        parts = [[*model.hidden, model.out][index] for model in models]
-        weight = torch.stack([part.weight.detach() for part in parts])
-        bias = torch.stack([part.bias.detach() for part in parts])
-        for seed, part in enumerate(parts):
-            part.weight.data, part.bias.data = weight[seed], bias[seed]
-        layers.append((weight, bias))
-    return layers
+    """Stack the K networks' layers along a seed axis (agents.networks.stack_parameters: each
+    network's parameters become views into the stack) as (weight, bias) per layer, the
+    hidden layers then the output layer."""
+    stacked = stack_parameters(models)
+    names = [*(f"hidden.{i}" for i in range(len(models[0].hidden))), "out"]
+    return [(stacked[f"{name}.weight"], stacked[f"{name}.bias"]) for name in names]
 
 
-def check_seeds(args: Args) -> None:
-    """One clear line for what --seeds cannot run (yet)."""
-    seeds = list(args.seeds)
-    require_all([("--seeds", seed, "a seed in [0, 2**32)") for seed in seeds])
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: each seed once, got {seeds}")
-    if args.resume:
-        raise ConfigError(
-            "--seeds cannot be combined with --resume: each seed's run directory is an ordinary "
-            "run; resume it on its own with train.py supervised --resume RUN_DIR"
-        )
+def check_seeds(args: Args) -> list[Args]:
+    """One clear line for what --seeds cannot run (yet), else each seed's config."""
+    per_seed = seed_configs(args, "supervised")
     if args.update == "autograd":
         raise ConfigError("--seeds takes the fused SGD step; --update autograd is not batched yet")
     blocker = fused_update_blocker(args, build_regularizer(args))
     if blocker is not None:
         raise ConfigError(f"--seeds takes the fused SGD step, which cannot run here: {blocker}")
+    return per_seed
 
 
 class Seed:
@@ -167,9 +161,7 @@ class Seed:
 def train(args: Args) -> list[Path]:
     """Train each of args.seeds as its own run, all K networks stepped together; return the K
     run directories."""
-    check_seeds(args)
-    per_seed = [replace(args, seed=seed, seeds=(), runs_dir=args.runs_dir.replace("{seed}", str(seed)))
-                for seed in args.seeds]  # fmt: skip
+    per_seed = check_seeds(args)
     check_args(per_seed[0])
     streams = [build_stream(one) for one in per_seed]
     seeds: list[Seed] = []
@@ -195,11 +187,8 @@ def train(args: Args) -> list[Path]:
         for seed in seeds:
             seed.run.setting_up = False
         train_together(args, seeds, layers, device)
-    diverged = [seed for seed in seeds if seed.diverged]
-    if diverged:
-        names = "; ".join(f"seed {seed.args.seed}: {seed.diverged}" for seed in diverged)
-        raise ConfigError(f"{len(diverged)} of {len(seeds)} seeds diverged ({names}); the others "
-                          "finished, each in its run directory")  # fmt: skip
+    check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
+                           len(seeds))  # fmt: skip
     return [seed.run.dir for seed in seeds]
 
 
