@@ -39,9 +39,11 @@ def run_cli(
 
 
 def run_cli_in_process(*argv: str) -> subprocess.CompletedProcess:
-    """train.py with `argv` in this process, for commands that end before a run starts (a bad
-    flag or input, --help, a refused resume): the exit status, stdout and stderr a real process
-    gives, without its ~2 s of Python and torch start-up. What must outlive or crash a process
+    """train.py with `argv` in this process, for commands whose own process is not what is
+    tested: those that end before a run starts (a bad flag or input, --help, a refused
+    resume), a report, and a sweep's orchestration (its cells are still real processes). The
+    exit status, stdout and stderr a real process gives (stderr is not a terminal, as a pipe's
+    is not), without its ~2 s of Python and torch start-up. What must outlive or crash a process
     (a signal, a kill, a lock, an engine) stays with run_cli."""
     import train
 

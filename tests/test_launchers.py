@@ -26,7 +26,7 @@ CELLS = ["regularizer=l2__seed=2", "regularizer=none__seed=2"]
 
 
 def report_numbers(path: Path, out: Path) -> dict:
-    result = run_cli("report", str(path), "--out", str(out))
+    result = run_cli_in_process("report", str(path), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "report.json").read_text())
     return {key: summary[key] for key in ("methods", "table", "per_task", "r_squared")}
@@ -98,7 +98,7 @@ def test_every_launcher_and_a_hand_run_give_the_same_runs_and_report(tmp_path, r
     assert "--seed 2" in start["command"] and "train.py supervised" in start["command"]
     assert start["code"]["commit"] == local["code"]["commit"]
     # Run again: nothing to do.
-    again = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(tmp_path / "local"))
+    again = run_cli_in_process("sweep", *TINY, *GRID, "--sweep-dir", str(tmp_path / "local"))
     assert again.returncode == 0 and "2 cells, 0 to run" in again.stderr, again.stderr[-2000:]
 
 

@@ -95,7 +95,9 @@ def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(
     config, the process's seeds in its events) and its own manifest line. --no-group-seeds and
     flags the batched learner refuses run one process a cell (their commands, by --dry-run)."""
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir), "--workers", "2")
+    result = run_cli_in_process(
+        "sweep", *TINY, *GRID, "--sweep-dir", str(sweep_dir), "--workers", "2"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     cells = manifest(sweep_dir)["cells"]
     assert sorted(cells) == ["regularizer=l2__seed=1", "regularizer=l2__seed=2",
@@ -132,7 +134,7 @@ def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(
 @pytest.mark.slow
 def test_unused_axis_flags_are_left_out_and_cells_that_are_one_run_merged(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("sweep", *TINY, "--num-tasks", "1", "--grid", "regularizer=none,l2",
+    result = run_cli_in_process("sweep", *TINY, "--num-tasks", "1", "--grid", "regularizer=none,l2",
                      "l2.weight-decay=1e-4,1e-3", "--sweep-dir", str(sweep_dir))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(manifest(sweep_dir)["cells"]) == [
@@ -147,7 +149,7 @@ def test_a_failed_cell_is_listed_retried_when_asked_and_a_grid_may_only_grow(tmp
     sweep_dir = tmp_path / "sweep"
     argv = ["sweep", *TINY, "--num-tasks", "1", "--grid", "learning-rate=0.01,1e30",
             "--sweep-dir", str(sweep_dir)]  # fmt: skip
-    result = run_cli(*argv)
+    result = run_cli_in_process(*argv)
     assert result.returncode == 0, result.stderr[-2000:]
     cells = manifest(sweep_dir)["cells"]
     assert cells["learning-rate=0.01"]["status"] == "finished"
@@ -160,21 +162,25 @@ def test_a_failed_cell_is_listed_retried_when_asked_and_a_grid_may_only_grow(tmp
     assert sorted(line.split("] ")[1] for line in lines) == [
         "failed: learning-rate=1e30", "finished: learning-rate=0.01",
     ]  # fmt: skip
-    assert "1 failed before" in run_cli(*argv).stderr  # listed, not run again
+    assert "1 failed before" in run_cli_in_process(*argv).stderr  # listed, not run again
     assert manifest(sweep_dir)["cells"]["learning-rate=1e30"]["attempts"] == 1
-    run_cli(*argv, "--retry-failed")
+    run_cli_in_process(*argv, "--retry-failed")
     assert manifest(sweep_dir)["cells"]["learning-rate=1e30"]["attempts"] == 2
 
     # The grid may grow there: the cells it had keep their runs, the new one runs.
     before = manifest(sweep_dir)["cells"]
-    grown = run_cli(*argv[:-3], "learning-rate=0.01,1e30,0.02", "--sweep-dir", str(sweep_dir))
+    grown = run_cli_in_process(
+        *argv[:-3], "learning-rate=0.01,1e30,0.02", "--sweep-dir", str(sweep_dir)
+    )
     assert grown.returncode == 0, grown.stderr[-2000:]
     cells = manifest(sweep_dir)["cells"]
     assert {k: cells[k] for k in before} == before  # kept, not run again
     assert cells["learning-rate=0.02"]["status"] == "finished"
     # A cell that would lose its place (a shrunk grid) or change its flags: another sweep.
     for other in (["--grid", "learning-rate=0.02"], ["--hidden-sizes", "16", "--grid", "seed=1"]):
-        refused = run_cli("sweep", *TINY, "--num-tasks", "1", *other, "--sweep-dir", str(sweep_dir))
+        refused = run_cli_in_process(
+            "sweep", *TINY, "--num-tasks", "1", *other, "--sweep-dir", str(sweep_dir)
+        )
         assert refused.returncode == 2
         assert "a sweep's grid may only grow there" in error_line(refused.stderr)
     assert len(manifest(sweep_dir)["cells"]) == 3
@@ -206,7 +212,9 @@ def test_a_toml_file_describes_the_same_sweep(tmp_path):
         f"base = {json.dumps([*TINY[1:], '--num-tasks', '1'])}\n"
         "[grid]\nseed = [1, 2]\n"
     )
-    result = run_cli("sweep", "--config", str(config), "--sweep-dir", str(tmp_path / "sweep"))
+    result = run_cli_in_process(
+        "sweep", "--config", str(config), "--sweep-dir", str(tmp_path / "sweep")
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(manifest(tmp_path / "sweep")["cells"]) == ["seed=1", "seed=2"]
 
