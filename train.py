@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     def train() -> Any:
         module, args, resumed = parse(argv[0], argv[1:])
         if getattr(args, "seeds", ()):  # K seeds of one configuration in one process
-            return importlib.import_module(f"agents.{argv[0]}_seeds").train(args)
+            return importlib.import_module(f"agents.{argv[0]}_seeds").train(args, resumed)
         return [module.train(args, resumed)]
 
     for run_dir in one_line_errors(train):

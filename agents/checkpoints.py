@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,21 @@ class LoadedCheckpoint:
     state: dict
     skipped: list[str] = field(default_factory=list)
     """one line per newer checkpoint that did not load, with why"""
+    newer: list[Path] = field(default_factory=list)
+    """newer checkpoints that load but are not resumed from (`resume_together`)"""
+
+
+def read_checkpoint(path: Path) -> tuple[dict | None, str]:
+    """(a checkpoint's state, "") or (None, one line saying why it does not load)."""
+    try:
+        # Our own checkpoints hold numpy arrays and the Args dataclass, so not weights-only.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "args" not in state:
+            raise ValueError("not a checkpoint of this project")
+    except Exception as error:  # noqa: BLE001 - truncated, empty, garbage: say why
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+        return None, f"{path.name} ({path.stat().st_size} bytes: {reason})"
+    return state, ""
 
 
 def newest_checkpoint(run_dir: str | Path) -> LoadedCheckpoint:
@@ -48,14 +64,9 @@ def newest_checkpoint(run_dir: str | Path) -> LoadedCheckpoint:
         if inode in seen:  # latest.pt is a link to the newest step_<N>.pt
             continue
         seen.add(inode)
-        try:
-            # Our own checkpoints hold numpy arrays and the Args dataclass, so not weights-only.
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or "args" not in state:
-                raise ValueError("not a checkpoint of this project")
-        except Exception as error:  # noqa: BLE001 - truncated, empty, garbage: try the next
-            reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
-            skipped.append(f"{path.name} ({path.stat().st_size} bytes: {reason})")
+        state, why = read_checkpoint(path)
+        if state is None:  # truncated, empty, garbage: try the next
+            skipped.append(why)
             continue
         return LoadedCheckpoint(path, state, skipped)
     if skipped:
@@ -93,6 +104,53 @@ def resume_from(run_dir: str | Path, mode: str) -> Resumed:
     starts from the same copy; a learner called with only `args.resume` reads it here too."""
     loaded = newest_checkpoint(run_dir)
     return check_mode(loaded.state["args"], mode, run_dir), loaded
+
+
+def resume_together(run_dirs: list[str], mode: str) -> list[Resumed]:
+    """What one process resuming several runs in step (`train.py ppo --resume DIR1 DIR2 ...`,
+    agents/ppo_seeds.py) continues from: each run's checkpoint at the newest step at which
+    every run has one that loads, with its saved config. A process stopped between two seeds'
+    checkpoints left the first seeds one step ahead: theirs is then `newer`, to be dropped
+    once the run is reopened (its records are rewound to the common step)."""
+    dirs = [Path(d).resolve() for d in run_dirs]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError(f"--resume: each run directory once, got {' '.join(run_dirs)}")
+    steps: list[dict[int, Path]] = []
+    for run_dir in dirs:
+        if not (run_dir / "checkpoints").is_dir():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (it has no checkpoints/)")
+        files = [path for path in checkpoint_files(run_dir) if path.name != "latest.pt"]
+        steps.append({int(path.stem.split("_")[1]): path for path in files})
+    skipped: list[list[str]] = [[] for _ in dirs]
+    for step in sorted(set.intersection(*(set(s) for s in steps)), reverse=True):
+        loaded = [read_checkpoint(s[step]) for s in steps]
+        if any(state is None for state, _ in loaded):
+            for lines, (state, why) in zip(skipped, loaded, strict=True):
+                lines.extend([why] if state is None else [])
+            continue
+        return [
+            (check_mode(state["args"], mode, run_dir),
+             LoadedCheckpoint(s[step], state, lines, newer=[s[n] for n in s if n > step]))
+            for run_dir, s, (state, _), lines in zip(dirs, steps, loaded, skipped, strict=True)
+        ]  # fmt: skip
+    have = "; ".join(f"{d.name}: {sorted(s) or 'none'}" for d, s in zip(dirs, steps, strict=True))
+    raise ConfigError(
+        f"--resume: these runs have no checkpoint at one step that loads in all of them ({have}); "
+        f"resume each alone with train.py {mode} --resume RUN_DIR"
+    )
+
+
+def drop_newer_checkpoints(loaded: LoadedCheckpoint) -> None:
+    """Remove the checkpoints newer than the one a run resumed from (`resume_together`) and
+    point latest.pt at it: they hold a future the resumed run is writing again."""
+    for path in loaded.newer:
+        path.unlink(missing_ok=True)
+    if loaded.newer:
+        latest = loaded.path.parent / "latest.pt"
+        link = loaded.path.parent / f".latest.{os.getpid()}.tmp"
+        link.unlink(missing_ok=True)
+        os.link(loaded.path, link)
+        os.replace(link, latest)
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:

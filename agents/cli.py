@@ -54,14 +54,68 @@ def flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
+def resume_values(argv: list[str]) -> list[str]:
+    """The run directories after --resume (one, or several: `--resume DIR1 DIR2 ...`)."""
+    if "--resume" not in argv:
+        value = flag_value(argv, "--resume")
+        return [value] if value is not None else []
+    start = argv.index("--resume") + 1
+    end = next((i for i in range(start, len(argv)) if argv[i].startswith("-")), len(argv))
+    return argv[start:end]
+
+
+# What may differ between the runs one --seeds process resumes: what a seed's run has as its own.
+OWN_TO_A_SEED = ("seed", "seeds", "runs_dir", "wandb_tags", "resume")
+
+
+def parse_resume_together(mode: str, module: Any, argv: list[str], run_dirs: list[str]) -> tuple:
+    """`--resume DIR1 DIR2 ...`: the runs of one configuration (the K seeds of a `--seeds`
+    process, or cells that differ only in seed) continued in one process from their checkpoints
+    at one step. Returns the module, the Args of the first run with the flags given and
+    `seeds` set to the runs' seeds in order, and each run's `resume_from` pair."""
+    from agents.checkpoints import resume_together
+    from agents.flags import baseline_config, flag_name, flat_config
+
+    if mode != "ppo":
+        raise ConfigError(
+            f"--resume with several run directories: {mode} cannot resume seeds in one process "
+            f"yet (ppo can); resume each with train.py {mode} --resume RUN_DIR"
+        )
+    if "--seeds" in argv or "--preset" in argv:
+        raise ConfigError(
+            "--resume with several run directories takes their seeds and config from them; "
+            "leave out --seeds and --preset"
+        )
+    resumed = resume_together(run_dirs, mode)
+    first = flat_config(resumed[0][0])
+    for (saved, _), run_dir in zip(resumed[1:], run_dirs[1:], strict=True):
+        for key, value in flat_config(saved).items():
+            if key not in OWN_TO_A_SEED and value != first.get(key):
+                raise ConfigError(
+                    f"--resume: {run_dir} is not the same configuration as {run_dirs[0]} "
+                    f"({flag_name(key)} {value} against {first.get(key)}); resume each alone "
+                    f"with train.py {mode} --resume RUN_DIR"
+                )
+    one = argv.index("--resume")
+    argv = [*argv[: one + 2], *argv[one + 1 + len(run_dirs) :]]  # tyro sees one --resume
+    defaults = baseline_config(module.Args, module.LEARNER, "none", resumed[0][0])
+    args = tyro.cli(module.Args, default=defaults, args=argv, prog=f"train.py {mode}")
+    seeds = tuple(saved.seed for saved, _ in resumed)
+    return module, dataclasses.replace(args, seeds=seeds, resume=None), resumed
+
+
 def parse(mode: str, argv: list[str]) -> tuple[Any, Any, Any]:
     """The mode's module, its Args (defaults <- preset or resumed config <- flags), and what a
     --resume read (`agents.checkpoints.resume_from`: the saved config and its checkpoint, read
-    once and handed to the run) or None."""
+    once and handed to the run) or None; for `--resume DIR1 DIR2 ...`, a list of those, one a
+    run (`parse_resume_together`)."""
     from agents.checkpoints import resume_from
     from agents.flags import baseline_config
 
     module = importlib.import_module(MODES[mode])
+    run_dirs = resume_values(argv)
+    if len(run_dirs) > 1:
+        return parse_resume_together(mode, module, argv, run_dirs)
     if "--seeds" in argv and "seeds" not in {f.name for f in dataclasses.fields(module.Args)}:
         raise ConfigError(
             f"--seeds: {mode} has no seeds in one process yet (ppo and supervised have); run a "

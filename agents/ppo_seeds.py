@@ -22,12 +22,16 @@ torch.Generator (seeded by its seed), not from the global stream a single run us
 run here is another draw of the same experiment, not its single run's copy (tests compare one
 update exactly, and a short run by what it learns). A seed that diverges stops alone (its run
 records `diverged`, the others go on, and the command ends with one error line naming it).
-Not batched: --compile, --target-kl (an early stop per seed) and --resume (resume each seed's
-run directory on its own).
+Not batched: --compile and --target-kl (an early stop per seed).
+
+Stopped, the K runs resume together (`train.py ppo --resume DIR1 DIR2 ...`, agents/cli.py:
+parse_resume_together) from their checkpoints at the newest step all of them have, each
+seed's generator where its checkpoint left it; or each alone (`--resume DIR`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from contextlib import ExitStack
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agents.checkpoints import Resumed, drop_newer_checkpoints, set_rng_state
 from agents.networks import CategoricalActor, stack_parameters, stacked_mlp
 from agents.ppo import (
     LEARNER,
@@ -120,12 +125,27 @@ class Seed:
     rollout: Rollout | None = None
     previous_batch: dict[str, Tensor] | None = None
     diverged: str | None = None
+    global_step: int = 0
 
     def build(self) -> None:
-        """The agent, from the random state a single run of this seed builds it from."""
+        """The agent, from the random state a single run of this seed builds it from; on a
+        resume, from its checkpoint, as a single run resumes (ppo.train)."""
         seed_everything(self.args.seed)
         self.agent = PPOAgent.build(self.args, self.envs, self.run)
         self.generator = torch.Generator(self.run.device).manual_seed(self.args.seed)
+        checkpoint = self.run.checkpoint
+        if checkpoint is not None:
+            self.agent.load_state_dict(checkpoint)
+            self.global_step = checkpoint["global_step"]
+            self.envs.set_global_step(self.global_step)
+            if checkpoint.get("previous_batch") is not None:
+                self.previous_batch = {
+                    k: v.to(self.run.device) for k, v in checkpoint["previous_batch"].items()
+                }
+            if "seed_generator" in checkpoint:
+                self.generator.set_state(checkpoint["seed_generator"])
+            else:  # a single run's checkpoint: a stream of its own from here
+                self.generator.manual_seed(self.args.seed + self.global_step)
         self.episodes = EpisodeStats(self.args.num_envs)
         self.clips = ClipRecorder.for_run(self.args, self.run.dir, self.run.logger.video)
         minimum = self.args.diag.min_init_samples
@@ -136,6 +156,7 @@ class Seed:
         state = checkpoint_state(self.agent, global_step, self.envs.task, self.previous_batch)
         for net in ("actor", "critic"):
             state[net] = {name: tensor.clone() for name, tensor in state[net].items()}
+        state["seed_generator"] = self.generator.get_state()  # a single resume ignores it
         return state
 
 
@@ -149,32 +170,49 @@ def check_seeds(args: Args) -> list[Args]:
     return per_seed
 
 
-def train(args: Args) -> list[Path]:
-    """Train each of args.seeds as its own run, all K stacked; return the K run directories."""
+def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
+    """Train each of args.seeds as its own run, all K stacked; return the K run directories.
+    `resumed`: each seed's saved config and checkpoint, at one step (`--resume DIR1 DIR2 ...`)."""
     per_seed = check_seeds(args)
+    if resumed:
+        tags_given = args.wandb_tags != resumed[0][0].wandb_tags
+        per_seed = [resumed_config(one, saved, loaded.path.parents[1], tags_given)
+                    for one, (saved, loaded) in zip(per_seed, resumed, strict=True)]  # fmt: skip
     check_args(per_seed[0])
     seeds: list[Seed] = []
     try:
-        for one in per_seed:
+        for index, one in enumerate(per_seed):
             envs = learner_envs(one, "PPO", bounded_actions=False, discrete_actions=True)
-            seeds.append(Seed(one, envs, Run.start_rl(one, LEARNER, envs, None)))
-    except BaseException:  # a later seed could not start: the earlier ones leave nothing
+            own = resumed[index] if resumed else None
+            seeds.append(Seed(one, envs, Run.start_rl(one, LEARNER, envs, own)))
+    except BaseException:  # a later seed could not start: the earlier new ones leave nothing
         for seed in seeds:
             seed.envs.close()
-            seed.run._abandon()
+            seed.run._leave() if resumed else seed.run._abandon()
         raise
+    for _, loaded in resumed or []:  # each run reopened, its records rewound to the common step
+        drop_newer_checkpoints(loaded)
     with ExitStack() as guard:
         for seed in seeds:
             guard.enter_context(seed.guard)
             seed.stop = seed.guard.enter_context(seed.run.training())
         for seed in seeds:
             seed.build()
-            seed.run.event(0, "seeds_in_process", seeds=list(args.seeds))
+            seed.run.event(seed.global_step, "seeds_in_process", seeds=list(args.seeds))
             seed.run.setting_up = False
+        if resumed:  # one global stream in the process: where every seed's checkpoint left it
+            set_rng_state(seeds[0].run.checkpoint["rng"])
         train_together(args, seeds)
     check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
                            len(seeds))  # fmt: skip
     return [seed.run.dir for seed in seeds]
+
+
+def resumed_config(one: Args, saved: Args, run_dir: Path, tags_given: bool) -> Args:
+    """A resumed seed's config (`one`: the flags given, with its seed): its own run directory,
+    and its own W&B tags unless new ones were given for all."""
+    tags = one.wandb_tags if tags_given else saved.wandb_tags
+    return dataclasses.replace(one, resume=str(run_dir), runs_dir=saved.runs_dir, wandb_tags=tags)
 
 
 def train_together(args: Args, seeds: list[Seed]) -> None:
@@ -183,24 +221,28 @@ def train_together(args: Args, seeds: list[Seed]) -> None:
     device, num_envs, num_steps = first.run.device, args.num_envs, args.num_steps
     batch_size = num_envs * num_steps
     obs_dim = first.agent.obs_normalizer.rms.mean.shape[0]
-    global_step = 0
+    global_step = first.global_step  # 0, or the step every seed's checkpoint was taken at
+    assert all(seed.global_step == global_step for seed in seeds)
     for seed in seeds:
-        raw_obs, _ = seed.envs.reset(seed=seed.args.seed)
+        # As a single run: episodes in flight at a checkpoint restart on resume, and their
+        # first observations do not move the saved statistics.
+        raw_obs, _ = seed.envs.reset(seed=seed.args.seed + global_step)
         for event in seed.envs.shift_events:
             seed.run.event(event["step"], event["event"], task=event["task"],
                            params=event["params"])  # fmt: skip
         seed.to_device = HostToDevice((num_envs, obs_dim), device)
-        seed.next_obs = seed.to_device(seed.agent.obs_normalizer(raw_obs))
-        if seed.clips is not None:
+        new = seed.run.checkpoint is None
+        seed.next_obs = seed.to_device(seed.agent.obs_normalizer(raw_obs, update=new))
+        if seed.clips is not None and new:
             seed.clips.record(0, "start", seed.envs.task, seed.agent.greedy)
-        if seed.agent.diagnostics.enabled:
+        if seed.agent.diagnostics.enabled and global_step == 0:
             seed.boundaries.begin(0, None, seed.envs.task)
     active = list(seeds)
     nets = StackedNets([seed.agent for seed in active])
-    bar = progress_bar(args.total_timesteps * len(seeds), 0,
+    bar = progress_bar(args.total_timesteps * len(seeds), global_step * len(seeds),
                        f"ppo {args.env_id}, {len(seeds)} seeds")  # fmt: skip
     first.run.on_close(bar.close)
-    start_time, updates = time.time(), 0
+    start_time, start_step, updates = time.time(), global_step, 0
 
     while global_step + batch_size <= args.total_timesteps and active:
         if args.anneal_lr:
@@ -249,7 +291,7 @@ def train_together(args: Args, seeds: list[Seed]) -> None:
             batches.append(batch)
         stats, regularizer_metrics = stacked_update(args, active, nets, batches)
         updates += 1
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         for seed, batch, seed_stats, metrics in zip(
             active, batches, stats, regularizer_metrics, strict=True
         ):
@@ -435,5 +477,6 @@ def stop_all(active: list[Seed], global_step: int) -> None:
     directories = " ".join(str(seed.run.dir) for seed in active)
     raise Interrupted(
         f"stopped at step {global_step} with a checkpoint in each seed's run directory; "
-        f"continue each with train.py ppo --resume RUN_DIR ({directories})"
+        f"continue them together with train.py ppo --resume {directories} (or each alone "
+        "with --resume RUN_DIR)"
     )

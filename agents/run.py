@@ -413,9 +413,14 @@ class Run:
             pass
 
     def _abandon(self) -> None:
+        self._leave()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _leave(self) -> None:
+        """Close a run that never trained, keeping its directory (a reopened run: its next
+        resume rewinds what this one wrote)."""
         self.logger.close()
         self.lock.release()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def seed_configs(args: Any, mode: str) -> list[Any]:

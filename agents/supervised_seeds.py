@@ -158,9 +158,11 @@ class Seed:
         return state
 
 
-def train(args: Args) -> list[Path]:
+def train(args: Args, resumed: list | None = None) -> list[Path]:
     """Train each of args.seeds as its own run, all K networks stepped together; return the K
-    run directories."""
+    run directories. (`resumed`: resuming seeds together is PPO's only, refused in agents/cli.py.)"""
+    if resumed:
+        raise ConfigError("supervised cannot resume seeds in one process yet; resume each alone")
     per_seed = check_seeds(args)
     check_args(per_seed[0])
     streams = [build_stream(one) for one in per_seed]

@@ -178,24 +178,26 @@ class Job:
 def jobs(sweep: Sweep, todo: list[tuple[Cell, str]]) -> list[Job]:
     """The processes that run `todo` ((cell, state) pairs, in order): with grouping on, the
     new cells that differ only in seed become one job where the mode's batched learner takes
-    their flags (else, and for cells to resume, one job a cell)."""
+    their flags, and the interrupted ones one job that resumes them together where it can
+    (else one job a cell)."""
     grouping = sweep.group_seeds
     if grouping is None:
         grouping = sweep.engine.launcher == "local"
     groups: dict[tuple, list[Cell]] = {}
     singles: dict[str, Job] = {}
     for cell, state in todo:
-        if grouping and state == "pending" and seed_flags(sweep, cell) is not None:
+        if grouping and state in ("pending", "interrupted") and seed_flags(sweep, cell) is not None:
             rest = tuple(sorted((k, v) for k, v in cell.values.items() if k != "seed"))
-            groups.setdefault(rest, []).append(cell)
+            groups.setdefault((state, rest), []).append(cell)
         else:
             singles[cell.id] = Job([cell], state, cell_command(sweep, cell, state))
-    for cells in groups.values():
-        command = seeds_command(sweep, cells) if len(cells) > 1 else None
+    for (state, _), cells in groups.items():
+        together = seeds_command if state == "pending" else resume_command
+        command = together(sweep, cells) if len(cells) > 1 else None
         if command is None:
-            singles |= {c.id: Job([c], "pending", cell_command(sweep, c, "pending")) for c in cells}
+            singles |= {c.id: Job([c], state, cell_command(sweep, c, state)) for c in cells}
         else:
-            singles[cells[0].id] = Job(cells, "pending", command)
+            singles[cells[0].id] = Job(cells, state, command)
     order = {cell.id: index for index, (cell, _) in enumerate(todo)}
     return sorted(singles.values(), key=lambda job: order[job.cells[0].id])
 
@@ -234,6 +236,20 @@ def seeds_command(sweep: Sweep, cells: list[Cell]) -> list[str] | None:
     tags = wandb_flags(sweep, {k: v for k, v in cells[0].values.items() if k != "seed"})
     return [*train_py, *flags, *tags, "--runs-dir",
             str(sweep.directory / "cells" / cell_id(values))]  # fmt: skip
+
+
+def resume_command(sweep: Sweep, cells: list[Cell]) -> list[str] | None:
+    """One process resuming the interrupted runs of `cells` together
+    (`train.py MODE --resume DIR1 DIR2 ...`), or None where the mode cannot or the runs have no
+    checkpoint at one step (then each resumes alone)."""
+    from agents.cli import parse
+
+    run_dirs = [str(run_dir_of(sweep.cell_dir(cell))) for cell in cells]
+    try:
+        parse(sweep.mode, ["--resume", *run_dirs])
+    except ConfigError:
+        return None
+    return [sys.executable, str(REPO / "train.py"), sweep.mode, "--resume", *run_dirs]
 
 
 def cell_id(values: dict[str, str]) -> str:

@@ -73,15 +73,18 @@ A sweep's own flags (every other flag is a base flag of each cell; `train.py MOD
   --workers N               cells run at once by --launcher local (default: the CPU count)
   --sweep-dir DIR           where the sweep lives (default: sweeps/<its name>)
   --retry-failed            run the cells that failed before again
-  --dry-run                 check every cell and print its command; run nothing
+  --dry-run                 check every cell and print the command each would run now
+                            (finished cells left out, interrupted ones resumed); run nothing
   --group-seeds, --no-group-seeds
                             cells that differ only in their seed run as one process
                             (train.py MODE ... --seeds S1 S2 ...: each seed still its own run
                             in its own cell's directory); on by default for --launcher local,
                             off for slurm and ray. Batching is not possible for sac, for ppo
                             with --compile or --target-kl, for supervised other than the
-                            fused SGD step (adam, momentum, layernorm, penalty methods), and
-                            for cells to resume: those run one process a cell
+                            fused SGD step (adam, momentum, layernorm, penalty methods):
+                            those run one process a cell. Interrupted ppo cells of one
+                            group resume together (train.py ppo --resume DIR1 DIR2 ...)
+                            where their runs have a checkpoint at one step, else one by one
   --launcher local|slurm|ray
                             where cells run: worker processes here (default), a Slurm job
                             array through submitit, or tasks on a Ray cluster
@@ -327,8 +330,11 @@ def run(argv: list[str]) -> None:
         return
     sweep = parse_argv(argv)
     sweep.cells = build_cells(sweep)
-    if sweep.dry_run:
-        for job in jobs(sweep, [(cell, "pending") for cell in sweep.cells]):
+    if sweep.dry_run:  # what running it would start now: a cell to resume is resumed
+        states = [(cell, cell_state(sweep.cell_dir(cell))) for cell in sweep.cells]
+        todo = [(cell, "pending" if state == "stale" else state) for cell, state in states
+                if state != "finished"]  # fmt: skip
+        for job in jobs(sweep, todo):
             print(f"{', '.join(c.id for c in job.cells)}: {shlex.join(job.command[1:])}")
         print(f"sweep {sweep.directory}: {len(sweep.cells)} cells (--dry-run: none started)")
         return

@@ -222,10 +222,14 @@ def test_what_ppo_seeds_cannot_run_is_one_error_line(tmp_path, flags, message):
 
 
 @pytest.mark.slow
-def test_a_batched_process_killed_resumes_each_seed_alone_with_every_record_once(tmp_path):
+@pytest.mark.parametrize("how", ["alone", "together"])
+def test_a_batched_process_killed_resumes_with_every_record_once(tmp_path, how):
     """kill -9 of a process training two seeds, at a random moment after both have a
-    checkpoint: each seed's run resumes alone from its last checkpoint to the end, with every
-    record once and the updates and shifts of an uninterrupted run at the same steps."""
+    checkpoint: each seed's run resumes (alone, or both in one process with
+    `--resume DIR1 DIR2`) from its last checkpoint to the end, with every record once and the
+    updates and shifts of an uninterrupted run at the same steps. Together, the kill is also
+    made to fall between the two seeds' checkpoints (the second seed's newest one removed):
+    both resume from the step they share, and the first seed's newer checkpoint is dropped."""
     import random
     import signal
     import subprocess
@@ -241,9 +245,10 @@ def test_a_batched_process_killed_resumes_each_seed_alone_with_every_record_once
     process = subprocess.Popen(train_command(*flags, "--seeds", "1", "2"), env=cli_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 120
+    needed = 2 if how == "together" else 1  # checkpoints a seed has at the kill
     while time.time() < deadline:
-        checkpoints = list(tmp_path.glob("*/checkpoints/step_*.pt"))
-        if len({path.parents[1] for path in checkpoints}) == 2:
+        checkpoints = [path.parents[1] for path in tmp_path.glob("*/checkpoints/step_*.pt")]
+        if len(set(checkpoints)) == 2 and min(map(checkpoints.count, checkpoints)) >= needed:
             break
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 0.3))
@@ -252,12 +257,53 @@ def test_a_batched_process_killed_resumes_each_seed_alone_with_every_record_once
     process.communicate(timeout=60)
     runs = sorted(path for path in tmp_path.iterdir() if path.is_dir())
     assert len(runs) == 2
-    for run_dir in runs:
-        resumed = run_cli("ppo", "--resume", str(run_dir))
+    if how == "together":
+
+        def steps(run_dir: Path) -> set[int]:
+            return {int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")}
+
+        newest = max(steps(runs[1]))  # the second seed one checkpoint behind the first
+        (runs[1] / "checkpoints" / f"step_{newest}.pt").unlink()
+        (runs[1] / "checkpoints" / "latest.pt").unlink()
+        common = max(steps(runs[0]) & steps(runs[1]))
+        assert common < max(steps(runs[0]))
+        resumed = run_cli_in_process("ppo", "--resume", *map(str, runs))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for run_dir in runs:
+        if how == "alone":
+            resumed = run_cli("ppo", "--resume", str(run_dir))
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
         metrics, events = assert_records_once(run_dir)
+        if how == "together":
+            (resume,) = [e for e in events if e["event"] == "resume"]
+            assert resume["step"] == common and resume["checkpoint"] == f"step_{common}.pt"
+            assert [e["seeds"] for e in events if e["event"] == "seeds_in_process"
+                    and e["step"] == common] == [[1, 2]]  # fmt: skip
         assert [m["step"] for m in metrics if "losses/value_loss" in m] == list(
             range(256, total + 1, 256)
         )
         assert [e["step"] for e in events if e["event"] == "shift"] == [2048, 4096, 6144]
         assert events[-1]["event"] == "finished"
+
+
+def test_what_cannot_resume_together_is_one_error_line(tmp_path):
+    """`--resume DIR1 DIR2 ...` takes runs of one configuration (what differs is each seed's
+    own), each once, without --seeds or --preset; other learners resume each run alone."""
+    args = continual_cartpole(tmp_path, seeds=(1, 2), total_timesteps=1600, shift_every=800,
+                              diagnostics=("none",), checkpoint_every=800, hidden_sizes=(8,),
+                              num_steps=400, num_minibatches=4)  # fmt: skip
+    first, second = map(str, ppo_seeds.train(args))
+    other = str(ppo.train(dataclasses.replace(args, seeds=(), seed=3, hidden_sizes=(16,))))
+    cases = [
+        (["ppo", "--resume", first, other], f"--resume: {other} is not the same configuration"),
+        (["ppo", "--resume", first, first], "--resume: each run directory once"),
+        (["ppo", "--resume", first, second, "--seeds", "1", "2"], "--resume with several run "
+         "directories takes their seeds and config from them; leave out --seeds and --preset"),
+        (["supervised", "--resume", first, second], "--resume with several run directories: "
+         "supervised cannot resume seeds in one process yet"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        result = run_cli_in_process(*argv)
+        assert result.returncode == 2, argv
+        assert result.stderr.startswith(f"error: {message}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -89,6 +89,42 @@ def test_a_sweep_killed_half_way_completes_on_the_rerun_with_no_cell_run_twice(
 
 
 @pytest.mark.slow
+def test_a_stopped_seed_group_resumes_together(tmp_path):
+    """A PPO seed group stopped by Ctrl-C: its cells are interrupted at one checkpoint step,
+    the rerun resumes them in one process (`--resume DIR1 DIR2`, shown by --dry-run) to the
+    end, each run with every record once."""
+    sweep_dir = tmp_path / "sweep"
+    argv = ["sweep", "ppo", "--preset", "continual-cartpole", "--hidden-sizes", "16",
+            "--num-steps", "256", "--num-minibatches", "4", "--total-timesteps", "8192",
+            "--shift-every", "2048", "--checkpoint-every", "512", "--diagnostics", "none",
+            "--grid", "seed=1,2", "--sweep-dir", str(sweep_dir)]  # fmt: skip
+    process = subprocess.Popen(train_command(*argv), cwd=REPO, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(sweep_dir.glob("cells/*/*/checkpoints/step_*")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert {c["status"] for c in manifest(sweep_dir)["cells"].values()} == {"interrupted"}
+
+    dry = run_cli_in_process(*argv, "--dry-run")
+    (line,) = dry.stdout.splitlines()[:-1]
+    run_dirs = [cell["run_dir"] for cell in manifest(sweep_dir)["cells"].values()]
+    assert line.startswith("seed=1, seed=2: ") and f"--resume {' '.join(run_dirs)}" in line, line
+    rerun = run_cli_in_process(*argv)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for cell in manifest(sweep_dir)["cells"].values():
+        assert cell["status"] == "finished" and cell["attempts"] == 2
+        metrics, events = assert_records_once(Path(cell["run_dir"]))
+        assert [m["step"] for m in metrics if "losses/value_loss" in m] == list(
+            range(256, 8193, 256)
+        )
+        (resume,) = [e for e in events if e["event"] == "resume"]
+        assert [e["seeds"] for e in events if e["event"] == "seeds_in_process"] == [[1, 2]] * 2
+
+
+@pytest.mark.slow
 def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(tmp_path):
     """The local launcher groups the cells of one configuration into one `--seeds` process:
     2 methods x 2 seeds are 2 processes, and each cell still holds its own run (its seed in its
