@@ -22,13 +22,23 @@ on their own example, as a loop of the learner's own fused step (agents/supervis
 outer product per layer, `baddbmm`). The table gives seed-examples per second (examples
 learnt, summed over the K seeds) and the speed-up over the loop.
 
+With `--workload sac`, the same question for SAC at CleanRL's sizes on Hopper (obs 11, 3
+actions, 256 x 256 ReLU actor and twin critic, batch 256): one SAC step of K seeds (the twin
+critic's TD step, the actor's step, alpha's step and the targets' Polyak step, with the
+objectives of agents/sac.py), as a loop of K agents' steps and as the same step on stacked
+weights (`stacked_mlp`: one batched GEMM per layer for the K actors, the K Q_1s and the K Q_2s),
+each exact per seed (checked against the loop from the same parameters, batch and noise). The
+table gives seed-updates per second (one per env step in SAC) and the speed-up over the loop.
+
     python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
     python benchmarks/batched_seeds.py --workload supervised --seeds 1 3 6   # ~1 minute
+    python benchmarks/batched_seeds.py --workload sac --seeds 1 2 4          # ~1 minute
     python benchmarks/batched_seeds.py --device cuda --seeds 1 4 16 64 256   # the GPU check's part
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -42,7 +52,24 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents import supervised_seeds as seeds  # noqa: E402
-from agents.networks import MLP, CategoricalActor, Critic  # noqa: E402
+from agents.networks import (  # noqa: E402
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    MLP,
+    CategoricalActor,
+    Critic,
+    SquashedGaussianActor,
+    TwinCritic,
+    stack_parameters,
+    stacked_mlp,
+)
+from agents.sac import (  # noqa: E402
+    actor_objective,
+    alpha_objective,
+    polyak_update,
+    soft_td_target,
+    squashed_gaussian,
+)
 from agents.supervised import fused_sgd_step  # noqa: E402
 
 OBS, ACTIONS, HIDDEN = 4, 2, (256, 256, 256)
@@ -52,8 +79,9 @@ CLIP, ENT, VF = 0.2, 0.01, 0.5
 
 @dataclass
 class Args:
-    workload: Literal["ppo", "supervised"] = "ppo"
-    """continual-CartPole's PPO update and acting, or the supervised stream's SGD step"""
+    workload: Literal["ppo", "supervised", "sac"] = "ppo"
+    """continual-CartPole's PPO update and acting, the supervised stream's SGD step, or one
+    SAC step at CleanRL's sizes on Hopper"""
     seeds: tuple[int, ...] = (1, 2, 6)
     """the K values measured (seeds trained at once)"""
     updates: int = 3
@@ -311,11 +339,204 @@ def supervised_table(args: Args, examples: int = 2000) -> None:
             print(f"| {k} | {way} | {rate:,.0f} | {rate / loop_rate:.2f}x |", flush=True)
 
 
+# --- SAC: one step of K seeds' actor, twin critic and temperature ---------------------------
+
+SAC_OBS, SAC_ACT, SAC_HIDDEN, SAC_BATCH = 11, 3, (256, 256), 256
+GAMMA, TAU, TARGET_ENTROPY = 0.99, 0.005, -3.0
+
+
+@dataclass
+class SACSeeds:
+    """K seeds' SAC networks, optimizers and log-alphas. Stacked: the modules' parameters are
+    views into stacks (`stack_parameters`) and each optimizer steps the stacks at once."""
+
+    actors: list[SquashedGaussianActor]
+    critics: list[TwinCritic]
+    targets: list[TwinCritic]
+    log_alpha: Tensor | list[Tensor]  # (K,) stacked, else K scalars
+    optimizers: list[torch.optim.Optimizer]  # actors', critics', alphas': K of each, or 1 of each
+    stacks: dict[str, dict[str, Tensor]] | None = None  # actor, q1, q2, target q1, target q2
+
+
+def sac_seeds(k: int, device: str, stacked: bool) -> SACSeeds:
+    torch.manual_seed(0)
+    low, high = -torch.ones(SAC_ACT).numpy(), torch.ones(SAC_ACT).numpy()
+    net = (SAC_HIDDEN, "relu", "torch-default")
+    actors = [SquashedGaussianActor(SAC_OBS, SAC_ACT, *net, low, high).to(device) for _ in range(k)]
+    critics = [TwinCritic(SAC_OBS, SAC_ACT, *net).to(device) for _ in range(k)]
+    targets = [TwinCritic(SAC_OBS, SAC_ACT, *net).to(device) for _ in range(k)]
+    for target, critic in zip(targets, critics, strict=True):
+        target.load_state_dict(critic.state_dict())
+        target.requires_grad_(False)
+    adam = functools.partial(torch.optim.Adam, fused=True)
+    if not stacked:
+        log_alphas = [torch.zeros((), device=device, requires_grad=True) for _ in range(k)]
+        optimizers = [adam(module.parameters(), lr=lr) for modules, lr in
+                      ((actors, 3e-4), (critics, 1e-3)) for module in modules]  # fmt: skip
+        optimizers += [adam([log_alpha]) for log_alpha in log_alphas]
+        return SACSeeds(actors, critics, targets, log_alphas, optimizers)
+    log_alpha = torch.zeros(k, device=device, requires_grad=True)
+    stacks = {
+        "actor": stack_parameters([a.trunk for a in actors], requires_grad=True),
+        "q1": stack_parameters([c.q1 for c in critics], requires_grad=True),
+        "q2": stack_parameters([c.q2 for c in critics], requires_grad=True),
+        "target q1": stack_parameters([t.q1 for t in targets]),
+        "target q2": stack_parameters([t.q2 for t in targets]),
+    }
+    optimizers = [
+        adam(stacks["actor"].values(), lr=3e-4),
+        adam([*stacks["q1"].values(), *stacks["q2"].values()], lr=1e-3),
+        adam([log_alpha]),
+    ]
+    return SACSeeds(actors, critics, targets, log_alpha, optimizers, stacks)
+
+
+def sac_batch(k: int, device: str) -> dict[str, Tensor]:
+    """K seeds' replay samples and the step's noise (random numbers of the right shapes)."""
+    batch = {
+        "obs": torch.randn(k, SAC_BATCH, SAC_OBS),
+        "actions": torch.rand(k, SAC_BATCH, SAC_ACT) * 2 - 1,
+        "next_obs": torch.randn(k, SAC_BATCH, SAC_OBS),
+        "rewards": torch.randn(k, SAC_BATCH),
+        "terminated": (torch.rand(k, SAC_BATCH) < 0.01).float(),
+        "next_noise": torch.randn(k, SAC_BATCH, SAC_ACT),
+        "noise": torch.randn(k, SAC_BATCH, SAC_ACT),
+    }
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def sac_loop_step(seeds: SACSeeds, batch: dict[str, Tensor]) -> None:
+    """K agents' SAC steps one after another (agents/sac.py's order: critic, actor, alpha,
+    targets), each seed on its own batch and noise."""
+    k = len(seeds.actors)
+    actor_adams, critic_adams, alpha_adams = (seeds.optimizers[i * k : (i + 1) * k]
+                                              for i in range(3))  # fmt: skip
+    for seed in range(k):
+        actor, critic, target = seeds.actors[seed], seeds.critics[seed], seeds.targets[seed]
+        b = {key: value[seed] for key, value in batch.items()}
+        alpha = seeds.log_alpha[seed].detach().exp()
+        scale, bias = actor.action_scale, actor.action_bias
+        with torch.no_grad():
+            next_action, next_log_pi = squashed_gaussian(actor(b["next_obs"])[0], b["next_noise"],
+                                                         scale, bias)  # fmt: skip
+            next_q, _ = target(torch.cat([b["next_obs"], next_action], 1))
+            y = soft_td_target(b["rewards"], b["terminated"], next_q, next_log_pi, alpha, GAMMA)
+        q, _ = critic(torch.cat([b["obs"], b["actions"]], 1))
+        critic_adams[seed].zero_grad(set_to_none=True)
+        (q - y).square().mean(1).sum().backward()
+        critic_adams[seed].step()
+        pi, log_pi = squashed_gaussian(actor(b["obs"])[0], b["noise"], scale, bias)
+        q_pi = critic.frozen(torch.cat([b["obs"], pi], 1))
+        actor_adams[seed].zero_grad(set_to_none=True)
+        actor_objective(log_pi, q_pi, alpha).backward()
+        actor_adams[seed].step()
+        alpha_adams[seed].zero_grad(set_to_none=True)
+        alpha_objective(seeds.log_alpha[seed], log_pi, TARGET_ENTROPY).backward()
+        alpha_adams[seed].step()
+        polyak_update(list(target.parameters()), list(critic.parameters()), TAU)
+
+
+def stacked_squashed_actor(stack: dict[str, Tensor], template: SquashedGaussianActor, obs: Tensor):
+    """`SquashedGaussianActor.forward` for K actors: obs (K, batch, obs) -> (K, batch, 2 act)."""
+    out, _ = stacked_mlp(template.trunk, stack, "", obs)
+    mean, raw = out[..., :SAC_ACT], out[..., SAC_ACT:]
+    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1)
+    return torch.cat([mean, log_std], -1)
+
+
+def stacked_twin(seeds: SACSeeds, names: tuple[str, str], x: Tensor, frozen: bool = False):
+    """Q_1 and Q_2 of K seeds on x (K, batch, in) -> (2, K, batch)."""
+    template = seeds.critics[0]
+    qs = []
+    for name, mlp in zip(names, (template.q1, template.q2), strict=True):
+        stack = seeds.stacks[name]
+        if frozen:
+            stack = {key: value.detach() for key, value in stack.items()}
+        qs.append(stacked_mlp(mlp, stack, "", x)[0].squeeze(-1))
+    return torch.stack(qs)
+
+
+def sac_stacked_step(seeds: SACSeeds, batch: dict[str, Tensor]) -> None:
+    """The same K steps on stacked weights: one batched forward and backward per network."""
+    actor_adam, critic_adam, alpha_adam = seeds.optimizers
+    template, stacks = seeds.actors[0], seeds.stacks
+    scale, bias = template.action_scale, template.action_bias
+    alpha = seeds.log_alpha.detach().exp()[:, None]
+    with torch.no_grad():
+        next_out = stacked_squashed_actor(stacks["actor"], template, batch["next_obs"])
+        next_action, next_log_pi = squashed_gaussian(next_out, batch["next_noise"], scale, bias)
+        next_q = stacked_twin(seeds, ("target q1", "target q2"),
+                              torch.cat([batch["next_obs"], next_action], -1))  # fmt: skip
+        y = soft_td_target(batch["rewards"], batch["terminated"], next_q, next_log_pi, alpha,
+                           GAMMA)  # fmt: skip
+    q = stacked_twin(seeds, ("q1", "q2"), torch.cat([batch["obs"], batch["actions"]], -1))
+    critic_adam.zero_grad(set_to_none=True)
+    (q - y).square().mean(-1).sum().backward()
+    critic_adam.step()
+    out = stacked_squashed_actor(stacks["actor"], template, batch["obs"])
+    pi, log_pi = squashed_gaussian(out, batch["noise"], scale, bias)
+    q_pi = stacked_twin(seeds, ("q1", "q2"), torch.cat([batch["obs"], pi], -1), frozen=True)
+    soft = alpha * log_pi - torch.minimum(q_pi[0], q_pi[1])  # actor_objective per seed
+    actor_adam.zero_grad(set_to_none=True)
+    soft.mean(-1).sum().backward()
+    actor_adam.step()
+    alpha_adam.zero_grad(set_to_none=True)
+    (-seeds.log_alpha.exp()[:, None] * (log_pi.detach() + TARGET_ENTROPY)).mean(-1).sum().backward()
+    alpha_adam.step()
+    targets = [*stacks["target q1"].values(), *stacks["target q2"].values()]
+    polyak_update(targets, [t.detach() for t in (*stacks["q1"].values(), *stacks["q2"].values())],
+                  TAU)  # fmt: skip
+
+
+def check_same_sac_steps(k: int = 3) -> None:
+    """Two stacked steps move each seed's actor, critic, target and alpha as its own two steps
+    do (float32 tolerance): the stacked step is K seeds' steps, not one."""
+    loop, stacked = sac_seeds(k, "cpu", stacked=False), sac_seeds(k, "cpu", stacked=True)
+    for _ in range(2):
+        batch = sac_batch(k, "cpu")
+        sac_loop_step(loop, batch)
+        sac_stacked_step(stacked, batch)
+    for seed in range(k):
+        for name in ("actors", "critics", "targets"):
+            ours = dict(getattr(stacked, name)[seed].named_parameters())
+            for key, value in getattr(loop, name)[seed].named_parameters():
+                torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stacked.log_alpha, torch.stack(loop.log_alpha))
+
+
+def sac_table(args: Args, steps: int = 20) -> None:
+    check_same_sac_steps()
+    print(f"SAC on Hopper's sizes (11 obs, 3 actions, 256 x 256 ReLU, batch 256), {args.device}, "
+          f"torch {torch.__version__}, 1 torch thread\n")  # fmt: skip
+    print("| K seeds | way | seed-updates per second | speed-up over the loop |")
+    print("|---|---|---|---|")
+    loop_rate = None  # the loop's, at the largest K it ran: the reference for larger K
+
+    def run(step, seeds: SACSeeds, batch: dict[str, Tensor]) -> None:
+        for _ in range(steps):
+            step(seeds, batch)
+
+    for k in args.seeds:
+        batch, rows = sac_batch(k, args.device), []
+        if k <= args.loop_up_to:
+            seeds = sac_seeds(k, args.device, stacked=False)
+            loop_rate = steps * k / timed(run, sac_loop_step, seeds, batch, repeats=args.updates)
+            rows.append(("loop", loop_rate))
+        seeds = sac_seeds(k, args.device, stacked=True)
+        rate = steps * k / timed(run, sac_stacked_step, seeds, batch, repeats=args.updates)
+        rows.append(("stacked", rate))
+        for way, rate in rows:
+            print(f"| {k} | {way} | {rate:,.0f} | {rate / loop_rate:.2f}x |", flush=True)
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if args.workload == "supervised":
         supervised_table(args)
+        return
+    if args.workload == "sac":
+        sac_table(args)
         return
     check_layer_order(networks(2))
     check_same_gradients()

@@ -202,13 +202,14 @@ def ppo_1m(out: Path, dry: bool, budget: float) -> str:
 def batched_seeds(out: Path, dry: bool, budget: float) -> str:
     """K seeds stacked along a seed axis (benchmarks/batched_seeds.py), K from 1 to 256 on the
     GPU: continual-CartPole's PPO update (seconds per update, seed-iterations per second; the
-    CPU buys ~1.1x per seed there) and the supervised stream's batch-1 SGD step (seed-examples
-    per second; the CPU buys ~2.2x at K = 3), docs/benchmarks.md."""
+    CPU buys ~1.1x per seed there), the supervised stream's batch-1 SGD step (seed-examples
+    per second; the CPU buys ~2.2x at K = 3) and SAC's step at Hopper's sizes (seed-updates
+    per second; the CPU buys 1.07x at K = 4), docs/benchmarks.md."""
     device, seeds = ("cpu", ["1"]) if dry else ("cuda", ["1", "4", "16", "64", "256"])
     common = [sys.executable, "benchmarks/batched_seeds.py", "--device", device, "--seeds",
               *seeds, "--updates", "1" if dry else "2", "--loop-up-to", "4"]  # fmt: skip
     start, text = time.perf_counter(), ""
-    for workload in ("ppo", "supervised"):
+    for workload in ("ppo", "supervised", "sac"):
         left = budget - 5 - (time.perf_counter() - start)
         try:
             result = subprocess.run([*common, "--workload", workload], cwd=REPO,
