@@ -11,13 +11,13 @@ STAMP := $(VENV)/.installed
 .PHONY: run test reproduce lint bench plot clean gpu-wheels gpu-check
 
 # One pip install; its byte-compiling (one file at a time) is done after it on every core
-# instead: the same .pyc files, 12 s sooner on 2 cores (92 s against 104 s, measured). Some
-# packages ship files that do not compile (pip skips them too), so compileall's status is not
-# the install's.
+# instead, leaving out the packages' own test folders (18 % of the files; nothing imports
+# them): 12 s sooner on 2 cores with them (92 s against 104 s, measured). Some packages ship
+# files that do not compile (pip skips them too), so compileall's status is not the install's.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -c constraints.txt torch -e ".[dev,envpool,video,slurm,ray,box2d]"
-	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	$(PY) -m compileall -q -j 0 -x '/tests?/' $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 run: $(STAMP)
