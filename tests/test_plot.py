@@ -219,3 +219,30 @@ def test_eps_rank_plots_integrate_the_saved_spectra_in_either_convention(tmp_pat
             assert dict(paper["critic"]["init", "hessian", eps])[step] == paper_epsilon_rank(
                 grid, density, eps
             )
+
+
+def test_minor_ticks_go_only_where_matplotlib_labels_none():
+    """A log axis with one decade in view keeps its minor ticks (they carry its labels, e.g.
+    3x10^-2); one spanning five decades and a symlog axis lose them (matplotlib labels none
+    there): no label is ever dropped."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from diagnostics.plot import drop_unlabelled_minor_ticks
+
+    fig = Figure()
+    narrow, wide, symlog = fig.subplots(1, 3)
+    narrow.semilogy([0, 1], [0.025, 0.35])
+    wide.semilogy([0, 1], [1e-5, 1.0])
+    symlog.plot([-1, 1], [-1, 1])
+    symlog.set_yscale("symlog", linthresh=0.01)
+
+    def minor_labels(ax) -> list[str]:
+        FigureCanvasAgg(fig).draw()
+        return [t.get_text() for t in ax.yaxis.get_minorticklabels() if t.get_text()]
+
+    before = {ax: minor_labels(ax) for ax in (narrow, wide, symlog)}
+    assert before[narrow] and not before[wide] and not before[symlog]
+    drop_unlabelled_minor_ticks(fig)
+    assert minor_labels(narrow) == before[narrow]
+    assert not wide.yaxis.get_minor_locator()() and not symlog.yaxis.get_minor_locator()()
