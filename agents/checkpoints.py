@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.records import STEP_FILE_FOLDERS
+from agents.records import STEP_FILE_FOLDERS, write_atomically
 from validation import ConfigError
 
 
@@ -140,17 +140,27 @@ def resume_together(run_dirs: list[str], mode: str) -> list[Resumed]:
     )
 
 
+def point_latest_at(path: Path, data: bytes | memoryview | None = None) -> None:
+    """Make checkpoints/latest.pt the checkpoint at `path`: a hard link (no second copy on
+    disk, the same bytes as step_<N>.pt), else an atomic copy of its bytes (`data`, or read)."""
+    latest = path.parent / "latest.pt"
+    try:
+        link = path.parent / f".latest.{os.getpid()}.tmp"
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, latest)
+    except OSError:
+        content = path.read_bytes() if data is None else data
+        write_atomically(latest, lambda file: file.write(content))
+
+
 def drop_newer_checkpoints(loaded: LoadedCheckpoint) -> None:
     """Remove the checkpoints newer than the one a run resumed from (`resume_together`) and
     point latest.pt at it: they hold a future the resumed run is writing again."""
     for path in loaded.newer:
         path.unlink(missing_ok=True)
     if loaded.newer:
-        latest = loaded.path.parent / "latest.pt"
-        link = loaded.path.parent / f".latest.{os.getpid()}.tmp"
-        link.unlink(missing_ok=True)
-        os.link(loaded.path, link)
-        os.replace(link, latest)
+        point_latest_at(loaded.path)
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:

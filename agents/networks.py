@@ -267,9 +267,15 @@ class SquashedGaussianActor(nn.Module):
 
     def forward(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
         out, features = self.trunk(obs)
-        mean, raw_log_std = out[..., : self.act_dim], out[..., self.act_dim :]
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1)
-        return torch.cat([mean, log_std], -1), features
+        return bounded_log_std(out, self.act_dim), features
+
+
+def bounded_log_std(out: Tensor, act_dim: int) -> Tensor:
+    """The squashed-Gaussian actor's trunk output [mean, raw log-std] as [mean, log-std], the
+    log-std squashed into [LOG_STD_MIN, LOG_STD_MAX] by a tanh."""
+    mean, raw_log_std = out[..., :act_dim], out[..., act_dim:]
+    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1)
+    return torch.cat([mean, log_std], -1)
 
 
 class TwinCritic(nn.Module):

@@ -872,6 +872,18 @@ def checkpoint_state(
             "rng": rng_state(), "previous_batch": previous_batch}  # fmt: skip
 
 
+def restore_checkpoint(
+    agent: PPOAgent, envs, checkpoint: dict, device
+) -> tuple[int, dict[str, Tensor] | None]:
+    """A resumed run's agent and envs where `checkpoint` left them; returns its env step and
+    the last rollout it saved (for the end measurement of a task that ends after the resume)."""
+    agent.load_state_dict(checkpoint)
+    global_step = checkpoint["global_step"]
+    envs.set_global_step(global_step)
+    previous = checkpoint.get("previous_batch")
+    return global_step, None if previous is None else {k: v.to(device) for k, v in previous.items()}
+
+
 # --- The training loop ---------------------------------------------------------------------------
 
 
@@ -887,14 +899,9 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         global_step = 0
         previous_batch: dict[str, Tensor] | None = None  # the last rollout, for a task's end
         if run.checkpoint is not None:
-            agent.load_state_dict(run.checkpoint)
             set_rng_state(run.checkpoint["rng"])
-            global_step = run.checkpoint["global_step"]
-            envs.set_global_step(global_step)
-            if run.checkpoint.get("previous_batch") is not None:
-                previous_batch = {
-                    k: v.to(run.device) for k, v in run.checkpoint["previous_batch"].items()
-                }
+            global_step, previous_batch = restore_checkpoint(agent, envs, run.checkpoint,
+                                                             run.device)  # fmt: skip
         rollout = Rollout.allocate(args, agent)
 
         # Episodes in flight at a checkpoint restart on resume; the task and statistics carry

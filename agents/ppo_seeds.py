@@ -58,6 +58,7 @@ from agents.ppo import (
     hidden_features,
     measure_boundaries,
     ppo_terms,
+    restore_checkpoint,
 )
 from agents.progress import EpisodeStats, progress_bar
 from agents.run import (
@@ -135,13 +136,9 @@ class Seed:
         self.generator = torch.Generator(self.run.device).manual_seed(self.args.seed)
         checkpoint = self.run.checkpoint
         if checkpoint is not None:
-            self.agent.load_state_dict(checkpoint)
-            self.global_step = checkpoint["global_step"]
-            self.envs.set_global_step(self.global_step)
-            if checkpoint.get("previous_batch") is not None:
-                self.previous_batch = {
-                    k: v.to(self.run.device) for k, v in checkpoint["previous_batch"].items()
-                }
+            self.global_step, self.previous_batch = restore_checkpoint(
+                self.agent, self.envs, checkpoint, self.run.device
+            )
             if "seed_generator" in checkpoint:
                 self.generator.set_state(checkpoint["seed_generator"])
             else:  # a single run's checkpoint: a stream of its own from here

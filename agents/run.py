@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import shutil
 import signal
@@ -59,6 +58,7 @@ import torch
 from agents.checkpoints import (
     Resumed,
     checkpoint_files,
+    point_latest_at,
     resume_from,
     rewind_to_checkpoint,
 )
@@ -303,14 +303,7 @@ class Run:
         path = directory / f"step_{step}.pt"
         write_atomically(path, lambda file: file.write(data))
         self.checkpoint_path = path
-        latest = directory / "latest.pt"
-        try:  # a hard link: no second copy on disk, and the same bytes as step_<N>.pt
-            link = directory / f".latest.{os.getpid()}.tmp"
-            link.unlink(missing_ok=True)
-            os.link(path, link)
-            os.replace(link, latest)
-        except OSError:
-            write_atomically(latest, lambda file: file.write(data))
+        point_latest_at(path, data)
         for stale in checkpoint_files(self.dir)[self.args.keep_checkpoints :]:
             if stale.name != "latest.pt":
                 stale.unlink(missing_ok=True)

@@ -53,13 +53,12 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents import supervised_seeds as seeds  # noqa: E402
 from agents.networks import (  # noqa: E402
-    LOG_STD_MAX,
-    LOG_STD_MIN,
     MLP,
     CategoricalActor,
     Critic,
     SquashedGaussianActor,
     TwinCritic,
+    bounded_log_std,
     stack_parameters,
     stacked_mlp,
 )
@@ -438,10 +437,7 @@ def sac_loop_step(seeds: SACSeeds, batch: dict[str, Tensor]) -> None:
 
 def stacked_squashed_actor(stack: dict[str, Tensor], template: SquashedGaussianActor, obs: Tensor):
     """`SquashedGaussianActor.forward` for K actors: obs (K, batch, obs) -> (K, batch, 2 act)."""
-    out, _ = stacked_mlp(template.trunk, stack, "", obs)
-    mean, raw = out[..., :SAC_ACT], out[..., SAC_ACT:]
-    log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1)
-    return torch.cat([mean, log_std], -1)
+    return bounded_log_std(stacked_mlp(template.trunk, stack, "", obs)[0], SAC_ACT)
 
 
 def stacked_twin(seeds: SACSeeds, names: tuple[str, str], x: Tensor, frozen: bool = False):
