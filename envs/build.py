@@ -7,7 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
-import envs
+import envs.shifts as shifts
 from envs.envpool_backend import EnvpoolVectorEnv, check_envpool_env_id
 from envs.physics import check_physics_flags, refines_physics
 from envs.vector import ShiftingVectorEnv, check_env_id, check_shift_flags, check_spaces, make_env
@@ -17,7 +17,7 @@ from validation import ConfigError
 def make_vector_env(
     env_id: str,
     num_envs: int,
-    flags: envs.ShiftFlags,
+    flags: shifts.ShiftFlags,
     seed: int,
     total_timesteps: int,
     backend: str = "gymnasium",

@@ -64,7 +64,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-import envs
+import envs.shifts as shifts
 from envs.physics import PhysicsShift
 from envs.vector import wrap_shifts
 from validation import ConfigError
@@ -93,7 +93,7 @@ def check_envpool_env_id(env_id: str) -> None:
 
 
 def is_physics_shift(name: str) -> bool:
-    return issubclass(envs.SHIFTS[name][0], PhysicsShift)
+    return issubclass(shifts.SHIFTS[name][0], PhysicsShift)
 
 
 def envpool_xml_path(env_id: str, **make_kwargs: Any) -> Path | None:
@@ -217,7 +217,7 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
         self,
         env_id: str,
         num_envs: int,
-        flags: envs.ShiftFlags,
+        flags: shifts.ShiftFlags,
         seed: int,
         num_threads: int = 0,
         **make_kwargs: Any,

@@ -15,9 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-# The registry of shift kinds (envs.SHIFTS) and ShiftFlags live in envs/__init__.py, which
-# imports this module; they are read at call time, when the package is fully imported.
-import envs
+import envs.shifts as shifts
 from envs.physics import refine_physics
 from envs.schedule import ShiftSchedule
 from validation import ConfigError
@@ -61,7 +59,7 @@ def check_spaces(
 
 
 def check_shift_flags(
-    flags: envs.ShiftFlags, total_timesteps: int, num_envs: int, require_a_shift: bool = True
+    flags: shifts.ShiftFlags, total_timesteps: int, num_envs: int, require_a_shift: bool = True
 ) -> ShiftSchedule:
     """Raise ConfigError on a bad shift configuration; return the run's schedule.
     `require_a_shift=False` (a resume) allows a total that ends the run before its next shift."""
@@ -74,21 +72,21 @@ def check_shift_flags(
             )
         return schedule
     for name in flags.shift:
-        if name not in envs.SHIFTS:
+        if name not in shifts.SHIFTS:
             raise ConfigError(
-                f"--shift {name!r} is not a shift kind; choose from {list(envs.SHIFTS)}"
+                f"--shift {name!r} is not a shift kind; choose from {list(shifts.SHIFTS)}"
             )
     repeated = sorted({name for name in flags.shift if flags.shift.count(name) > 1})
     if repeated:
         raise ConfigError(f"--shift lists {', '.join(repeated)} more than once")
     for name in flags.shift:
-        config_field = envs.SHIFTS[name][1]
+        config_field = shifts.SHIFTS[name][1]
         if config_field is not None:
             getattr(flags, config_field).validate("--" + config_field.replace("_", "-"))
     schedule.validate(total_timesteps, num_envs, require_a_shift)
     tasks = len(schedule.shift_steps(total_timesteps)) + 1
     for name in flags.shift:
-        config_field = envs.SHIFTS[name][1]
+        config_field = shifts.SHIFTS[name][1]
         table = getattr(getattr(flags, config_field), "table", ()) if config_field else ()
         if table and len(table) < tasks:
             raise ConfigError(
@@ -99,7 +97,7 @@ def check_shift_flags(
 
 
 def make_env(
-    env_id: str, flags: envs.ShiftFlags, seed: int, env_index: int, max_episode_steps: int = 0
+    env_id: str, flags: shifts.ShiftFlags, seed: int, env_index: int, max_episode_steps: int = 0
 ) -> Callable[[], gym.Env]:
     """A thunk building one sub-env: gym.make, then the shift wrappers in the order of --shift.
 
@@ -116,10 +114,10 @@ def make_env(
     return thunk
 
 
-def wrap_shifts(env: gym.Env, flags: envs.ShiftFlags, seed: int, env_index: int) -> gym.Env:
+def wrap_shifts(env: gym.Env, flags: shifts.ShiftFlags, seed: int, env_index: int) -> gym.Env:
     """`env` inside the shift wrappers of --shift, in its order (both backends build this)."""
     for name in flags.shift:
-        wrapper_class, config_field = envs.SHIFTS[name]
+        wrapper_class, config_field = shifts.SHIFTS[name]
         config = getattr(flags, config_field) if config_field is not None else None
         env = wrapper_class(env, config, seed, env_index=env_index)
     return env
