@@ -78,9 +78,9 @@ CLIP, ENT, VF = 0.2, 0.01, 0.5
 
 @dataclass
 class Args:
-    workload: Literal["ppo", "supervised", "sac"] = "ppo"
-    """continual-CartPole's PPO update and acting, the supervised stream's SGD step, or one
-    SAC step at CleanRL's sizes on Hopper"""
+    workload: tuple[Literal["ppo", "supervised", "sac"], ...] = ("ppo",)
+    """continual-CartPole's PPO update and acting, the supervised stream's SGD step, one SAC
+    step at CleanRL's sizes on Hopper; several: one table each, in this order"""
     seeds: tuple[int, ...] = (1, 2, 6)
     """the K values measured (seeds trained at once)"""
     updates: int = 3
@@ -527,13 +527,15 @@ def sac_table(args: Args, steps: int = 20) -> None:
 
 def main(args: Args) -> None:
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    if args.workload == "supervised":
-        supervised_table(args)
-        return
-    if args.workload == "sac":
-        sac_table(args)
-        return
+    tables = {"ppo": ppo_table, "supervised": supervised_table, "sac": sac_table}
+    for index, workload in enumerate(args.workload):
+        if index:
+            print()
+        torch.manual_seed(0)
+        tables[workload](args)
+
+
+def ppo_table(args: Args) -> None:
     check_layer_order(networks(2))
     check_same_gradients()
     print(f"continual-CartPole PPO, {args.device}, torch {torch.__version__}, 1 torch thread\n")

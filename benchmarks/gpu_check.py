@@ -87,8 +87,8 @@ def rl_throughput(out: Path, dry: bool, budget: float) -> str:
     default per learner rests on these rows)."""
     import throughput
 
-    args = throughput.Args(ppo_steps=2 * 2048 if dry else 16_384, sac_steps=2000 if dry else 3000,
-                           torch_threads=1)  # fmt: skip
+    args = throughput.Args(ppo_steps=2 * 2048 if dry else 16_384, sac_steps=600 if dry else 3000,
+                           sac_learning_starts=100 if dry else 1000, torch_threads=1)  # fmt: skip
     rows = []
     # The dry run proves the path with one row of each learner.
     cases = [("ppo", 1, False)] + ([] if dry else [("ppo", 8, False), ("ppo", 8, True)])
@@ -206,21 +206,20 @@ def batched_seeds(out: Path, dry: bool, budget: float) -> str:
     per second; the CPU buys ~2.2x at K = 3) and SAC's step at Hopper's sizes (seed-updates
     per second; the CPU buys 1.07x at K = 4), docs/benchmarks.md."""
     device, seeds = ("cpu", ["1"]) if dry else ("cuda", ["1", "4", "16", "64", "256"])
-    common = [sys.executable, "benchmarks/batched_seeds.py", "--device", device, "--seeds",
-              *seeds, "--updates", "1" if dry else "2", "--loop-up-to", "4"]  # fmt: skip
-    start, text = time.perf_counter(), ""
-    for workload in ("ppo", "supervised", "sac"):
-        left = budget - 5 - (time.perf_counter() - start)
-        try:
-            result = subprocess.run([*common, "--workload", workload], cwd=REPO,
-                                    capture_output=True, text=True, timeout=left)  # fmt: skip
-            text += result.stdout if result.returncode == 0 else f"failed:\n{result.stderr[-2000:]}"
-        except subprocess.TimeoutExpired as stopped:  # the rows it printed before the budget
-            printed = stopped.stdout or ""
-            printed = printed.decode() if isinstance(printed, bytes) else printed
-            text += printed + "\n(stopped by the budget)\n"
-        text += "\n"
-        (out / "batched-seeds.md").write_text(text)
+    command = [sys.executable, "benchmarks/batched_seeds.py", "--device", device, "--seeds",
+               *seeds, "--updates", "1" if dry else "2", "--loop-up-to", "4",
+               "--workload", "ppo", "supervised", "sac"]  # fmt: skip
+    try:
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                timeout=budget - 5)  # fmt: skip
+        text = result.stdout + (
+            "" if result.returncode == 0 else f"failed:\n{result.stderr[-2000:]}"
+        )
+    except subprocess.TimeoutExpired as stopped:  # the rows it printed before the budget
+        printed = stopped.stdout or ""
+        printed = printed.decode() if isinstance(printed, bytes) else printed
+        text = printed + "\n(stopped by the budget)\n"
+    (out / "batched-seeds.md").write_text(text)
     return text
 
 

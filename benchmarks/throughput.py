@@ -64,7 +64,9 @@ class Args:
     ppo_steps: int = 8 * PPO_ROLLOUT
     """env steps per PPO run (8 rollouts of 2,048)"""
     sac_steps: int = 3000
-    """env steps per SAC run (the first 1,000 random, then one update per env step)"""
+    """env steps per SAC run (the first --sac-learning-starts random, then one update per step)"""
+    sac_learning_starts: int = 1000
+    """random env steps before SAC's first update"""
     repeats: int = 1
     """rounds; each runs every configuration once, backends alternating"""
     envpool_threads: int = 0
@@ -115,7 +117,8 @@ def run_sac(env_id, backend, num_envs, device, diagnostics, compile, args, runs_
     config = replace(
         sac.Args(),
         env_id=env_id, env_backend=backend, num_envs=num_envs, envpool_threads=args.envpool_threads,
-        total_timesteps=args.sac_steps, learning_starts=1000, log_every=500,
+        total_timesteps=args.sac_steps, learning_starts=args.sac_learning_starts,
+        log_every=min(500, max(1, (args.sac_steps - args.sac_learning_starts) // 2)),
         shift=("obs-permute",), shift_at=(args.sac_steps // 2 // num_envs * num_envs,),
         diagnostics=sac.Args().diagnostics if diagnostics else ("none",),
         cuda=device == "cuda", torch_threads=args.torch_threads, track=False,
