@@ -13,11 +13,15 @@ one seed's network (a regularizer's shift or reset, the diagnostics, a checkpoin
 through the same code as a single run. Its checkpoints are single-run checkpoints: a stopped
 seed resumes on its own with `train.py supervised --resume RUN_DIR`.
 
+Two steps, as a single run has (--update): the fused SGD step on the stacked weights (plain
+SGD, relu / leaky-relu / tanh, no penalty term), and otherwise the autograd step: one forward
+and backward through the stacks (agents.networks.stacked_mlp), then per seed, on its own slice
+of the gradient, the single run's own calls: its regularizer's penalty on its own features,
+before_step, its optimizer's step (Adam, momentum, LayerNorm, every regularizer).
+
 A seed that diverges stops alone: its run records `diverged` and ends, the others go on, and
-the command ends with one error line naming it. What it does not do yet: the autograd step
-(Adam, momentum, LayerNorm, activations other than relu, leaky-relu and tanh, and regularizers
-with a penalty term are refused with one line) and resuming K seeds together. PPO's seeds in
-one process: agents/ppo_seeds.py.
+the command ends with one error line naming it. What it does not do yet: resuming K seeds
+together. PPO's seeds in one process: agents/ppo_seeds.py.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.networks import MLP, stack_parameters
+from agents.networks import MLP, stack_parameters, stacked_mlp
 from agents.progress import progress_bar
 from agents.run import (
     Diverged,
@@ -111,23 +115,63 @@ def stacked_sgd_step(
     return outputs, values
 
 
-def stack_networks(models: list[MLP]) -> list[tuple[Tensor, Tensor]]:
-    """Stack the K networks' layers along a seed axis (agents.networks.stack_parameters: each
-    network's parameters become views into the stack) as (weight, bias) per layer, the
-    hidden layers then the output layer."""
-    stacked = stack_parameters(models)
-    names = [*(f"hidden.{i}" for i in range(len(models[0].hidden))), "out"]
-    return [(stacked[f"{name}.weight"], stacked[f"{name}.bias"]) for name in names]
+def layer_pairs(stacks: dict[str, Tensor], model: MLP) -> list[tuple[Tensor, Tensor]]:
+    """The stacks (agents.networks.stack_parameters) as (weight, bias) per layer, the hidden
+    layers then the output layer: what `stacked_sgd_step` takes."""
+    names = [*(f"hidden.{i}" for i in range(len(model.hidden))), "out"]
+    return [(stacks[f"{name}.weight"], stacks[f"{name}.bias"]) for name in names]
+
+
+def stacked_autograd_step(
+    seeds: list[Seed],
+    stacks: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss: str,
+    active_classes: int | None,
+) -> tuple[Tensor, Tensor]:
+    """`autograd_step` for K networks at once: x (K, batch, in), y (K, batch) (or (K, batch,
+    out) for MSE). One forward and backward through the stacks; then per seed, on its own slice
+    of the gradient, the single run's calls: its penalty's gradient (the seeds' graphs are
+    disjoint, so the sum's gradient is each seed's own), before_step, its optimizer's step. A
+    diverged seed is neither penalised nor stepped. Returns the outputs before the step
+    (K, batch, out) and each seed's loss (K,), detached."""
+    outputs, features = stacked_mlp(seeds[0].model, stacks, "", x)
+    if loss == "mse":
+        values = ((outputs - y) ** 2).mean(dim=(1, 2))
+    else:
+        live = live_outputs(outputs, active_classes)
+        per_example = F.cross_entropy(live.flatten(0, 1), y.flatten(), reduction="none")
+        values = per_example.view(y.shape).mean(1)
+    total = values.sum()
+    for k, seed in enumerate(seeds):
+        if not seed.diverged:
+            total = total + seed.regularizer.penalty({"model": [h[k] for h in features]})
+    for stack in stacks.values():
+        stack.grad = None
+    for seed in seeds:
+        seed.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    for k, seed in enumerate(seeds):
+        if seed.diverged:
+            continue
+        for name, param in seed.model.named_parameters():
+            gradient = stacks[name].grad
+            if gradient is None:
+                continue
+            # A penalty that read the parameters themselves (L2 Init) left its part in .grad.
+            param.grad = gradient[k] if param.grad is None else gradient[k] + param.grad
+        seed.regularizer.before_step()
+        seed.optimizer.step()
+    return outputs.detach(), values.detach()
 
 
 def check_seeds(args: Args) -> list[Args]:
-    """One clear line for what --seeds cannot run (yet), else each seed's config."""
+    """One clear line for what --seeds cannot run, else each seed's config."""
     per_seed = seed_configs(args, "supervised")
-    if args.update == "autograd":
-        raise ConfigError("--seeds takes the fused SGD step; --update autograd is not batched yet")
     blocker = fused_update_blocker(args, build_regularizer(args))
-    if blocker is not None:
-        raise ConfigError(f"--seeds takes the fused SGD step, which cannot run here: {blocker}")
+    if args.update == "fused" and blocker is not None:
+        raise ConfigError(f"--update fused cannot run here: {blocker}")
     return per_seed
 
 
@@ -181,26 +225,38 @@ def train(args: Args, resumed: list | None = None) -> list[Path]:
         device = seeds[0].run.device
         for seed in seeds:
             seed.build(device)
-        layers = stack_networks([seed.model for seed in seeds])
+        first = seeds[0]
+        blocker = fused_update_blocker(first.args, first.regularizer)
+        fused = args.update != "autograd" and blocker is None
+        stacks = stack_parameters([seed.model for seed in seeds], requires_grad=not fused)
+        loss = first.stream.loss
+        if fused:
+            step = functools.partial(
+                stacked_sgd_step, layer_pairs(stacks, first.model), args.activation, loss=loss,
+                lr=args.learning_rate, decay=first.regularizer.coupled_decay(),
+            )  # fmt: skip
+        else:
+            step = functools.partial(stacked_autograd_step, seeds, stacks, loss=loss)
         for seed in seeds:
-            seed.run.event(0, "stream", source=seed.stream.source, loss=seed.stream.loss,
-                           update="fused", why_not_fused=None,
+            seed.run.event(0, "stream", source=seed.stream.source, loss=loss,
+                           update="fused" if fused else "autograd",
+                           why_not_fused=blocker if args.update != "autograd" else None,
                            seeds_in_process=list(args.seeds))  # fmt: skip
         for seed in seeds:
             seed.run.setting_up = False
-        train_together(args, seeds, layers, device)
+        train_together(args, seeds, step, device)
     check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
                            len(seeds))  # fmt: skip
     return [seed.run.dir for seed in seeds]
 
 
-def train_together(args: Args, seeds: list[Seed], layers, device) -> None:
-    """The single run's loop (agents/supervised.py), each step one stacked step for all seeds.
+def train_together(args: Args, seeds: list[Seed], step, device) -> None:
+    """The single run's loop (agents/supervised.py), each step one stacked step for all seeds
+    (`step(x, y, active_classes)`: `stacked_sgd_step` or `stacked_autograd_step`).
     A seed that diverges ends its run there; its network keeps its place in the stack (its
     NaNs stay in its own slice), and nothing more is done or written for it."""
     first = seeds[0]
     loss, classification = first.stream.loss, first.stream.loss == "cross-entropy"
-    decay = first.regularizer.coupled_decay()
     window = min(2048, args.batch_size * max(1, first.regularizer.recent_updates()))
     per_task = len(first.stream.task(0).train_x)
     bar = progress_bar(per_task * args.num_tasks * len(seeds), 0,
@@ -248,10 +304,9 @@ def train_together(args: Args, seeds: list[Seed], layers, device) -> None:
         for index in range(len(records[0].sizes)):
             start = index * args.batch_size
             end = min(start + args.batch_size, n)
-            outputs, losses[:, index] = stacked_sgd_step(
-                layers, args.activation, x_all[:, start:end], y_all[:, start:end], loss,
-                tasks[0].active_classes, args.learning_rate, decay,
-            )  # fmt: skip
+            outputs, losses[:, index] = step(
+                x_all[:, start:end], y_all[:, start:end], active_classes=tasks[0].active_classes
+            )
             if classification:
                 predictions[:, start:end] = live_outputs(outputs, tasks[0].active_classes).argmax(
                     -1

@@ -42,6 +42,8 @@ class Args:
     """how many times each way runs, alternating"""
     workers: int = 2
     """the launcher's workers (the machine's cores)"""
+    update: str = "auto"
+    """supervised: --update (fused, autograd, auto: fused where it applies)"""
     learner: str = "supervised"
     """supervised (permuted MNIST) or ppo (continual CartPole)"""
     threads: int = 1
@@ -71,8 +73,10 @@ def main(args: Args) -> None:
                  f" networks), {args.num_tasks} tasks x 8,000 steps, diagnostics off")  # fmt: skip
     else:
         base = ["--preset", "permuted-mnist-small", "--num-tasks", str(args.num_tasks),
-                "--regularizer", args.regularizer, "--checkpoint-every", "0"]  # fmt: skip
-        title = f"permuted MNIST 784-256x3-10, {args.num_tasks} tasks x 4,000 examples"
+                "--regularizer", args.regularizer, "--checkpoint-every", "0",
+                "--update", args.update]  # fmt: skip
+        title = (f"permuted MNIST 784-256x3-10, {args.num_tasks} tasks x 4,000 examples, "
+                 f"--update {args.update}")  # fmt: skip
     seeds = [str(seed) for seed in args.seeds]
     times: dict[str, list[float]] = {"launcher": [], "one process": []}
     for _ in range(args.rounds):
@@ -80,6 +84,7 @@ def main(args: Args) -> None:
             sweep = [sys.executable, "train.py", "sweep", args.learner, *base, "--torch-threads",
                      "1", "--grid",
                      f"seed={','.join(seeds)}", "--workers", str(args.workers),
+                     "--no-group-seeds",  # one process a cell: what the batched run replaces
                      "--sweep-dir", f"{scratch}/sweep"]  # fmt: skip
             times["launcher"].append(timed(sweep))
             batched = [sys.executable, "train.py", args.learner, *base, "--torch-threads",

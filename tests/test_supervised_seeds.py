@@ -1,5 +1,6 @@
-"""K seeds of one supervised configuration in one process (agents/supervised_seeds.py): the stacked step
-against each seed's own fused step, and a batched run against the single runs of its seeds."""
+"""K seeds of one supervised configuration in one process (agents/supervised_seeds.py): the stacked
+steps (fused and autograd) against each seed's own step, and a batched run against the single runs
+of its seeds."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import train
 from agents import supervised
 from agents import supervised_seeds as seeds
 from agents.checkpoints import load_checkpoint
-from agents.networks import MLP
-from agents.supervised import fused_sgd_step
+from agents.networks import MLP, stack_parameters
+from agents.run import seed_everything
+from agents.supervised import autograd_step, build_model, build_stream, fused_sgd_step
 from validation import ConfigError
 
 
@@ -35,7 +37,7 @@ def test_a_stacked_step_is_each_seeds_own_fused_step(loss, activation, batch, ac
     alone = [MLP(width_in, (6, 4), width_out, activation, "default") for _ in range(k)]
     for model, twin in zip(models, alone, strict=True):
         twin.load_state_dict(model.state_dict())
-    layers = seeds.stack_networks(models)
+    layers = seeds.layer_pairs(stack_parameters(models), models[0])
     for _ in range(3):
         x = torch.randn(k, batch, width_in)
         y = (
@@ -55,6 +57,55 @@ def test_a_stacked_step_is_each_seeds_own_fused_step(loss, activation, batch, ac
             model.state_dict().items(), twin.state_dict().values(), strict=True
         ):
             torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "batch"),
+    [
+        # a penalty on the parameters themselves, with Adam (their grads reach .grad directly)
+        (dict(regularizer="l2-init", optimizer="adam"), 1),
+        # penalties on the weights, and SGD with momentum
+        (dict(regularizer="parseval", momentum=0.9), 4),
+        (dict(regularizer="spectral", optimizer="adam"), 2),
+        # LayerNorm's gains and shifts in the stack, coupled decay in before_step
+        (dict(regularizer="layernorm-l2", optimizer="adam"), 3),
+        # an activation the fused step does not know
+        (dict(regularizer="l2", activation="gelu", momentum=0.5), 2),
+    ],
+)
+def test_a_stacked_autograd_step_is_each_seeds_own_step(tmp_path, flags, batch):
+    """From the same initial networks and the same examples, three stacked steps move every seed
+    exactly as three of its own `autograd_step`s (its optimizer, penalty and before_step)."""
+    args = small(tmp_path, hidden_sizes=(8, 6), diagnostics=("none",), **flags)
+    stream = build_stream(args)
+    task = stream.task(0)
+
+    def build(seed: int) -> seeds.Seed:
+        one = seeds.Seed(dataclasses.replace(args, seed=seed), stream, run=None)
+        seed_everything(seed)
+        one.model, one.optimizer = build_model(one.args, stream, one.regularizer, "cpu")
+        return one
+
+    batched, alone = [build(s) for s in (1, 2, 3)], [build(s) for s in (1, 2, 3)]
+    stacks = stack_parameters([one.model for one in batched], requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        rows = torch.randint(0, len(task.train_x), (3, batch), generator=generator)
+        x, y = task.train_x[rows], task.train_y[rows]
+        outputs, values = seeds.stacked_autograd_step(batched, stacks, x, y, stream.loss,
+                                                      task.active_classes)  # fmt: skip
+        for k, one in enumerate(alone):
+            own_outputs, own_value = autograd_step(
+                one.model, one.optimizer, one.regularizer, stream.loss, x[k], y[k], task
+            )
+            torch.testing.assert_close(outputs[k], own_outputs, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(values[k], own_value, rtol=1e-5, atol=1e-6)
+    for k, (mine, theirs) in enumerate(zip(batched, alone, strict=True)):
+        for (name, value), (_, own) in zip(
+            mine.model.state_dict().items(), theirs.model.state_dict().items(), strict=True
+        ):
+            torch.testing.assert_close(value, own, rtol=1e-5, atol=1e-6, msg=name)
+            assert torch.equal(value, stacks[name][k]), f"{name} is no longer a view of the stack"
 
 
 def small(tmp_path: Path, **overrides) -> supervised.Args:
@@ -110,13 +161,28 @@ def test_each_seed_of_a_batched_run_is_its_single_run(tmp_path):
         assert mine == theirs and len(mine) == 3
 
 
+def test_a_batched_autograd_run_is_its_seeds_single_runs(tmp_path):
+    """Adam and L2 Init (a penalty, so the autograd step): each seed's records are its single
+    run's, and its stream event says which step took the updates."""
+    flags = dict(optimizer="adam", learning_rate=1e-3, regularizer="l2-init", diagnostics=("none",))
+    batched = seeds.train(small(tmp_path / "batched", seeds=(3, 5), **flags))
+    for run_dir, seed in zip(batched, (3, 5), strict=True):
+        alone = supervised.train(small(tmp_path / f"alone{seed}", seed=seed, **flags))
+        assert_records_once(run_dir)
+        for prefix in ("charts/online_accuracy", "charts/train_loss", "task/heldout_loss"):
+            mine, theirs = values(run_dir, prefix), values(alone, prefix)
+            assert mine.keys() == theirs.keys() and mine, prefix
+            for key, value in mine.items():
+                assert value == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (prefix, key)
+        (stream,) = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "stream"]
+        assert stream["update"] == "autograd" and "plain SGD only" in stream["why_not_fused"]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--seeds", "1", "1"], "--seeds: each seed once, got [1, 1]"),
-        (["--seeds", "1", "2", "--optimizer", "adam"], "--seeds takes the fused SGD step, which cannot run here"),
-        (["--seeds", "1", "2", "--activation", "gelu"], "--seeds takes the fused SGD step, which cannot run here"),
-        (["--seeds", "1", "2", "--update", "autograd"], "--update autograd is not batched yet"),
+        (["--seeds", "1", "2", "--optimizer", "adam", "--update", "fused"], "--update fused cannot run here: it is plain SGD only"),
         (["--seeds", "1", "4294967296"], "--seeds must be a seed in [0, 2**32)"),
     ],
 )  # fmt: skip
