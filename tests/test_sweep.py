@@ -162,9 +162,28 @@ def test_cells_that_differ_only_in_seed_run_as_one_process_with_a_line_per_cell(
         "regularizer=l2__seed=1, regularizer=l2__seed=2",
     ]
     assert all("--seeds 1 2" in line and "seed={seed}" in line for line in grouped)
-    for flags in (["--no-group-seeds"], ["--optimizer", "adam"]):
-        single = commands(*flags)
-        assert len(single) == 4 and not any("--seeds" in line for line in single), flags
+    single = commands("--no-group-seeds")
+    assert len(single) == 4 and not any("--seeds" in line for line in single)
+    # Adam takes the autograd step, which is batched too.
+    assert [line.split(": ")[0] for line in commands("--optimizer", "adam")] == [
+        line.split(": ")[0] for line in grouped
+    ]
+
+
+def test_cells_the_batched_learner_refuses_run_one_process_each(tmp_path):
+    """PPO's --seeds refuses --target-kl (an early stop per seed): --dry-run shows those cells
+    as one process each, and the same grid without it as one --seeds process."""
+    argv = ["sweep", "ppo", "--preset", "continual-cartpole", "--grid", "seed=1,2",
+            "--sweep-dir", str(tmp_path / "sweep"), "--dry-run"]  # fmt: skip
+    grouped = run_cli_in_process(*argv)
+    assert grouped.returncode == 0, grouped.stderr
+    (line,) = grouped.stdout.splitlines()[:-1]
+    assert line.startswith("seed=1, seed=2: ") and "--seeds 1 2" in line
+    alone = run_cli_in_process(*argv, "--target-kl", "0.02")
+    assert alone.returncode == 0, alone.stderr
+    lines = alone.stdout.splitlines()[:-1]
+    assert [line.split(": ")[0] for line in lines] == ["seed=1", "seed=2"]
+    assert not any("--seeds" in line for line in lines)
 
 
 @pytest.mark.slow
