@@ -76,10 +76,10 @@ def parse_resume_together(mode: str, module: Any, argv: list[str], run_dirs: lis
     from agents.checkpoints import resume_together
     from agents.flags import baseline_config, flag_name, flat_config
 
-    if mode != "ppo":
+    if "seeds" not in {f.name for f in dataclasses.fields(module.Args)}:
         raise ConfigError(
             f"--resume with several run directories: {mode} cannot resume seeds in one process "
-            f"yet (ppo can); resume each with train.py {mode} --resume RUN_DIR"
+            f"yet (ppo and supervised can); resume each with train.py {mode} --resume RUN_DIR"
         )
     if "--seeds" in argv or "--preset" in argv:
         raise ConfigError(

@@ -31,7 +31,6 @@ seed's generator where its checkpoint left it; or each alone (`--resume DIR`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from contextlib import ExitStack
@@ -68,6 +67,7 @@ from agents.run import (
     Run,
     check_no_seed_diverged,
     end_diverged,
+    resumed_seed_configs,
     seed_configs,
     seed_everything,
 )
@@ -172,9 +172,7 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
     `resumed`: each seed's saved config and checkpoint, at one step (`--resume DIR1 DIR2 ...`)."""
     per_seed = check_seeds(args)
     if resumed:
-        tags_given = args.wandb_tags != resumed[0][0].wandb_tags
-        per_seed = [resumed_config(one, saved, loaded.path.parents[1], tags_given)
-                    for one, (saved, loaded) in zip(per_seed, resumed, strict=True)]  # fmt: skip
+        per_seed = resumed_seed_configs(args, per_seed, resumed)
     check_args(per_seed[0])
     seeds: list[Seed] = []
     try:
@@ -203,13 +201,6 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
     check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
                            len(seeds))  # fmt: skip
     return [seed.run.dir for seed in seeds]
-
-
-def resumed_config(one: Args, saved: Args, run_dir: Path, tags_given: bool) -> Args:
-    """A resumed seed's config (`one`: the flags given, with its seed): its own run directory,
-    and its own W&B tags unless new ones were given for all."""
-    tags = one.wandb_tags if tags_given else saved.wandb_tags
-    return dataclasses.replace(one, resume=str(run_dir), runs_dir=saved.runs_dir, wandb_tags=tags)
 
 
 def train_together(args: Args, seeds: list[Seed]) -> None:

@@ -434,6 +434,18 @@ def seed_configs(args: Any, mode: str) -> list[Any]:
             for seed in seeds]  # fmt: skip
 
 
+def resumed_seed_configs(args: Any, per_seed: list[Any], resumed: list) -> list[Any]:
+    """The configs of seeds resumed together (`per_seed`: the flags given, each with its seed;
+    `resumed`: each run's saved config and checkpoint, agents.checkpoints.resume_together):
+    each its own run directory, and its own W&B tags unless new ones were given for all."""
+    tags_given = args.wandb_tags != resumed[0][0].wandb_tags
+    return [
+        replace(one, resume=str(loaded.path.parents[1]), runs_dir=saved.runs_dir,
+                wandb_tags=one.wandb_tags if tags_given else saved.wandb_tags)
+        for one, (saved, loaded) in zip(per_seed, resumed, strict=True)
+    ]  # fmt: skip
+
+
 def check_no_seed_diverged(diverged: dict[int, str], seeds: int) -> None:
     """After the others finished: one line naming each seed that diverged ({seed: message})."""
     if diverged:

@@ -542,6 +542,23 @@ def checkpoint_state(
     }
 
 
+def restore_checkpoint(
+    model: MLP,
+    optimizer: torch.optim.Optimizer,
+    regularizer: Regularizer,
+    diagnostics: Diagnostics,
+    saved: dict,
+) -> tuple[int, int, dict | None]:
+    """Load a checkpoint (`checkpoint_state`) into the learner's parts; returns the task to go
+    on with, the examples seen and the interrupted task's position (None: at a task's start).
+    The global random state (saved["rng"]) is the caller's: one process may hold several."""
+    model.load_state_dict(saved["model"])
+    restore_optimizer(optimizer, saved["optimizer"])
+    regularizer.load_state_dict(saved["regularizer"])
+    diagnostics.load_state_dict(saved["diagnostics"])
+    return saved["next_task"], saved["examples_seen"], saved["position"]
+
+
 # --- The training loop ---------------------------------------------------------------------------
 
 
@@ -573,14 +590,8 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         # resumes at the very next example, as if never stopped.
         resume_at = None
         if run.checkpoint is not None:
-            saved = run.checkpoint
-            model.load_state_dict(saved["model"])
-            restore_optimizer(optimizer, saved["optimizer"])
-            regularizer.load_state_dict(saved["regularizer"])
-            diagnostics.load_state_dict(saved["diagnostics"])
-            set_rng_state(saved["rng"])
-            start_task, examples_seen = saved["next_task"], saved["examples_seen"]
-            resume_at = saved["position"]
+            start_task, examples_seen, resume_at = restore_checkpoint(*learner, run.checkpoint)
+            set_rng_state(run.checkpoint["rng"])
         else:
             why_not_fused = blocker if not fused and args.update != "autograd" else None
             update = "fused" if fused else "autograd"

@@ -20,8 +20,10 @@ of the gradient, the single run's own calls: its regularizer's penalty on its ow
 before_step, its optimizer's step (Adam, momentum, LayerNorm, every regularizer).
 
 A seed that diverges stops alone: its run records `diverged` and ends, the others go on, and
-the command ends with one error line naming it. What it does not do yet: resuming K seeds
-together. PPO's seeds in one process: agents/ppo_seeds.py.
+the command ends with one error line naming it. Stopped, the K runs resume together
+(`train.py supervised --resume DIR1 DIR2 ...`, agents/cli.py: parse_resume_together) from
+their checkpoints at the newest step all of them have, inside a task where the stop left them;
+or each alone (`--resume DIR`). PPO's seeds in one process: agents/ppo_seeds.py.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from agents.checkpoints import Resumed, drop_newer_checkpoints, set_rng_state
 from agents.networks import MLP, stack_parameters, stacked_mlp
 from agents.progress import progress_bar
 from agents.run import (
@@ -43,6 +46,7 @@ from agents.run import (
     Run,
     check_no_seed_diverged,
     end_diverged,
+    resumed_seed_configs,
     seed_configs,
     seed_everything,
 )
@@ -57,6 +61,7 @@ from agents.supervised import (
     finished_task_probe,
     fused_update_blocker,
     live_outputs,
+    restore_checkpoint,
     start_run,
     task_end_metrics,
     task_probe,
@@ -184,15 +189,23 @@ class Seed:
         self.guard, self.stop, self.diverged = ExitStack(), None, None
         self.model = self.optimizer = self.diagnostics = self.boundaries = None
         self.records: TaskRecords | None = None
+        # Where the run goes on: its next task, examples seen, and the interrupted task's
+        # position (a checkpoint inside a task), as a single run resumes (agents/supervised.py).
+        self.start_task, self.examples_seen, self.position = 0, 0, None
 
     def build(self, device) -> None:
         """The network, optimizer and diagnostics, from the random state a single run of this
-        seed builds them from."""
+        seed builds them from; on a resume, from its checkpoint."""
         seed_everything(self.args.seed)
         self.model, self.optimizer = build_model(self.args, self.stream, self.regularizer, device)
         self.diagnostics = Diagnostics(self.args, self.run.logger, self.args.seed)
         self.diagnostics.attach({"model": self.model}, [self.optimizer])
         self.boundaries = TaskBoundaries(self.diagnostics, wanted=0, min_samples=0)
+        if self.run.checkpoint is not None:
+            learner = (self.model, self.optimizer, self.regularizer, self.diagnostics)
+            self.start_task, self.examples_seen, self.position = restore_checkpoint(
+                *learner, self.run.checkpoint
+            )
 
     def state(self, examples_seen: int, next_task: int, position: dict | None = None) -> dict:
         """A single-run checkpoint: this seed's own weights, not the stack its views point into."""
@@ -202,22 +215,25 @@ class Seed:
         return state
 
 
-def train(args: Args, resumed: list | None = None) -> list[Path]:
+def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
     """Train each of args.seeds as its own run, all K networks stepped together; return the K
-    run directories. (`resumed`: resuming seeds together is PPO's only, refused in agents/cli.py.)"""
-    if resumed:
-        raise ConfigError("supervised cannot resume seeds in one process yet; resume each alone")
+    run directories. `resumed`: each seed's saved config and checkpoint, at one step
+    (`--resume DIR1 DIR2 ...`, agents/cli.py)."""
     per_seed = check_seeds(args)
+    if resumed:
+        per_seed = resumed_seed_configs(args, per_seed, resumed)
     check_args(per_seed[0])
     streams = [build_stream(one) for one in per_seed]
     seeds: list[Seed] = []
     try:
-        for one, stream in zip(per_seed, streams, strict=True):
-            seeds.append(Seed(one, stream, start_run(one)))
-    except BaseException:  # a later seed could not start: the earlier ones leave nothing
+        for index, (one, stream) in enumerate(zip(per_seed, streams, strict=True)):
+            seeds.append(Seed(one, stream, start_run(one, resumed[index] if resumed else None)))
+    except BaseException:  # a later seed could not start: the earlier new ones leave nothing
         for seed in seeds:
-            seed.run._abandon()
+            seed.run._leave() if resumed else seed.run._abandon()
         raise
+    for _, loaded in resumed or []:  # each run reopened, its records rewound to the common step
+        drop_newer_checkpoints(loaded)
     with ExitStack() as guard:
         for seed in seeds:
             guard.enter_context(seed.guard)
@@ -225,6 +241,8 @@ def train(args: Args, resumed: list | None = None) -> list[Path]:
         device = seeds[0].run.device
         for seed in seeds:
             seed.build(device)
+        if resumed:  # one global stream in the process: where every seed's checkpoint left it
+            set_rng_state(seeds[0].run.checkpoint["rng"])
         first = seeds[0]
         blocker = fused_update_blocker(first.args, first.regularizer)
         fused = args.update != "autograd" and blocker is None
@@ -238,10 +256,13 @@ def train(args: Args, resumed: list | None = None) -> list[Path]:
         else:
             step = functools.partial(stacked_autograd_step, seeds, stacks, loss=loss)
         for seed in seeds:
-            seed.run.event(0, "stream", source=seed.stream.source, loss=loss,
-                           update="fused" if fused else "autograd",
-                           why_not_fused=blocker if args.update != "autograd" else None,
-                           seeds_in_process=list(args.seeds))  # fmt: skip
+            if seed.run.checkpoint is None:
+                seed.run.event(0, "stream", source=seed.stream.source, loss=loss,
+                               update="fused" if fused else "autograd",
+                               why_not_fused=blocker if args.update != "autograd" else None,
+                               seeds_in_process=list(args.seeds))  # fmt: skip
+            else:
+                seed.run.event(seed.examples_seen, "seeds_in_process", seeds=list(args.seeds))
         for seed in seeds:
             seed.run.setting_up = False
         train_together(args, seeds, step, device)
@@ -259,20 +280,23 @@ def train_together(args: Args, seeds: list[Seed], step, device) -> None:
     loss, classification = first.stream.loss, first.stream.loss == "cross-entropy"
     window = min(2048, args.batch_size * max(1, first.regularizer.recent_updates()))
     per_task = len(first.stream.task(0).train_x)
-    bar = progress_bar(per_task * args.num_tasks * len(seeds), 0,
+    # 0, or where every seed's checkpoint was taken (resume_together: one step for all).
+    start_task, examples_seen = first.start_task, first.examples_seen
+    assert all((s.start_task, s.examples_seen) == (start_task, examples_seen) for s in seeds)
+    bar = progress_bar(per_task * args.num_tasks * len(seeds), examples_seen * len(seeds),
                        f"supervised {args.stream}, {len(seeds)} seeds")  # fmt: skip
     first.run.on_close(bar.close)
-    examples_seen = 0
-    previous = [None] * len(seeds)
-    for t in range(args.num_tasks):
+    previous = [seed.stream.task(start_task - 1) if start_task > 0 else None for seed in seeds]
+    for t in range(start_task, args.num_tasks):
         tasks = [seed.stream.task(t) for seed in seeds]
         if (
             len({len(task.train_x) for task in tasks}) > 1
             or len({task.active_classes for task in tasks}) > 1
         ):
             raise ConfigError("--seeds needs every seed's task to have the same size and classes")
-        for seed, task, before in zip(seeds, tasks, previous, strict=True):
-            if seed.diverged:
+        positions = [seed.position if t == start_task else None for seed in seeds]
+        for seed, task, before, position in zip(seeds, tasks, previous, positions, strict=True):
+            if seed.diverged or position is not None:  # resumed inside t: its start happened
                 continue
             due = seed.diagnostics.enabled and t % args.diag_every_tasks == 0
             end = (
@@ -293,15 +317,17 @@ def train_together(args: Args, seeds: list[Seed], step, device) -> None:
         x_all = torch.stack([task.train_x for task in tasks]).to(device)
         y_all = torch.stack([task.train_y for task in tasks]).to(device)
         n = x_all.shape[1]
-        # One buffer for all seeds, each seed's TaskRecords a view of its row: one write a step.
-        records = [TaskRecords.start(n, args.batch_size, device, None) for _ in seeds]
-        losses = torch.empty(len(seeds), len(records[0].sizes), device=device)
-        predictions = torch.empty(len(seeds), n, dtype=torch.long, device=device)
+        # One buffer for all seeds, each seed's TaskRecords a view of its row: one write a step
+        # (a resumed task's records so far copied in).
+        records = [TaskRecords.start(n, args.batch_size, device, p) for p in positions]
+        assert len({record.steps for record in records}) == 1
+        losses = torch.stack([record.losses for record in records])
+        predictions = torch.stack([record.predictions for record in records])
         for index, seed in enumerate(seeds):
             records[index].losses, records[index].predictions = losses[index], predictions[index]
             seed.records = records[index]
         steps_start = time.perf_counter()
-        for index in range(len(records[0].sizes)):
+        for index in range(records[0].steps, len(records[0].sizes)):
             start = index * args.batch_size
             end = min(start + args.batch_size, n)
             outputs, losses[:, index] = step(
@@ -337,7 +363,7 @@ def train_together(args: Args, seeds: list[Seed], step, device) -> None:
         for seed, task in zip(seeds, tasks, strict=True):
             if seed.diverged:
                 continue
-            seed.records.train_seconds += seconds
+            seed.records.train_seconds += seconds  # with a resumed task's before the stop
             try:
                 train_loss = seed_loss(seed, examples_seen, t)
             except Diverged as error:
@@ -345,7 +371,7 @@ def train_together(args: Args, seeds: list[Seed], step, device) -> None:
                 continue
             metrics = task_end_metrics(seed.model, task, loss, seed.records.predictions,
                                        seed.records.logged, train_loss)  # fmt: skip
-            metrics["charts/examples_per_second"] = n / max(seconds, 1e-9)
+            metrics["charts/examples_per_second"] = n / max(seed.records.train_seconds, 1e-9)
             metrics["charts/learning_rate"] = seed.optimizer.param_groups[0]["lr"]
             metrics |= {f"regularizer/{k}": v for k, v in seed.records.regularizer_metrics.items()}
             seed.run.log(examples_seen, metrics)
@@ -403,5 +429,6 @@ def stop_all(seeds: list[Seed], examples_seen: int, states: list[dict]) -> None:
     directories = " ".join(str(seed.run.dir) for seed in seeds)
     raise Interrupted(
         f"stopped at step {examples_seen} with a checkpoint in each seed's run directory; "
-        f"continue each with train.py supervised --resume RUN_DIR ({directories})"
+        f"continue them together with train.py supervised --resume {directories} (or each "
+        "alone with --resume RUN_DIR)"
     )

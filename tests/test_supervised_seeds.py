@@ -178,6 +178,65 @@ def test_a_batched_autograd_run_is_its_seeds_single_runs(tmp_path):
         assert stream["update"] == "autograd" and "plain SGD only" in stream["why_not_fused"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path, how):
+    """A `--seeds 1 2` process stopped inside a task by Ctrl-C (each seed checkpoints where it
+    stands) or killed by kill -9 after a task's checkpoint: `--resume DIR1 DIR2` goes on in one
+    process, and each seed's records are the uninterrupted run's, every record once."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from run_helpers import cli_env, run_cli_in_process, train_command
+
+    flags = ["supervised", "--stream", "permuted-mnist", "--num-tasks", "3", "--examples-per-task",
+             "3000", "--hidden-sizes", "32", "--regularizer", "shrink-perturb", "--diagnostics",
+             "none", "--log-every", "500", "--checkpoint-every", "3000", "--seeds", "1", "2"]  # fmt: skip
+    reference = run_cli_in_process(*flags, "--runs-dir", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(train_command(*flags, "--runs-dir", str(stopped)), env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+
+    def logged_steps() -> list[int]:
+        return [row["step"] for path in stopped.glob("*/metrics.jsonl")
+                for row in read_jsonl(path)]  # fmt: skip
+
+    if how == "ctrl-c":  # inside task 1: after its first log line, before its end
+        while time.time() < deadline and not [s for s in logged_steps() if 3000 < s < 6000]:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+    else:
+        while time.time() < deadline and len(list(stopped.glob("*/checkpoints/step_*"))) < 2:
+            time.sleep(0.02)
+        time.sleep(random.uniform(0.0, 0.5))
+        process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == (130 if how == "ctrl-c" else -signal.SIGKILL), stderr[-2000:]
+    runs = sorted(path for path in stopped.iterdir() if path.is_dir())
+    if how == "ctrl-c":
+        assert "continue them together with train.py supervised --resume" in stderr
+        for run_dir in runs:
+            (stop,) = [e for e in read_jsonl(run_dir / "events.jsonl")
+                       if e["event"] == "interrupted"]  # fmt: skip
+            assert 3000 < stop["step"] < 6000, stop  # inside task 1
+    resumed = run_cli_in_process("supervised", "--resume", *map(str, runs))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for run_dir, seed in zip(runs, (1, 2), strict=True):
+        (twin,) = [d for d in (tmp_path / "reference").iterdir() if f"__{seed}__" in d.name]
+        assert_records_once(run_dir)
+        events = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
+        assert events[-1] == "finished" and "seeds_in_process" in events
+        for prefix in ("charts/online_accuracy", "charts/train_loss", "task/heldout_loss"):
+            mine, theirs = values(run_dir, prefix), values(twin, prefix)
+            assert mine.keys() == theirs.keys() and mine, prefix
+            for key, value in mine.items():
+                assert value == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (prefix, key)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
