@@ -179,11 +179,11 @@ def test_a_batched_autograd_run_is_its_seeds_single_runs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
-def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path, how):
-    """A `--seeds 1 2` process stopped inside a task by Ctrl-C (each seed checkpoints where it
-    stands) or killed by kill -9 after a task's checkpoint: `--resume DIR1 DIR2` goes on in one
-    process, and each seed's records are the uninterrupted run's, every record once."""
+def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path):
+    """A `--seeds 1 2` process killed by kill -9 after a task's checkpoint, resumed together
+    (`--resume DIR1 DIR2`) in a process that a Ctrl-C then stops inside a task (each seed
+    checkpoints where it stands), resumed together again to the end: each seed's records are
+    the uninterrupted run's, every record once."""
     import random
     import signal
     import subprocess
@@ -191,45 +191,53 @@ def test_seeds_stopped_resume_together_as_if_never_stopped(tmp_path, how):
 
     from run_helpers import cli_env, run_cli_in_process, train_command
 
-    flags = ["supervised", "--stream", "permuted-mnist", "--num-tasks", "3", "--examples-per-task",
-             "1500", "--hidden-sizes", "16", "--regularizer", "shrink-perturb", "--diagnostics",
-             "none", "--log-every", "250", "--checkpoint-every", "1500", "--seeds", "1", "2"]  # fmt: skip
-    reference = run_cli_in_process(*flags, "--runs-dir", str(tmp_path / "reference"))
+    flags = ["--stream", "permuted-mnist", "--num-tasks", "3", "--examples-per-task", "1500",
+             "--hidden-sizes", "16", "--regularizer", "shrink-perturb", "--diagnostics", "none",
+             "--log-every", "250", "--checkpoint-every", "1500"]  # fmt: skip
+    seeds = ["--seeds", "1", "2"]
+    reference = run_cli_in_process("supervised", *flags, *seeds, "--runs-dir",
+                                   str(tmp_path / "reference"))  # fmt: skip
     assert reference.returncode == 0, reference.stderr[-2000:]
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(train_command(*flags, "--runs-dir", str(stopped)), env=cli_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 120
 
-    def logged_steps() -> list[int]:
-        return [row["step"] for path in stopped.glob("*/metrics.jsonl")
-                for row in read_jsonl(path)]  # fmt: skip
+    def start(*argv: str) -> subprocess.Popen:
+        return subprocess.Popen(train_command("supervised", *argv), env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
-    if how == "ctrl-c":  # inside task 1: after its first log line, before its end
-        while time.time() < deadline and not [s for s in logged_steps() if 1500 < s < 3000]:
+    def wait_for(condition) -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not condition():
             time.sleep(0.02)
-        process.send_signal(signal.SIGINT)
-    else:
-        while time.time() < deadline and len(list(stopped.glob("*/checkpoints/step_*"))) < 2:
-            time.sleep(0.02)
-        time.sleep(random.uniform(0.0, 0.5))
-        process.send_signal(signal.SIGKILL)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == (130 if how == "ctrl-c" else -signal.SIGKILL), stderr[-2000:]
+
+    process = start(*flags, *seeds, "--runs-dir", str(stopped))
+    wait_for(lambda: len(list(stopped.glob("*/checkpoints/step_*"))) >= 2)
+    time.sleep(random.uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
     runs = sorted(path for path in stopped.iterdir() if path.is_dir())
-    if how == "ctrl-c":
-        assert "continue them together with train.py supervised --resume" in stderr
-        for run_dir in runs:
-            (stop,) = [e for e in read_jsonl(run_dir / "events.jsonl")
-                       if e["event"] == "interrupted"]  # fmt: skip
-            assert 1500 < stop["step"] < 3000, stop  # inside task 1
+    assert len(runs) == 2
+
+    def logged_in_last_task() -> bool:
+        steps = [row["step"] for run in runs for row in read_jsonl(run / "metrics.jsonl")]
+        return any(3000 < step < 4500 for step in steps)
+
+    process = start("--resume", *map(str, runs))
+    wait_for(logged_in_last_task)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "continue them together with train.py supervised --resume" in stderr
+    for run_dir in runs:
+        (stop,) = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "interrupted"]
+        assert 3000 < stop["step"] < 4500, stop  # inside the last task
+
     resumed = run_cli_in_process("supervised", "--resume", *map(str, runs))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for run_dir, seed in zip(runs, (1, 2), strict=True):
         (twin,) = [d for d in (tmp_path / "reference").iterdir() if f"__{seed}__" in d.name]
-        assert_records_once(run_dir)
-        events = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
-        assert events[-1] == "finished" and "seeds_in_process" in events
+        _, events = assert_records_once(run_dir)
+        assert events[-1]["event"] == "finished"
+        assert [e["seeds"] for e in events if e["event"] == "seeds_in_process"] == [[1, 2]] * 2
         for prefix in ("charts/online_accuracy", "charts/train_loss", "task/heldout_loss"):
             mine, theirs = values(run_dir, prefix), values(twin, prefix)
             assert mine.keys() == theirs.keys() and mine, prefix
