@@ -32,8 +32,10 @@ WANDB_INIT_TIMEOUT = 20  # seconds W&B may take to start online before the run g
 
 
 def code_version() -> dict[str, Any]:
-    """The git commit of this checkout and whether it has uncommitted changes (None, False
-    outside a git checkout): recorded by every run and sweep, shown by the report."""
+    """The git commit of this checkout and whether its tracked files have uncommitted changes
+    (None, False outside a git checkout): recorded by every run and sweep, shown by the report.
+    Untracked files (a sweep's log beside the checkout) do not make it dirty: the code that ran
+    is the commit's plus the tracked changes."""
     repo = Path(__file__).resolve().parents[1]
 
     def git(*argv: str) -> str:
@@ -43,7 +45,7 @@ def code_version() -> dict[str, Any]:
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def command_line() -> str:

@@ -264,3 +264,30 @@ def test_an_rl_report_averages_each_run_over_its_iterations_beside_the_published
     assert "| bp | 3 | 16.0 ± 1.0 | [15.0, 18.0] | 16.5 ± 1.0 | -0.5 | yes |" in text
     assert "Published: a planted table." in text
     assert (out / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_the_recorded_code_version_is_dirty_for_changed_tracked_files_only(tmp_path):
+    """A run records its commit and whether the code differs from it: a log file beside the
+    checkout does not make it dirty, an edited tracked file does."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, check=True,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+    def version() -> dict:
+        read = "import json; from agents.records import code_version; print(json.dumps(code_version()))"
+        done = subprocess.run([sys.executable, "-c", read], cwd=clone, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return json.loads(done.stdout)
+
+    (clone / "sweep.log").write_text("a log beside the checkout\n")
+    assert version() == {"commit": commit, "dirty": False}
+    with (clone / "README.md").open("a") as readme:
+        readme.write("an edit\n")
+    assert version() == {"commit": commit, "dirty": True}
