@@ -28,7 +28,7 @@ from agents.cli import MODES, parse  # noqa: E402  (after MUJOCO_GL is set)
 from validation import ConfigError
 
 USAGE = f"""usage: train.py MODE [--preset NAME] [--resume RUN_DIR] [FLAGS]
-       train.py ppo --resume RUN_DIR1 RUN_DIR2 ... [FLAGS]   (seeds resumed in one process)
+       train.py MODE --resume RUN_DIR1 RUN_DIR2 ... [FLAGS]  (seeds resumed in one process)
        train.py sweep MODE [BASE FLAGS] --grid KEY=V1,V2 [KEY=...] [--workers N]
        train.py sweep --config NAME|SWEEP.toml     (named sweeps: experiments/sweeps/)
        train.py report SWEEP_DIR | RUN_DIR... [--out DIR]

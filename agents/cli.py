@@ -79,7 +79,7 @@ def parse_resume_together(mode: str, module: Any, argv: list[str], run_dirs: lis
     if "seeds" not in {f.name for f in dataclasses.fields(module.Args)}:
         raise ConfigError(
             f"--resume with several run directories: {mode} cannot resume seeds in one process "
-            f"yet (ppo and supervised can); resume each with train.py {mode} --resume RUN_DIR"
+            f"yet; resume each with train.py {mode} --resume RUN_DIR"
         )
     if "--seeds" in argv or "--preset" in argv:
         raise ConfigError(
@@ -118,7 +118,7 @@ def parse(mode: str, argv: list[str]) -> tuple[Any, Any, Any]:
         return parse_resume_together(mode, module, argv, run_dirs)
     if "--seeds" in argv and "seeds" not in {f.name for f in dataclasses.fields(module.Args)}:
         raise ConfigError(
-            f"--seeds: {mode} has no seeds in one process yet (ppo and supervised have); run a "
+            f"--seeds: {mode} has no seeds in one process yet; run a "
             f"process a seed, e.g. train.py sweep {mode} ... --grid seed=1,2,3"
         )
     resume = flag_value(argv, "--resume")

@@ -37,8 +37,8 @@ class RunFlags:
     resume: str | None = None
     """a run directory to continue from its newest good checkpoint: its saved config is used, and
     flags given here replace it and take effect (e.g. a longer --total-timesteps, a smaller
-    --learning-rate); architecture, env and seed cannot change. ppo and supervised take several
-    (--resume DIR1 DIR2 ...: the seeds of one configuration, resumed together in one process)"""
+    --learning-rate); architecture, env and seed cannot change. Several (--resume DIR1 DIR2
+    ...): the seeds of one configuration, resumed together in one process"""
 
 
 @dataclass(frozen=True)

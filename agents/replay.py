@@ -41,9 +41,12 @@ class ReplayBuffer:
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int) -> Tensor:
-        """batch_size rows drawn uniformly with replacement (one gather)."""
-        index = torch.randint(self.size, (batch_size,), device=self.storage.device)
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """batch_size rows drawn uniformly with replacement (one gather), from `generator`
+        (default: the global stream)."""
+        index = torch.randint(
+            self.size, (batch_size,), device=self.storage.device, generator=generator
+        )
         return self.storage[index]
 
     def recent(self, n: int) -> Tensor:

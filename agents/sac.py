@@ -158,6 +158,10 @@ class SACFlags:
     """the policy entropy alpha is tuned toward; None = -act_dim (Haarnoja et al.)"""
     log_every: int = 1000
     """env steps between logs of losses, alpha and speed"""
+    seeds: tuple[int, ...] = ()
+    """train these seeds in one process instead (e.g. --seeds 1 2 3 4): their actors and twin
+    critics stacked along a seed axis, one batched forward to act and one batched backward per
+    update, each seed writing the run directory --seed alone writes (agents/sac_seeds.py)"""
 
 
 @dataclass

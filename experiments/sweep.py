@@ -79,10 +79,10 @@ A sweep's own flags (every other flag is a base flag of each cell; `train.py MOD
                             cells that differ only in their seed run as one process
                             (train.py MODE ... --seeds S1 S2 ...: each seed still its own run
                             in its own cell's directory); on by default for --launcher local,
-                            off for slurm and ray. Batching is not possible for sac and for
-                            ppo with --compile or --target-kl: those run one process a
-                            cell. Interrupted cells of one group resume together
-                            (train.py MODE --resume DIR1 DIR2 ...; ppo and supervised)
+                            off for slurm and ray. Batching is not possible for ppo with
+                            --compile or --target-kl: those run one process a cell.
+                            Interrupted cells of one group resume together
+                            (train.py MODE --resume DIR1 DIR2 ...)
                             where their runs have a checkpoint at one step, else one by one
   --launcher local|slurm|ray
                             where cells run: worker processes here (default), a Slurm job

@@ -288,7 +288,7 @@ def test_a_batched_process_killed_resumes_with_every_record_once(tmp_path, how):
 
 def test_what_cannot_resume_together_is_one_error_line(tmp_path):
     """`--resume DIR1 DIR2 ...` takes runs of one configuration (what differs is each seed's
-    own), each once, without --seeds or --preset; SAC resumes each run alone."""
+    own), each once, without --seeds or --preset, and of the learner that resumes them."""
     args = continual_cartpole(tmp_path, seeds=(1, 2), total_timesteps=1600, shift_every=800,
                               diagnostics=("none",), checkpoint_every=800, hidden_sizes=(8,),
                               num_steps=400, num_minibatches=4)  # fmt: skip
@@ -299,8 +299,7 @@ def test_what_cannot_resume_together_is_one_error_line(tmp_path):
         (["ppo", "--resume", first, first], "--resume: each run directory once"),
         (["ppo", "--resume", first, second, "--seeds", "1", "2"], "--resume with several run "
          "directories takes their seeds and config from them; leave out --seeds and --preset"),
-        (["sac", "--resume", first, second], "--resume with several run directories: "
-         "sac cannot resume seeds in one process yet"),
+        (["sac", "--resume", first, second], f"--resume {Path(first).resolve()} is a ppo run"),
     ]  # fmt: skip
     for argv, message in cases:
         result = run_cli_in_process(*argv)

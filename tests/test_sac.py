@@ -549,9 +549,9 @@ def test_cli_help_and_errors(tmp_path):
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "--tau" in line and "Traceback" not in result.stderr
-    result = run_cli_in_process("sac", "--seeds", "1", "2", "--runs-dir", str(tmp_path))
+    result = run_cli_in_process("sac", "--seeds", "1", "1", "--runs-dir", str(tmp_path))
     assert result.returncode == 2
-    assert result.stderr.startswith("error: --seeds: sac has no seeds in one process yet")
+    assert result.stderr.startswith("error: --seeds: each seed once, got [1, 1]")
     assert len(result.stderr.splitlines()) == 1 and not any(tmp_path.iterdir())
 
 
