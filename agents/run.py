@@ -58,6 +58,7 @@ import torch
 from agents.checkpoints import (
     Resumed,
     checkpoint_files,
+    drop_newer_checkpoints,
     point_latest_at,
     resume_from,
     rewind_to_checkpoint,
@@ -444,6 +445,42 @@ def resumed_seed_configs(args: Any, per_seed: list[Any], resumed: list) -> list[
                 wandb_tags=one.wandb_tags if tags_given else saved.wandb_tags)
         for one, (saved, loaded) in zip(per_seed, resumed, strict=True)
     ]  # fmt: skip
+
+
+def start_seed_runs(
+    per_seed: list[Any],
+    resumed: list[Resumed] | None,
+    start: Callable[[Any, Resumed | None], Any],
+    close: Callable[[Any], None] = lambda seed: None,
+) -> list[Any]:
+    """The K seeds of one `--seeds` process, or of `--resume DIR1 DIR2 ...`: `start(config,
+    resumed)` returns a seed holding its started Run (`.run`). If a later seed cannot start,
+    the earlier ones are closed and leave nothing new (a new run's directory is removed, a
+    resumed one left as it was). Then each resumed run's checkpoints newer than the common
+    step are dropped: its records were rewound to that step (agents.checkpoints.resume_together)."""
+    seeds = []
+    try:
+        for index, one in enumerate(per_seed):
+            seeds.append(start(one, resumed[index] if resumed else None))
+    except BaseException:
+        for seed in seeds:
+            close(seed)
+            seed.run._leave() if resumed else seed.run._abandon()
+        raise
+    for _, loaded in resumed or []:
+        drop_newer_checkpoints(loaded)
+    return seeds
+
+
+@contextmanager
+def seeds_training(seeds: list[Any]) -> Iterator[None]:
+    """Each seed's `Run.training()`, entered on the seed's own guard (`.guard`, its stop request
+    in `.stop`), so that one seed can end alone (`end_diverged`) while the others go on."""
+    with ExitStack() as guard:
+        for seed in seeds:
+            guard.enter_context(seed.guard)
+            seed.stop = seed.guard.enter_context(seed.run.training())
+        yield
 
 
 def check_no_seed_diverged(diverged: dict[int, str], seeds: int) -> None:

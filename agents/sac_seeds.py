@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoints import Resumed, drop_newer_checkpoints, set_rng_state
+from agents.checkpoints import Resumed, set_rng_state
 from agents.networks import bounded_log_std, stack_parameters, stacked_mlp
 from agents.progress import EpisodeStats, progress_bar
 from agents.replay import ReplayBuffer
@@ -49,6 +49,8 @@ from agents.run import (
     resumed_seed_configs,
     seed_configs,
     seed_everything,
+    seeds_training,
+    start_seed_runs,
 )
 from agents.sac import (
     LEARNER,
@@ -192,23 +194,13 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
     if resumed:
         per_seed = resumed_seed_configs(args, per_seed, resumed)
     check_args(per_seed[0])
-    seeds: list[Seed] = []
-    try:
-        for index, one in enumerate(per_seed):
-            envs = learner_envs(one, "SAC", bounded_actions=True)
-            own = resumed[index] if resumed else None
-            seeds.append(Seed(one, envs, Run.start_rl(one, LEARNER, envs, own)))
-    except BaseException:  # a later seed could not start: the earlier new ones leave nothing
-        for seed in seeds:
-            seed.envs.close()
-            seed.run._leave() if resumed else seed.run._abandon()
-        raise
-    for _, loaded in resumed or []:  # each run reopened, its records rewound to the common step
-        drop_newer_checkpoints(loaded)
-    with ExitStack() as guard:
-        for seed in seeds:
-            guard.enter_context(seed.guard)
-            seed.stop = seed.guard.enter_context(seed.run.training())
+
+    def start(one: Args, own: Resumed | None) -> Seed:
+        envs = learner_envs(one, "SAC", bounded_actions=True)
+        return Seed(one, envs, Run.start_rl(one, LEARNER, envs, own))
+
+    seeds = start_seed_runs(per_seed, resumed, start, close=lambda seed: seed.envs.close())
+    with seeds_training(seeds):
         for seed in seeds:
             seed.build()
             seed.run.event(seed.global_step, "seeds_in_process", seeds=list(args.seeds))

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.checkpoints import Resumed, drop_newer_checkpoints, set_rng_state
+from agents.checkpoints import Resumed, set_rng_state
 from agents.networks import MLP, stack_parameters, stacked_mlp
 from agents.progress import progress_bar
 from agents.run import (
@@ -49,6 +49,8 @@ from agents.run import (
     resumed_seed_configs,
     seed_configs,
     seed_everything,
+    seeds_training,
+    start_seed_runs,
 )
 from agents.supervised import (
     ACTIVATION_DERIVATIVES,
@@ -224,20 +226,11 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
         per_seed = resumed_seed_configs(args, per_seed, resumed)
     check_args(per_seed[0])
     streams = [build_stream(one) for one in per_seed]
-    seeds: list[Seed] = []
-    try:
-        for index, (one, stream) in enumerate(zip(per_seed, streams, strict=True)):
-            seeds.append(Seed(one, stream, start_run(one, resumed[index] if resumed else None)))
-    except BaseException:  # a later seed could not start: the earlier new ones leave nothing
-        for seed in seeds:
-            seed.run._leave() if resumed else seed.run._abandon()
-        raise
-    for _, loaded in resumed or []:  # each run reopened, its records rewound to the common step
-        drop_newer_checkpoints(loaded)
-    with ExitStack() as guard:
-        for seed in seeds:
-            guard.enter_context(seed.guard)
-            seed.stop = seed.guard.enter_context(seed.run.training())
+    stream_of = dict(zip((one.seed for one in per_seed), streams, strict=True))
+    seeds = start_seed_runs(
+        per_seed, resumed, lambda one, own: Seed(one, stream_of[one.seed], start_run(one, own))
+    )
+    with seeds_training(seeds):
         device = seeds[0].run.device
         for seed in seeds:
             seed.build(device)
