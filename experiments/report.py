@@ -16,7 +16,8 @@ report.json (every number in it) and these figures:
                          equal spans of steps, and return over env steps), the mean over
                          seeds with its 95 % bootstrap band
     eps_rank.png         Hessian epsilon-rank at the init and end of each task per method, a log
-                         panel per network and epsilon, in the exact convention (the figure says so)
+                         panel per network and epsilon, in the exact convention (the figure says so);
+                         past four methods a panel per network and method at the smallest epsilon
     eps_rank_paper.png   the same in the paper's convention (diagnostics/curvature.py)
     features.png         feature effective rank and dead units over tasks per method
     metric_vs_eps_rank.png  the per-task metric against the epsilon-rank at that task's init, over
@@ -699,6 +700,11 @@ def aggregate(runs: list[RunRecord], method: str, value: Callable[[RunRecord], d
     return np.array(rows).T if rows else None
 
 
+# Above this many methods, one panel's lines (two a method) cannot be told apart: the figure
+# becomes a panel per (network, method) at one epsilon (plot_eps_ranks_by_method).
+METHODS_IN_ONE_PANEL = 4
+
+
 def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Figure | None:
     index = list(CONVENTIONS).index(convention)
     keys = {(net, eps) for r in runs for net, _, _, eps in r.eps_ranks}
@@ -706,6 +712,8 @@ def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Fig
         return None
     nets, epsilons = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
     methods = summary["methods"]
+    if len(methods) > METHODS_IN_ONE_PANEL:
+        return plot_eps_ranks_by_method(summary, runs, convention, nets, epsilons[0])
     fig = Figure(figsize=(3.3 * len(epsilons) + 1, 2.8 * len(nets) + 0.9), layout="constrained")
     axes = fig.subplots(len(nets), len(epsilons), squeeze=False)
     for i, net in enumerate(nets):
@@ -733,6 +741,63 @@ def plot_eps_ranks(summary: dict, runs: list[RunRecord], convention: str) -> Fig
     fig.suptitle(
         f"Hessian epsilon-rank at each task's init (solid) and end (dashed), mean over seeds "
         f"with 95 % bootstrap band\n{CONVENTIONS[convention]}",
+        size=10,
+    )
+    return fig
+
+
+def plot_eps_ranks_by_method(
+    summary: dict, runs: list[RunRecord], convention: str, nets: list[str], eps: float
+) -> Figure:
+    """`plot_eps_ranks` for many methods: a panel per (network, method) at the smallest
+    epsilon (every epsilon is in report.md's table), four methods a row, each method's init
+    and end with reset's init in grey behind it, as the learning curves are drawn."""
+    index = list(CONVENTIONS).index(convention)
+    methods = summary["methods"]
+    resets = [m for m in methods if m.split(" ")[0] == "reset"]
+    columns = min(4, len(methods))
+    rows_per_net = math.ceil(len(methods) / columns)
+    fig = Figure(figsize=(3.2 * columns + 0.4, (2.3 * rows_per_net + 0.3) * len(nets) + 0.6),
+                 layout="constrained")  # fmt: skip
+    axes = fig.subplots(rows_per_net * len(nets), columns, squeeze=False, sharex=True)
+
+    def line(method: str, net: str, phase: str):
+        return aggregate(runs, method, lambda r: {
+            t: v[index] for (n, p, t, e), v in r.eps_ranks.items()
+            if n == net and p == phase and e == eps
+        })  # fmt: skip
+
+    for i, net in enumerate(nets):
+        panels = axes[i * rows_per_net : (i + 1) * rows_per_net].ravel()
+        lowest = np.inf
+        for ax, method in zip(panels, methods, strict=False):
+            behind = line(resets[0], net, "init") if resets and method != resets[0] else None
+            if behind is not None:
+                ax.plot(behind[0], behind[1], color="0.6", linewidth=1.0, label=f"{resets[0]} init")
+            for phase, style in (("init", "-"), ("end", "--")):
+                drawn = line(method, net, phase)
+                if drawn is not None:
+                    lowest = min(lowest, float(np.nanmin(drawn[1:3])))
+                    band(ax, *drawn, colour(methods, method), phase, style,
+                         "o" if phase == "init" else None)  # fmt: skip
+            ax.set_title(f"{net}: {method}", size=9)
+        for ax in panels[len(methods) :]:
+            ax.set_visible(False)
+        shown = panels[: len(methods)]
+        for ax in shown:
+            eps_rank_scale(ax, lowest, collapsed=100 * EPS_RANK_COLLAPSED)
+        # One scale for a network's panels, so that heights compare across methods.
+        limits = np.array([ax.get_ylim() for ax in shown])
+        for ax in shown:
+            ax.set_ylim(limits[:, 0].min(), limits[:, 1].max())
+        panels[0].set_ylabel(f"{net} eps-rank, % (log)")
+    for ax in axes[-1]:
+        ax.set_xlabel("task phase" if summary["kind"] == "rl" else "task")
+    axes[0, 1 if len(methods) > 1 else 0].legend(fontsize=7)
+    fig.suptitle(
+        f"Hessian epsilon-rank (eps = {eps:g}) at each task's init (solid) and end (dashed), "
+        f"mean over seeds with 95 % bootstrap band; grey: reset's init\n"
+        f"{CONVENTIONS[convention]}; every eps in report.md's table",
         size=10,
     )
     return fig

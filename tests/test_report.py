@@ -13,11 +13,16 @@ from run_helpers import run_cli_in_process
 from experiments.report import (
     bootstrap_interval,
     difference_of_means,
+    find_run_dirs,
     interquartile_mean,
     iqm_of,
     mean_of,
+    name_methods,
     phase_means,
+    plot_eps_ranks,
     r_squared,
+    read_run,
+    summarise,
     write_report,
 )
 
@@ -291,3 +296,23 @@ def test_the_recorded_code_version_is_dirty_for_changed_tracked_files_only(tmp_p
     with (clone / "README.md").open("a") as readme:
         readme.write("an edit\n")
     assert version() == {"commit": commit, "dirty": True}
+
+
+def test_the_eps_rank_figure_of_many_methods_has_a_panel_per_method_on_one_scale(tmp_path):
+    """Past four methods one panel's lines cannot be told apart: a panel per (network,
+    method), every method's panels on one y scale, reset's init drawn in each other panel."""
+    methods = ["none", "l2", "l2-er", "cbp", "reset"]
+    for index, method in enumerate(methods):
+        for seed in (1, 2):
+            planted_run(tmp_path / "runs", method, seed, [0.5 + 0.05 * index] * TASKS)
+    runs = [read_run(path) for path in find_run_dirs([tmp_path / "runs"])[0]]
+    name_methods(runs)
+    summary = summarise(runs, None)
+    figure = plot_eps_ranks(summary, runs, "exact")
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in shown) == sorted(
+        f"model: {m}" for m in summary["methods"]
+    )
+    assert len({ax.get_ylim() for ax in shown}) == 1
+    greys = [ax for ax in shown if any(line.get_label() == "reset init" for line in ax.lines)]
+    assert len(greys) == len(methods) - 1  # every panel but reset's own
