@@ -52,6 +52,19 @@ def read_checkpoint(path: Path) -> tuple[dict | None, str]:
     return state, ""
 
 
+def seed_generator(seed: int, device: Any, checkpoint: dict | None, step: int) -> torch.Generator:
+    """A batched seed's own random stream (agents/ppo_seeds.py, agents/sac_seeds.py): seeded by
+    its seed; on a resume, where its checkpoint left it, or, from a single run's checkpoint
+    (which has none), a stream of its own from (seed, step)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    if checkpoint is not None:
+        if "seed_generator" in checkpoint:
+            generator.set_state(checkpoint["seed_generator"])
+        else:
+            generator.manual_seed(seed + step)
+    return generator
+
+
 def newest_checkpoint(run_dir: str | Path) -> LoadedCheckpoint:
     """The newest checkpoint of a run directory that loads."""
     run_dir = Path(run_dir).resolve()

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoints import Resumed, set_rng_state
+from agents.checkpoints import Resumed, seed_generator, set_rng_state
 from agents.networks import CategoricalActor, stack_parameters, stacked_mlp
 from agents.ppo import (
     LEARNER,
@@ -135,16 +135,13 @@ class Seed:
         resume, from its checkpoint, as a single run resumes (ppo.train)."""
         seed_everything(self.args.seed)
         self.agent = PPOAgent.build(self.args, self.envs, self.run)
-        self.generator = torch.Generator(self.run.device).manual_seed(self.args.seed)
         checkpoint = self.run.checkpoint
         if checkpoint is not None:
             self.global_step, self.previous_batch = restore_checkpoint(
                 self.agent, self.envs, checkpoint, self.run.device
             )
-            if "seed_generator" in checkpoint:
-                self.generator.set_state(checkpoint["seed_generator"])
-            else:  # a single run's checkpoint: a stream of its own from here
-                self.generator.manual_seed(self.args.seed + self.global_step)
+        self.generator = seed_generator(self.args.seed, self.run.device, checkpoint,
+                                        self.global_step)  # fmt: skip
         self.episodes = EpisodeStats(self.args.num_envs)
         self.clips = ClipRecorder.for_run(self.args, self.run.dir, self.run.logger.video)
         minimum = self.args.diag.min_init_samples

@@ -777,6 +777,29 @@ def checkpoint_state(agent: SACAgent, buffer: ReplayBuffer, progress: dict) -> d
     return {**progress, **agent.state_dict(), "rng": rng_state(), "buffer": buffer_state}
 
 
+def restore_checkpoint(
+    agent: SACAgent, buffer: ReplayBuffer, envs, saved: dict
+) -> tuple[int, int, int]:
+    """A resumed run's agent, buffer (if it was saved) and envs where the checkpoint left them;
+    returns its env step, its update count and the step its task began at. The global random
+    state (saved["rng"]) is the caller's: one process may hold several runs."""
+    agent.load_state_dict(saved)
+    if saved.get("buffer") is not None:
+        buffer.load_state_dict(saved["buffer"])
+    envs.set_global_step(saved["global_step"])
+    return saved["global_step"], saved["updates"], saved["task_start"]
+
+
+def warn_without_buffer(run: Run, global_step: int) -> None:
+    """A run resumed from a checkpoint without its replay buffer says so in its events."""
+    if run.checkpoint is not None and run.checkpoint.get("buffer") is None:
+        message = (
+            "resumed without a saved replay buffer (--save-buffer): updates wait until it "
+            "holds --learning-starts transitions"
+        )
+        run.event(global_step, "warning", message=message)
+
+
 # --- The training loop ---------------------------------------------------------------------------
 
 
@@ -793,28 +816,15 @@ def train(args: Args, resumed: Resumed | None = None) -> Path:
         buffer = ReplayBuffer(args.buffer_size, obs_dim, envs.single_action_space.shape[0], device)
         global_step, updates, task_start = 0, 0, 0
         if run.checkpoint is not None:
-            saved = run.checkpoint
-            agent.load_state_dict(saved)
-            if saved.get("buffer") is not None:
-                buffer.load_state_dict(saved["buffer"])
-            set_rng_state(saved["rng"])
-            global_step, updates, task_start = (
-                saved["global_step"],
-                saved["updates"],
-                saved["task_start"],
-            )
-            envs.set_global_step(global_step)
+            set_rng_state(run.checkpoint["rng"])
+            global_step, updates, task_start = restore_checkpoint(agent, buffer, envs,
+                                                                  run.checkpoint)  # fmt: skip
 
         # Episodes in flight at a checkpoint restart on resume; the task and the buffer carry on.
         raw_obs, _ = envs.reset(seed=args.seed + global_step)
         for event in envs.shift_events:
             run.event(event["step"], event["event"], task=event["task"], params=event["params"])
-        if run.checkpoint is not None and run.checkpoint.get("buffer") is None:
-            message = (
-                "resumed without a saved replay buffer (--save-buffer): updates wait until it "
-                "holds --learning-starts transitions"
-            )
-            run.event(global_step, "warning", message=message)
+        warn_without_buffer(run, global_step)
         obs = torch.from_numpy(raw_obs.astype(np.float32)).to(device)
         # Each step's [reward, terminated, final obs, next obs] rows, through pinned memory on CUDA.
         to_device = HostToDevice((num_envs, 2 + 2 * obs_dim), device)

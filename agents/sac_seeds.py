@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoints import Resumed, set_rng_state
+from agents.checkpoints import Resumed, seed_generator, set_rng_state
 from agents.networks import bounded_log_std, stack_parameters, stacked_mlp
 from agents.progress import EpisodeStats, progress_bar
 from agents.replay import ReplayBuffer
@@ -66,12 +66,14 @@ from agents.sac import (
     critic_features,
     loss_scalars,
     polyak_update,
+    restore_checkpoint,
     sac_probe,
     soft_td_target,
     squashed_gaussian,
     store_step,
     task_end_probe,
     task_init_probe,
+    warn_without_buffer,
 )
 from diagnostics import TaskBoundaries
 from envs import learner_envs
@@ -150,19 +152,12 @@ class Seed:
         obs_dim = self.envs.single_observation_space.shape[0]
         act_dim = self.envs.single_action_space.shape[0]
         self.buffer = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
-        self.generator = torch.Generator(device).manual_seed(args.seed)
         saved = self.run.checkpoint
         if saved is not None:
-            self.agent.load_state_dict(saved)
-            if saved.get("buffer") is not None:
-                self.buffer.load_state_dict(saved["buffer"])
-            self.global_step, self.updates = saved["global_step"], saved["updates"]
-            self.task_start = saved["task_start"]
-            self.envs.set_global_step(self.global_step)
-            if "seed_generator" in saved:
-                self.generator.set_state(saved["seed_generator"])
-            else:  # a single run's checkpoint: a stream of its own from here
-                self.generator.manual_seed(args.seed + self.global_step)
+            self.global_step, self.updates, self.task_start = restore_checkpoint(
+                self.agent, self.buffer, self.envs, saved
+            )
+        self.generator = seed_generator(args.seed, device, saved, self.global_step)
         self.episodes = EpisodeStats(args.num_envs)
         self.clips = ClipRecorder.for_run(args, self.run.dir, self.run.logger.video)
         wanted = min(args.diag.batch_size, args.buffer_size)
@@ -230,10 +225,7 @@ def train_together(args: Args, seeds: list[Seed]) -> None:
         for event in seed.envs.shift_events:
             seed.run.event(event["step"], event["event"], task=event["task"],
                            params=event["params"])  # fmt: skip
-        if seed.run.checkpoint is not None and seed.run.checkpoint.get("buffer") is None:
-            seed.run.event(global_step, "warning", message=(
-                "resumed without a saved replay buffer (--save-buffer): updates wait until it "
-                "holds --learning-starts transitions"))  # fmt: skip
+        warn_without_buffer(seed.run, global_step)
         seed.obs = torch.from_numpy(raw_obs.astype(np.float32)).to(device)
         if seed.clips is not None and seed.run.checkpoint is None:
             seed.clips.record(0, "start", seed.envs.task, seed.agent.greedy)
