@@ -338,6 +338,18 @@ def stack_parameters(modules: list[nn.Module], requires_grad: bool = False) -> d
     return stacked
 
 
+def take_seed_gradient(module: nn.Module, stacks: dict[str, Tensor], seed: int) -> None:
+    """After a backward through `stacks` ({`module`'s own parameter name: its stack}, whose
+    slice `seed` the module's parameters are views into): the module's `.grad` becomes that
+    slice of each stack's gradient, plus what a term that read the parameters themselves (L2
+    Init's penalty) left in `.grad`. The K seeds' graphs are disjoint, so a backward of their
+    summed losses gives each seed its own gradient."""
+    for name, param in module.named_parameters():
+        gradient = stacks[name].grad
+        if gradient is not None:
+            param.grad = gradient[seed] if param.grad is None else gradient[seed] + param.grad
+
+
 def stacked_mlp(
     mlp: MLP, params: dict[str, Tensor], prefix: str, x: Tensor
 ) -> tuple[Tensor, list[Tensor]]:

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from agents.checkpoints import Resumed, seed_generator, set_rng_state
-from agents.networks import CategoricalActor, stack_parameters, stacked_mlp
+from agents.networks import CategoricalActor, stack_parameters, stacked_mlp, take_seed_gradient
 from agents.ppo import (
     LEARNER,
     LOG_2PI,
@@ -88,7 +88,6 @@ class StackedNets:
         self.template = agents[0]
         self.actor = stack_parameters([agent.actor for agent in agents], requires_grad=True)
         self.critic = stack_parameters([agent.critic for agent in agents], requires_grad=True)
-        # The optimizer's order: the actor's parameters, then the critic's (PPOAgent.build).
         self.stacks = [*self.actor.values(), *self.critic.values()]
 
     def policy(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -103,10 +102,6 @@ class StackedNets:
     def values(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
         values, features = stacked_mlp(self.template.critic.value, self.critic, "value.", obs)
         return values.squeeze(-1), features
-
-    def gradients(self, seed: int) -> list[Tensor | None]:
-        """Seed `seed`'s slice of each stack's gradient, in its optimizer's order."""
-        return [None if stack.grad is None else stack.grad[seed] for stack in self.stacks]
 
 
 @dataclass
@@ -413,11 +408,8 @@ def stacked_update(
             pass_end = start + minibatch_size >= batch_size
             for index, seed in enumerate(active):
                 params = parameters[index]
-                for param, gradient in zip(params, nets.gradients(index), strict=True):
-                    if gradient is not None and param.grad is not None:
-                        gradient.add_(param.grad)  # a penalty that read the parameters directly
-                    if gradient is not None:
-                        param.grad = gradient
+                take_seed_gradient(seed.agent.actor, nets.actor, index)
+                take_seed_gradient(seed.agent.critic, nets.critic, index)
                 if args.max_grad_norm > 0:  # a norm per seed
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 seed.agent.regularizer.before_step()

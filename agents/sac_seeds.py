@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from agents.checkpoints import Resumed, seed_generator, set_rng_state
-from agents.networks import bounded_log_std, stack_parameters, stacked_mlp
+from agents.networks import bounded_log_std, stack_parameters, stacked_mlp, take_seed_gradient
 from agents.progress import EpisodeStats, progress_bar
 from agents.replay import ReplayBuffer
 from agents.run import (
@@ -333,8 +333,8 @@ def stacked_batch(active: list[Seed], rows: list[Tensor]) -> dict[str, Tensor]:
 
 def step_each(active: list[Seed], net: str, stacks: dict[str, Tensor], total: Tensor) -> None:
     """Backward of the seeds' summed losses through the stacks, then per seed, on its own slice
-    of the gradient, the single run's moments: before_step and its optimizer's step (the seeds'
-    graphs are disjoint, so the sum's gradient is each seed's own)."""
+    of the gradient (take_seed_gradient), the single run's moments: before_step and its
+    optimizer's step."""
     for stack in stacks.values():
         stack.grad = None
     optimizers = [getattr(seed.agent, "actor_optimizer" if net == "actor" else "q_optimizer")
@@ -343,11 +343,7 @@ def step_each(active: list[Seed], net: str, stacks: dict[str, Tensor], total: Te
         optimizer.zero_grad(set_to_none=True)
     total.backward()
     for k, (seed, optimizer) in enumerate(zip(active, optimizers, strict=True)):
-        for name, param in getattr(seed.agent, net).named_parameters():
-            gradient = stacks[name].grad
-            if gradient is not None:
-                # A penalty that read the parameters themselves (L2 Init) left its part in .grad.
-                param.grad = gradient[k] if param.grad is None else gradient[k] + param.grad
+        take_seed_gradient(getattr(seed.agent, net), stacks, k)
         seed.agent.regularizers[net].before_step()
         optimizer.step()
 

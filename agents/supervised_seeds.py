@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.checkpoints import Resumed, set_rng_state
-from agents.networks import MLP, stack_parameters, stacked_mlp
+from agents.networks import MLP, stack_parameters, stacked_mlp, take_seed_gradient
 from agents.progress import progress_bar
 from agents.run import (
     Diverged,
@@ -139,8 +139,8 @@ def stacked_autograd_step(
 ) -> tuple[Tensor, Tensor]:
     """`autograd_step` for K networks at once: x (K, batch, in), y (K, batch) (or (K, batch,
     out) for MSE). One forward and backward through the stacks; then per seed, on its own slice
-    of the gradient, the single run's calls: its penalty's gradient (the seeds' graphs are
-    disjoint, so the sum's gradient is each seed's own), before_step, its optimizer's step. A
+    of the gradient (take_seed_gradient), the single run's calls: before_step, its optimizer's
+    step. A
     diverged seed is neither penalised nor stepped. Returns the outputs before the step
     (K, batch, out) and each seed's loss (K,), detached."""
     outputs, features = stacked_mlp(seeds[0].model, stacks, "", x)
@@ -162,12 +162,7 @@ def stacked_autograd_step(
     for k, seed in enumerate(seeds):
         if seed.diverged:
             continue
-        for name, param in seed.model.named_parameters():
-            gradient = stacks[name].grad
-            if gradient is None:
-                continue
-            # A penalty that read the parameters themselves (L2 Init) left its part in .grad.
-            param.grad = gradient[k] if param.grad is None else gradient[k] + param.grad
+        take_seed_gradient(seed.model, stacks, k)
         seed.regularizer.before_step()
         seed.optimizer.step()
     return outputs.detach(), values.detach()
