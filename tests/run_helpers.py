@@ -140,3 +140,28 @@ def wandb_history_steps(offline_run_dir: Path) -> list[int]:
         if record.WhichOneof("record_type") == "history":
             steps.append(record.history.step.num)
     return steps
+
+
+def agents_built_as_single_runs(agent_class, args, seeds, learner: str, **env_flags) -> list:
+    """Each seed's agent as a single run of `args` with that seed builds it
+    (`agent_class.build`, envs from `learner_envs(..., learner, **env_flags)`, closed after).
+    There is no run directory, so the diagnostics must be off."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch
+
+    from agents.run import seed_everything
+    from envs import learner_envs
+
+    agents = []
+    for seed in seeds:
+        one = dataclasses.replace(args, seed=seed)
+        envs = learner_envs(one, learner, **env_flags)
+        seed_everything(seed)
+        stand_in_run = SimpleNamespace(
+            device=torch.device("cpu"), logger=SimpleNamespace(run_dir=".")
+        )
+        agents.append(agent_class.build(one, envs, stand_in_run))
+        envs.close()
+    return agents

@@ -12,13 +12,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from run_helpers import assert_records_once, read_jsonl, run_cli_in_process
+from run_helpers import (
+    agents_built_as_single_runs,
+    assert_records_once,
+    read_jsonl,
+    run_cli_in_process,
+)
 
 from agents import ppo, ppo_seeds
 from agents.checkpoints import load_checkpoint
 from agents.flags import preset_defaults
-from agents.run import seed_everything
-from envs import learner_envs
 from regularizers import METHODS
 
 SEEDS = (3, 5, 8)
@@ -26,17 +29,8 @@ SEEDS = (3, 5, 8)
 
 def build_agents(args: ppo.Args, seeds=SEEDS) -> list[ppo.PPOAgent]:
     """Each seed's agent as a single run builds it (no run directory: diagnostics are off)."""
-    agents = []
-    for seed in seeds:
-        one = dataclasses.replace(args, seed=seed)
-        envs = learner_envs(one, "PPO", bounded_actions=False, discrete_actions=True)
-        seed_everything(seed)
-        stand_in_run = SimpleNamespace(
-            device=torch.device("cpu"), logger=SimpleNamespace(run_dir=".")
-        )
-        agents.append(ppo.PPOAgent.build(one, envs, stand_in_run))
-        envs.close()
-    return agents
+    return agents_built_as_single_runs(ppo.PPOAgent, args, seeds, "PPO", bounded_actions=False,
+                                       discrete_actions=True)  # fmt: skip
 
 
 def rollout_batch(agent: ppo.PPOAgent, n: int, seed: int) -> dict[str, torch.Tensor]:

@@ -10,12 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from run_helpers import assert_records_once, read_jsonl, run_cli_in_process
+from run_helpers import (
+    agents_built_as_single_runs,
+    assert_records_once,
+    read_jsonl,
+    run_cli_in_process,
+)
 
 from agents import sac, sac_seeds
 from agents.checkpoints import load_checkpoint
-from agents.run import seed_everything
-from envs import learner_envs
 from regularizers import L2Config, L2InitConfig, ParsevalConfig
 from validation import ConfigError
 
@@ -24,17 +27,7 @@ SEEDS = (3, 5)
 
 def build_agents(args: sac.Args) -> list[sac.SACAgent]:
     """Each seed's agent as a single run builds it (no run directory: diagnostics are off)."""
-    agents = []
-    for seed in SEEDS:
-        one = dataclasses.replace(args, seed=seed)
-        envs = learner_envs(one, "SAC", bounded_actions=True)
-        seed_everything(seed)
-        stand_in_run = SimpleNamespace(
-            device=torch.device("cpu"), logger=SimpleNamespace(run_dir=".")
-        )
-        agents.append(sac.SACAgent.build(one, envs, stand_in_run))
-        envs.close()
-    return agents
+    return agents_built_as_single_runs(sac.SACAgent, args, SEEDS, "SAC", bounded_actions=True)
 
 
 def replay_batch(agent: sac.SACAgent, n: int, seed: int) -> dict[str, torch.Tensor]:
