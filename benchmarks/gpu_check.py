@@ -27,17 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-# name: (seconds on the GPU, seconds in the dry run); ~9.3 minutes in all on the GPU, sized by
+# name: (seconds on the GPU, seconds in the dry run); ~9.4 minutes in all on the GPU, sized by
 # the first H200 run (docs/gpu.md) so that one 10-minute call holds the whole check
 BUDGETS = {
     "gpu-tests": (110, 150),
     "rl-throughput": (120, 90),
     "batched-seeds": (80, 60),
-    "seeds-runs": (80, 60),
+    "seeds-runs": (110, 60),
     "supervised": (35, 60),
     "hessian": (30, 60),
     "ppo-1m": (40, 60),
-    "suite": (60, 60),
+    "suite": (40, 60),
 }
 
 
@@ -224,41 +224,48 @@ def batched_seeds(out: Path, dry: bool, budget: float) -> str:
 
 
 def seeds_runs(out: Path, dry: bool, budget: float) -> str:
-    """Whole runs of `train.py ppo --preset continual-cartpole --seeds` (agents/ppo_seeds.py)
-    on the GPU, K = 1, 16, 64 seeds, 5 iterations of 800 steps a seed, a shift half way,
-    diagnostics off: seed-steps per second, against K = 1's (on 2 CPU cores the
-    same 6 seeds gave 1.18x the launcher's cells per hour, docs/benchmarks.md)."""
+    """Whole `--seeds` runs on the GPU, K seeds in one process, diagnostics off: PPO on
+    `--preset continual-cartpole` (agents/ppo_seeds.py; K = 1, 16, 64; 5 iterations of 800
+    steps a seed, a shift half way) and SAC on Hopper-v5 (agents/sac_seeds.py; K = 1, 16, 64;
+    500 random steps, then 1,000 updates a seed): seed-steps per second against K = 1's (on 2
+    CPU cores 6 PPO seeds gave 1.18x the launcher's cells per hour and 4 SAC seeds 1.34x one
+    core's seed-steps, docs/benchmarks.md). Each learner gets half the budget."""
     counts = (2,) if dry else (1, 16, 64)  # the dry run: the batched path, once
-    total = 1600 if dry else 4000
-    rows, start = [], time.perf_counter()
-    for k in counts:
-        left = budget - 5 - (time.perf_counter() - start)
-        with tempfile.TemporaryDirectory() as runs:
-            command = [sys.executable, "train.py", "ppo", "--preset", "continual-cartpole",
-                       "--seeds", *map(str, range(1, k + 1)), "--total-timesteps", str(total),
-                       "--shift-every", str(total // 2), "--diagnostics", "none",
-                       "--checkpoint-every", "0", "--runs-dir", runs,
-                       "--no-cuda" if dry else "--cuda"]  # fmt: skip
-            if dry:
-                command += ["--hidden-sizes", "16", "--num-steps", "400", "--num-minibatches", "4"]
-            began = time.perf_counter()
-            try:
-                result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                        timeout=max(left, 1))  # fmt: skip
-                status = "finished" if result.returncode == 0 else f"failed: {result.stderr[-300:]}"
-            except subprocess.TimeoutExpired:
-                status = "stopped by the budget"
-            seconds = time.perf_counter() - began
-        rate = k * total / seconds
-        rows.append({"seeds": k, "status": status, "wall s (start-up included)": f"{seconds:.1f}",
-                     "seed-steps per s": f"{rate:,.0f}",
-                     "seed-steps per s vs K = 1": f"{rate / rows[0]['rate']:.1f}x" if rows
-                     else ("1.0x" if k == 1 else "-"),
-                     "rate": rate})  # fmt: skip
-        if status != "finished":
-            break
-    for row in rows:
-        row.pop("rate")
+    ppo_steps, sac_steps = (1600, 300) if dry else (4000, 1500)
+    learners = {
+        "ppo": (ppo_steps, ["--preset", "continual-cartpole", "--shift-every", str(ppo_steps // 2)]
+                + (["--hidden-sizes", "16", "--num-steps", "400", "--num-minibatches", "4"]
+                   if dry else [])),
+        "sac": (sac_steps, ["--env-id", "Hopper-v5", "--learning-starts", str(sac_steps // 3)]
+                + (["--hidden-sizes", "16", "--batch-size", "32"] if dry else [])),
+    }  # fmt: skip
+    rows = []
+    for learner, (total, flags) in learners.items():
+        first, start = None, time.perf_counter()
+        for k in counts:
+            left = budget / 2 - 5 - (time.perf_counter() - start)
+            with tempfile.TemporaryDirectory() as runs:
+                command = [sys.executable, "train.py", learner, *flags,
+                           "--seeds", *map(str, range(1, k + 1)), "--total-timesteps", str(total),
+                           "--diagnostics", "none", "--checkpoint-every", "0", "--runs-dir", runs,
+                           "--no-cuda" if dry else "--cuda"]  # fmt: skip
+                began = time.perf_counter()
+                try:
+                    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                            timeout=max(left, 1))  # fmt: skip
+                    status = ("finished" if result.returncode == 0
+                              else f"failed: {result.stderr[-300:]}")  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    status = "stopped by the budget"
+                seconds = time.perf_counter() - began
+            rate = k * total / seconds
+            first = first or (rate if k == 1 else None)
+            rows.append({"learner": learner, "seeds": k, "status": status,
+                         "wall s (start-up included)": f"{seconds:.1f}",
+                         "seed-steps per s": f"{rate:,.0f}",
+                         "seed-steps per s vs K = 1": f"{rate / first:.1f}x" if first else "-"})  # fmt: skip
+            if status != "finished":
+                break
     return table(rows)
 
 
