@@ -23,7 +23,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cchain_speed import PATCHES, SCRIPT, one_thread_env, prepared_cchain  # noqa: E402
+from cchain_speed import PATCHES, SCRIPT, prepared_cchain, run_env  # noqa: E402
 
 ITERATIONS_PER_TASK = 200  # C-CHAIN's level_switch
 RETURN = re.compile(r"^- Iteration num: (\d+), Avg Return: ([-0-9.e]+)")
@@ -45,7 +45,7 @@ def returns_of(script: Path, env_id: str, seed: int, iterations: int) -> list[fl
     """Its iterations' mean returns, read off its "Iteration num" lines, then stopped."""
     process = subprocess.Popen(
         [sys.executable, "-u", script.name, "--env_name", env_id, "--seed", str(seed)],
-        cwd=script.parent, env=one_thread_env(), stdout=subprocess.PIPE,
+        cwd=script.parent, env=run_env("one"), stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     returns = []

@@ -5,7 +5,8 @@ What it measures: C-CHAIN's `crl_gym_classic_control/control_train_aligned_vanil
 (github.com/bluecontra/C-CHAIN, with its networks.py and basic_utils.py) and ours
 (`train.py ppo --preset continual-cartpole`, the same setting), both on CartPole-v1 with one
 CPU thread each (OMP_NUM_THREADS=1; `--torch-threads 1`), one after the other, alternating,
-C-CHAIN's first. C-CHAIN's script runs from a temporary copy with only what gymnasium 1.x and
+C-CHAIN's first. `--threads as-shipped` runs each with the threads it takes when started as it
+comes: C-CHAIN's script torch's default (one per core), ours its `--torch-threads` default (1). C-CHAIN's script runs from a temporary copy with only what gymnasium 1.x and
 this machine need changed, each printed by the benchmark:
 - `import gym` -> `import gymnasium as gym` (it uses the gym 0.26 API, which gymnasium kept);
 - `from trac_optimizer import start_trac` dropped (TRAC's optimizer, used only with --opt TRAC,
@@ -19,6 +20,7 @@ are in docs/continual-gym-control.md.
 
     git clone https://github.com/bluecontra/C-CHAIN /tmp/C-CHAIN
     python benchmarks/cchain_speed.py --cchain-dir /tmp/C-CHAIN          # ~4 minutes
+    python benchmarks/cchain_speed.py --cchain-dir /tmp/C-CHAIN --threads as-shipped
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -59,6 +62,8 @@ class Args:
     """runs of each implementation, alternating"""
     env_id: str = "CartPole-v1"
     """CartPole-v1 or Acrobot-v1"""
+    threads: Literal["one", "as-shipped"] = "one"
+    """one: a thread each; as-shipped: each its default (C-CHAIN: a thread a core; ours: 1)"""
 
 
 def prepared_cchain(cchain_dir: Path, into: Path) -> Path:
@@ -73,16 +78,20 @@ def prepared_cchain(cchain_dir: Path, into: Path) -> Path:
     return script
 
 
-def one_thread_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true"}  # fmt: skip
+def run_env(threads: str) -> dict[str, str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+        if threads == "one":
+            env[name] = "1"
+    return env
 
 
-def time_cchain(script: Path, env_id: str, iterations: int) -> float:
+def time_cchain(script: Path, env_id: str, iterations: int, threads: str) -> float:
     """Seconds per iteration of C-CHAIN's script: the median gap between its iteration lines."""
     process = subprocess.Popen(
         [sys.executable, "-u", script.name, "--env_name", env_id, "--seed", "1"],
-        cwd=script.parent, env=one_thread_env(), stdout=subprocess.PIPE,
+        cwd=script.parent, env=run_env(threads), stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     stamps = []
@@ -100,7 +109,7 @@ def time_cchain(script: Path, env_id: str, iterations: int) -> float:
     return statistics.median(b - a for a, b in itertools.pairwise(stamps))
 
 
-def time_ours(env_id: str, iterations: int) -> float:
+def time_ours(env_id: str, iterations: int, threads: str) -> float:
     """Seconds per iteration of ours: 800 / its last charts/SPS."""
     steps = 800 * iterations
     with tempfile.TemporaryDirectory(prefix="ours-") as runs_dir:
@@ -108,10 +117,17 @@ def time_ours(env_id: str, iterations: int) -> float:
                    "--env-id", env_id, "--total-timesteps", str(steps), "--shift-every",
                    str(steps // 2), "--diagnostics", "none", "--checkpoint-every", "0",
                    "--torch-threads", "1", "--runs-dir", runs_dir]  # fmt: skip
-        subprocess.run(command, env=one_thread_env(), check=True, capture_output=True)
+        subprocess.run(command, env=run_env(threads), check=True, capture_output=True)
         (metrics,) = Path(runs_dir).glob("*/metrics.jsonl")
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return 800 / [row["charts/SPS"] for row in rows if "charts/SPS" in row][-1]
+
+
+def torch_threads() -> int:
+    """The threads torch takes by default here (what C-CHAIN's script runs with as shipped)."""
+    command = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+    return int(subprocess.run(command, env=run_env("as-shipped"), capture_output=True,
+                              text=True, check=True).stdout)  # fmt: skip
 
 
 def main(args: Args) -> None:
@@ -120,11 +136,13 @@ def main(args: Args) -> None:
         print(f"C-CHAIN's {SCRIPT}, changed only so: " + "; ".join(why for *_, why in PATCHES))
         theirs, ours = [], []
         for _ in range(args.repeats):
-            theirs.append(time_cchain(script, args.env_id, args.iterations))
-            ours.append(time_ours(args.env_id, args.iterations))
+            theirs.append(time_cchain(script, args.env_id, args.iterations, args.threads))
+            ours.append(time_ours(args.env_id, args.iterations, args.threads))
     cchain, mine = statistics.median(theirs), statistics.median(ours)
     print(f"\n{args.env_id}, {args.iterations} iterations of 800 steps per run, {args.repeats} runs "
-          "each, one CPU thread each; medians\n")  # fmt: skip
+          + ("each, one CPU thread each" if args.threads == "one" else
+             f"each as shipped (C-CHAIN's: torch's default, {torch_threads()} threads; ours: 1)")
+          + "; medians\n")  # fmt: skip
     print("| implementation | s per iteration | a 1.6M-step run (2,000 iterations) | speed-up |")
     print("|---|---|---|---|")
     for name, seconds in (("C-CHAIN's script", cchain), ("ours (continual-cartpole)", mine)):
