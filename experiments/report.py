@@ -925,6 +925,10 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
     first, last = summary["first_tasks"], summary["last_tasks"]
     unit = "phases" if summary["kind"] == "rl" else "tasks"
     digits = 1 if summary["kind"] == "rl" else 3
+
+    def span(edge: list[int]) -> str:  # "phases 0-1", or "phase 4" for a span of one
+        return f"{unit} {edge[0]}-{edge[1]}" if edge[0] != edge[1] else f"{unit[:-1]} {edge[0]}"
+
     lines = [
         "# Report",
         "",
@@ -933,8 +937,8 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
         "(exact: every resample enumerated, up to 5 runs)."
         + (f" {summary['metric_note']}" if summary["metric_note"] else ""),
         "",
-        f"| method | runs | {unit} {first[0]}-{first[1]} | {unit} {last[0]}-{last[1]} | drop | "
-        f"IQM, {unit} {last[0]}-{last[1]} (stratified bootstrap) |"
+        f"| method | runs | {span(first)} | {span(last)} | drop | "
+        f"IQM, {span(last)} (stratified bootstrap) |"
         + (" beats RESET |" if any("beats_reset" in r for r in summary["table"].values()) else ""),
         "|---|---|---|---|---|---|"
         + ("---|" if any("beats_reset" in r for r in summary["table"].values()) else ""),

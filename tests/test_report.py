@@ -157,6 +157,7 @@ def test_a_report_over_planted_runs_gives_the_hand_computed_numbers(tmp_path):
     assert "beats_reset" not in bp  # no RESET runs here
     text = (out / "report.md").read_text()
     assert "| bp | 3 | 0.833 [0.800, 0.900] |" in text
+    assert "| method | runs | tasks 0-1 | tasks 6-7 | drop | IQM, tasks 6-7 (" in text
     assert "`python train.py 1`" in text and "abc" in text
     for name in ("performance.png", "eps_rank.png", "eps_rank_paper.png", "features.png",
                  "metric_vs_eps_rank.png"):  # fmt: skip
@@ -267,6 +268,8 @@ def test_an_rl_report_averages_each_run_over_its_iterations_beside_the_published
     assert summary["table"]["reset"]["whole_run"]["published"]["within_2se"] is False
     text = (out / "report.md").read_text()
     assert "| bp | 3 | 16.0 ± 1.0 | [15.0, 18.0] | 16.5 ± 1.0 | -0.5 | yes |" in text
+    # two phases: each edge is one phase, named as one (not "phases 0-0")
+    assert "| method | runs | phase 0 | phase 1 | drop | IQM, phase 1 (" in text
     assert "Published: a planted table." in text
     assert (out / "learning_curves.png").stat().st_size > 10_000
 
