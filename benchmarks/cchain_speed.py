@@ -6,8 +6,9 @@ What it measures: C-CHAIN's `crl_gym_classic_control/control_train_aligned_vanil
 (`train.py ppo --preset continual-cartpole`, the same setting), both on CartPole-v1 with one
 CPU thread each (OMP_NUM_THREADS=1; `--torch-threads 1`), one after the other, alternating,
 C-CHAIN's first. `--threads as-shipped` runs each with the threads it takes when started as it
-comes: C-CHAIN's script torch's default (one per core), ours its `--torch-threads` default (1). C-CHAIN's script runs from a temporary copy with only what gymnasium 1.x and
-this machine need changed, each printed by the benchmark:
+comes: C-CHAIN's script torch's default (one per core), ours its `--torch-threads` default (1).
+C-CHAIN's script runs from a temporary copy with only what gymnasium 1.x and this machine need
+changed, each printed by the benchmark:
 - `import gym` -> `import gymnasium as gym` (it uses the gym 0.26 API, which gymnasium kept);
 - `from trac_optimizer import start_trac` dropped (TRAC's optimizer, used only with --opt TRAC,
   is not on the package index);
@@ -50,6 +51,7 @@ PATCHES = [
     ("from trac_optimizer import start_trac\n", "", "TRAC's import dropped (--opt TRAC only)"),
 ]
 FULL_RUN_ITERATIONS = 2_000
+Threads = Literal["one", "as-shipped"]
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Args:
     """runs of each implementation, alternating"""
     env_id: str = "CartPole-v1"
     """CartPole-v1 or Acrobot-v1"""
-    threads: Literal["one", "as-shipped"] = "one"
+    threads: Threads = "one"
     """one: a thread each; as-shipped: each its default (C-CHAIN: a thread a core; ours: 1)"""
 
 
@@ -78,7 +80,7 @@ def prepared_cchain(cchain_dir: Path, into: Path) -> Path:
     return script
 
 
-def run_env(threads: str) -> dict[str, str]:
+def run_env(threads: Threads) -> dict[str, str]:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.pop(name, None)
@@ -87,7 +89,7 @@ def run_env(threads: str) -> dict[str, str]:
     return env
 
 
-def time_cchain(script: Path, env_id: str, iterations: int, threads: str) -> float:
+def time_cchain(script: Path, env_id: str, iterations: int, threads: Threads) -> float:
     """Seconds per iteration of C-CHAIN's script: the median gap between its iteration lines."""
     process = subprocess.Popen(
         [sys.executable, "-u", script.name, "--env_name", env_id, "--seed", "1"],
@@ -109,7 +111,7 @@ def time_cchain(script: Path, env_id: str, iterations: int, threads: str) -> flo
     return statistics.median(b - a for a, b in itertools.pairwise(stamps))
 
 
-def time_ours(env_id: str, iterations: int, threads: str) -> float:
+def time_ours(env_id: str, iterations: int, threads: Threads) -> float:
     """Seconds per iteration of ours: 800 / its last charts/SPS."""
     steps = 800 * iterations
     with tempfile.TemporaryDirectory(prefix="ours-") as runs_dir:
