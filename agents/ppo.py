@@ -56,7 +56,14 @@ from diagnostics import (
 )
 from diagnostics import check_flags as check_diagnostics_flags
 from envs import FIXED_ON_RESUME as ENV_FIXED_ON_RESUME
-from envs import SLIPPERY_ANT, OffsetConfig, PhysicsFlags, ShiftFlags, learner_envs
+from envs import (
+    SLIPPERY_ANT,
+    OffsetConfig,
+    PhysicsFlags,
+    ShiftFlags,
+    ShiftingVectorEnv,
+    learner_envs,
+)
 from envs.normalize import ObservationNormalizer, RewardNormalizer
 from envs.video import ClipRecorder, VideoFlags, check_video_flags
 from envs.video import unused_flags as unused_video_flags
@@ -121,6 +128,11 @@ class PPOFlags:
     observation, and counted as an episode with the return it reached"""
     reward_divisor: float = 1.0
     """divide every reward by this before learning (C-CHAIN: 20); logged returns stay the env's"""
+    clip_actions: bool = True
+    """clip each sampled action to the action space's bounds before the env gets it (the
+    update learns from the sample itself either way); --no-clip-actions gives the env the raw
+    sample, as the paper's Slippery Ant code does: MuJoCo still clamps each control to its
+    range, but Ant's and HalfCheetah's control cost is on the raw action (continuous actions)"""
 
     # Networks
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -252,8 +264,9 @@ PRESETS: dict[str, dict] = {
     # separate 1 x 256 ReLU actor and critic, LeCun-uniform weights and zero biases; its L2-ER:
     # Adam (0.99, 0.99) at 1e-4 (optax's eps 1e-8), wd 1e-4 and er_lr 1e-6 from its grids;
     # rollout 2048, 10 epochs, 128 minibatches, entropy 0.01, value coefficient 1.0, 1 env; no
-    # observation or reward normalisation and no gradient clipping (max_grad_norm 1e9); the
-    # friction table of its five phases. Its BP keeps Adam's default betas (the named sweeps).
+    # observation or reward normalisation, no gradient clipping (max_grad_norm 1e9) and no
+    # action clipping (Brax gets the raw sample); the friction table of its five phases. Its
+    # BP keeps Adam's default betas (the named sweeps).
     "slippery-ant": dict(
         **SLIPPERY_ANT,
         total_timesteps=10_000_000,
@@ -272,6 +285,7 @@ PRESETS: dict[str, dict] = {
         norm_obs=False,
         norm_reward=False,
         max_grad_norm=0.0,
+        clip_actions=False,  # rlopt/envs/__init__.py: ClipAction is commented out
         regularizer="l2-er",
         l2=L2Config(weight_decay=1e-4),
         erank=ERankConfig(lr=1e-6),
@@ -526,6 +540,7 @@ LEARNER = Learner(
         *("seed", "norm_obs", "norm_reward", *ARCHITECTURE_FLAGS, "regularizer"),
         # what an episode is and what is learnt from it: another value is another MDP
         *("max_episode_steps", "reset_every_rollout", "reward_divisor", "value_target"),
+        "clip_actions",
         *ENV_FIXED_ON_RESUME,
     ),
     unused_flags=unused_flags,
@@ -604,8 +619,13 @@ class PPOAgent:
             # log N(action; mean, std) with (action - mean) / std = noise: fewer ops.
             logprob = (-0.5 * noise.square() - self.actor.log_std).sum(-1)
             logprob = logprob - 0.5 * action.shape[-1] * LOG_2PI
-            space = self.action_space
-            return action, logprob, np.clip(action.cpu().numpy(), space.low, space.high)
+            return action, logprob, self.env_actions(action)
+
+    def env_actions(self, action: Tensor) -> np.ndarray:
+        """What the envs are given for sampled continuous actions (--clip-actions)."""
+        if not self.args.clip_actions:
+            return action.cpu().numpy()
+        return np.clip(action.cpu().numpy(), self.action_space.low, self.action_space.high)
 
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """The policy's most likely action on one raw observation (what a clip films)."""
@@ -614,7 +634,7 @@ class PPOAgent:
             out = self.actor(x)[0][0]
             if self.discrete:
                 return out.argmax().cpu().numpy()
-            return np.clip(out.cpu().numpy(), self.action_space.low, self.action_space.high)
+            return self.env_actions(out)
 
     def learning_rewards(
         self, reward: np.ndarray, cut: np.ndarray, truncated: np.ndarray, infos: dict
@@ -887,11 +907,23 @@ def restore_checkpoint(
 # --- The training loop ---------------------------------------------------------------------------
 
 
+def ppo_envs(args: Args) -> ShiftingVectorEnv:
+    """PPO's envs (discrete or continuous actions), refusing --no-clip-actions where the
+    actions are discrete (there is nothing to clip)."""
+    envs = learner_envs(args, "PPO", bounded_actions=False, discrete_actions=True)
+    if not args.clip_actions and isinstance(envs.single_action_space, gym.spaces.Discrete):
+        envs.close()
+        raise ConfigError(
+            f"--no-clip-actions has no effect here: {args.env_id}'s actions are discrete"
+        )
+    return envs
+
+
 def train(args: Args, resumed: Resumed | None = None) -> Path:
     """Run PPO as configured; return the run directory."""
     check_args(args)
     batch_size = args.num_envs * args.num_steps
-    envs = learner_envs(args, "PPO", bounded_actions=False, discrete_actions=True)
+    envs = ppo_envs(args)
     run = Run.start_rl(args, LEARNER, envs, resumed)
     with run.training() as stop:
         agent = PPOAgent.build(args, envs, run)

@@ -56,6 +56,7 @@ from agents.ppo import (
     checkpoint_state,
     hidden_features,
     measure_boundaries,
+    ppo_envs,
     ppo_terms,
     restore_checkpoint,
 )
@@ -74,7 +75,6 @@ from agents.run import (
     start_seed_runs,
 )
 from diagnostics import TaskBoundaries
-from envs import learner_envs
 from envs.video import ClipRecorder
 from validation import ConfigError
 
@@ -170,7 +170,7 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
     check_args(per_seed[0])
 
     def start(one: Args, own: Resumed | None) -> Seed:
-        envs = learner_envs(one, "PPO", bounded_actions=False, discrete_actions=True)
+        envs = ppo_envs(one)
         return Seed(one, envs, Run.start_rl(one, LEARNER, envs, own))
 
     seeds = start_seed_runs(per_seed, resumed, start, close=lambda seed: seed.envs.close())
@@ -355,8 +355,7 @@ def act(
         action = mean + log_std.exp() * draws
         # log N(action; mean, std) with (action - mean) / std = draws, as PPOAgent.act
         logprob = (-0.5 * draws.square() - log_std).sum(-1) - 0.5 * action.shape[-1] * LOG_2PI
-        space = agent.action_space
-        return action, logprob, np.clip(action.cpu().numpy(), space.low, space.high)
+        return action, logprob, agent.env_actions(action)
 
 
 def stacked_update(

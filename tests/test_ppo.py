@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import gymnasium
 import numpy as np
 import pytest
 import run_helpers
@@ -191,6 +193,7 @@ def test_sigterm_leaves_logs_and_a_resumable_checkpoint(tmp_path):
         (["ppo", "--num-minibatches", "3"], "--num-minibatches"),
         (["ppo", "--learning-rate", "nan"], "--learning-rate"),
         (["ppo", "--resume", "/nonexistent/run"], "no checkpoint"),
+        (["ppo", "--preset", "continual-cartpole", "--no-clip-actions"], "actions are discrete"),
     ],
 )
 def test_bad_input_gets_one_clear_line(tmp_path, argv, expected):
@@ -273,6 +276,31 @@ def test_presets_resolve_to_the_paper_setting():
     assert (args.num_steps, args.update_epochs, args.num_minibatches, args.ent_coef, args.vf_coef, args.num_envs) == (
         2048, 10, 128, 0.01, 1.0, 1,
     )  # fmt: skip
+    assert (args.norm_obs, args.norm_reward, args.max_grad_norm, args.clip_actions) == (
+        False, False, 0.0, False,
+    )  # fmt: skip
+
+
+def test_no_clip_actions_gives_ant_the_raw_sample_and_its_control_cost():
+    """--no-clip-actions (the paper's code): the env gets the sample itself; MuJoCo clamps the
+    control, so the physics is the clipped action's, but Ant-v5 charges control cost on the raw
+    action (0.5 * sum a^2: 8 dims at 3 against at 1, 32 more)."""
+    space = gymnasium.make("Ant-v5").action_space
+    raw = torch.full((2, 8), 3.0)
+    for clip, expected in [(True, np.ones((2, 8))), (False, raw.numpy())]:
+        agent = SimpleNamespace(args=SimpleNamespace(clip_actions=clip), action_space=space)
+        assert np.array_equal(ppo.PPOAgent.env_actions(agent, raw), expected)
+    steps = []
+    for action in (np.full(8, 3.0), np.ones(8)):
+        env = gymnasium.make("Ant-v5")
+        env.reset(seed=0)
+        obs, reward, *_, info = env.step(action)
+        steps.append((obs, reward, info["reward_ctrl"]))
+        env.close()
+    (obs_raw, reward_raw, ctrl_raw), (obs_clipped, reward_clipped, ctrl_clipped) = steps
+    assert np.array_equal(obs_raw, obs_clipped)
+    assert (ctrl_raw, ctrl_clipped) == (-36.0, -4.0)
+    assert reward_clipped - reward_raw == pytest.approx(32.0)
 
 
 @pytest.mark.slow
