@@ -62,6 +62,7 @@ from agents.checkpoints import (
     point_latest_at,
     resume_from,
     rewind_to_checkpoint,
+    set_rng_state,
 )
 from agents.flags import (
     Learner,
@@ -481,6 +482,31 @@ def seeds_training(seeds: list[Any]) -> Iterator[None]:
             guard.enter_context(seed.guard)
             seed.stop = seed.guard.enter_context(seed.run.training())
         yield
+
+
+def train_rl_seeds(
+    args: Any,
+    per_seed: list[Any],
+    resumed: list[Resumed] | None,
+    start: Callable[[Any, Resumed | None], Any],
+    train_together: Callable[[Any, list[Any]], None],
+) -> list[Path]:
+    """`train.py ppo|sac --seeds ...` once each seed's config is checked: start every seed's run
+    (`start(config, resumed)`: a seed holding its `.envs` and started `.run`), build each, then
+    `train_together(args, seeds)`; one line afterwards for the seeds that diverged. Returns the
+    run directories."""
+    seeds = start_seed_runs(per_seed, resumed, start, close=lambda seed: seed.envs.close())
+    with seeds_training(seeds):
+        for seed in seeds:
+            seed.build()
+            seed.run.event(seed.global_step, "seeds_in_process", seeds=list(args.seeds))
+            seed.run.setting_up = False
+        if resumed:  # one global stream in the process: where every seed's checkpoint left it
+            set_rng_state(seeds[0].run.checkpoint["rng"])
+        train_together(args, seeds)
+    check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
+                           len(seeds))  # fmt: skip
+    return [seed.run.dir for seed in seeds]
 
 
 def check_no_seed_diverged(diverged: dict[int, str], seeds: int) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.checkpoints import Resumed, seed_generator, set_rng_state
+from agents.checkpoints import Resumed, seed_generator
 from agents.networks import bounded_log_std, stack_parameters, stacked_mlp, take_seed_gradient
 from agents.progress import EpisodeStats, progress_bar
 from agents.replay import ReplayBuffer
@@ -44,13 +44,11 @@ from agents.run import (
     HostToDevice,
     Interrupted,
     Run,
-    check_no_seed_diverged,
     end_diverged,
     resumed_seed_configs,
     seed_configs,
     seed_everything,
-    seeds_training,
-    start_seed_runs,
+    train_rl_seeds,
 )
 from agents.sac import (
     LEARNER,
@@ -194,18 +192,7 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
         envs = learner_envs(one, "SAC", bounded_actions=True)
         return Seed(one, envs, Run.start_rl(one, LEARNER, envs, own))
 
-    seeds = start_seed_runs(per_seed, resumed, start, close=lambda seed: seed.envs.close())
-    with seeds_training(seeds):
-        for seed in seeds:
-            seed.build()
-            seed.run.event(seed.global_step, "seeds_in_process", seeds=list(args.seeds))
-            seed.run.setting_up = False
-        if resumed:  # one global stream in the process: where every seed's checkpoint left it
-            set_rng_state(seeds[0].run.checkpoint["rng"])
-        train_together(args, seeds)
-    check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
-                           len(seeds))  # fmt: skip
-    return [seed.run.dir for seed in seeds]
+    return train_rl_seeds(args, per_seed, resumed, start, train_together)
 
 
 def train_together(args: Args, seeds: list[Seed]) -> None:

@@ -820,7 +820,8 @@ def plot_features(summary: dict, runs: list[RunRecord]) -> Figure | None:
                     band(axes[i, j], *line, colour(methods, method), method)
             axes[i, j].set_title(f"{net}: {what} at each task's end", size=10)
             axes[i, j].set_xlabel("task phase" if summary["kind"] == "rl" else "task")
-    axes[0, 0].legend(fontsize=8)
+    if axes[0, 0].get_legend_handles_labels()[0]:  # none before any run has ended a task
+        axes[0, 0].legend(fontsize=8)
     return fig
 
 
