@@ -8,6 +8,7 @@ A run killed mid-write can leave a truncated last line in a record file: it is s
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,27 @@ class RunFiles:
     def origin(self) -> dict[str, Any]:
         """The "start" event: the command and the code's commit."""
         return next((event for event in self.events if event.get("event") == "start"), {})
+
+    @property
+    def wall_seconds(self) -> float:
+        """The seconds its processes ran for what the record holds: each segment (a "start" or
+        "resume" event to the segment's last event) summed. Time a crash lost after the last
+        checkpoint is not in it (the resume dropped those records); NaN without timed events."""
+        total, begin, last = 0.0, math.nan, math.nan
+        for event in self.events:
+            if "time" not in event:
+                continue
+            if event.get("event") in ("start", "resume"):
+                total += last - begin if math.isfinite(begin) else 0.0
+                begin = event["time"]
+            last = event["time"]
+        return total + last - begin if math.isfinite(begin) else math.nan
+
+    @property
+    def seeds_in_process(self) -> int:
+        """How many seeds its (last) process trained together (`--seeds`); 1 for a run alone."""
+        counts = [len(e["seeds"]) for e in self.events if e.get("event") == "seeds_in_process"]
+        return counts[-1] if counts else 1
 
     def boundaries(self) -> Iterator[dict[str, np.ndarray]]:
         """Each diagnostics/step_*.npz (one per task boundary), in step order."""

@@ -41,6 +41,8 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
   of its PPO iterations' returns; mean ± standard error over runs and the bootstrap CI, beside
   the numbers a named sweep's [published] table gives (difference within twice the standard
   error of the difference, or not);
+- cost: a finished run's wall time from its events (run_directory.RunFiles.wall_seconds), the
+  median per method, and process-hours, a run sharing a --seeds process counting a K-th;
 - R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
   task's init, pooled and per method, for each epsilon; task 0 (the fresh initialisation,
   the same for every method) is left out, as in the paper's epsilon-rank analysis.
@@ -166,6 +168,8 @@ class RunRecord:
     # (net, phase, task) -> (feature effective rank, share of dead units)
     features: dict[tuple, tuple[float, float]] = field(default_factory=dict)
     method: str = ""
+    wall_seconds: float = math.nan  # run_directory.RunFiles.wall_seconds
+    seeds_in_process: int = 1
 
     @property
     def seed(self) -> int:
@@ -286,6 +290,8 @@ def read_run(path: Path) -> RunRecord:
         code=origin.get("code", {}),
         returns=returns,
         shifts=shifts,
+        wall_seconds=files.wall_seconds,
+        seeds_in_process=files.seeds_in_process,
     )
     if kind == "rl":
         record.rollouts = rollouts
@@ -419,6 +425,15 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
                 else [math.nan] * 2,
                 "n": len(both),
             },
+        }
+        timed = [r for r in group if r.finished and math.isfinite(r.wall_seconds)]
+        row["cost"] = {
+            "runs": len(timed),
+            "median_wall_s": float(np.median([r.wall_seconds for r in timed]))
+            if timed
+            else math.nan,
+            "seeds_in_process": sorted({r.seeds_in_process for r in timed}),
+            "process_hours": sum(r.wall_seconds / r.seeds_in_process for r in timed) / 3600,
         }
         table[method] = row
         curve = []
@@ -922,6 +937,53 @@ def whole_run_table(summary: dict, digits: int) -> list[str]:
     return lines
 
 
+PER_TASK_COLUMNS = 12  # past this many tasks, performance.png shows them (a row would not fit)
+
+
+def per_task_table(summary: dict, digits: int) -> list[str]:
+    """report.md's table of each task's metric per method (mean over the runs that did it), for
+    runs of up to PER_TASK_COLUMNS tasks."""
+    tasks = summary["planned_tasks"]
+    if tasks > PER_TASK_COLUMNS or tasks < 2:
+        return []
+    unit = "phase" if summary["kind"] == "rl" else "task"
+    lines = ["", f"## Per {unit}", "",
+             f"The {summary['metric']}, mean over runs (n: fewer runs than the method has).", "",
+             "| method | runs | " + " | ".join(f"{unit} {t}" for t in range(tasks)) + " |",
+             "|---|---|" + "---|" * tasks]  # fmt: skip
+    for method in summary["methods"]:
+        runs = summary["table"][method]["runs"]
+        cells = {task: (mean, n) for task, mean, _, _, n in summary["per_task"][method]}
+        texts = [
+            "-" if t not in cells
+            else f"{cells[t][0]:.{digits}f}" + (f" (n={cells[t][1]})" if cells[t][1] < runs else "")
+            for t in range(tasks)
+        ]  # fmt: skip
+        lines.append(f"| {method} | {runs} | " + " | ".join(texts) + " |")
+    return lines
+
+
+def cost_table(summary: dict) -> list[str]:
+    """report.md's table of what the finished runs cost, from their events."""
+    costs = {m: summary["table"][m]["cost"] for m in summary["methods"]}
+    if not any(cost["runs"] for cost in costs.values()):
+        return []
+    lines = ["", "## Cost", "",
+             "A run's wall time, from its events: each start or resume to that process's last "
+             "event (time a crash lost after a checkpoint is not in it). Runs that shared a "
+             "process (--seeds) each show that process's time and count a share of it in the "
+             "process-hours (a process of one torch thread keeps about one core busy).", "",
+             "| method | finished runs | wall time of a run (median) | seeds per process | "
+             "process-hours |", "|---|---|---|---|---|"]  # fmt: skip
+    for method, cost in costs.items():
+        if not cost["runs"]:
+            continue
+        seeds = ", ".join(map(str, cost["seeds_in_process"]))
+        lines.append(f"| {method} | {cost['runs']} | {cost['median_wall_s'] / 60:.1f} min | "
+                     f"{seeds} | {cost['process_hours']:.2f} |")  # fmt: skip
+    return lines
+
+
 def markdown(summary: dict, figures: list[str], sources: list[str], manifest: dict | None) -> str:
     first, last = summary["first_tasks"], summary["last_tasks"]
     unit = "phases" if summary["kind"] == "rl" else "tasks"
@@ -966,6 +1028,7 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
         )
     if summary["kind"] == "rl":
         lines += whole_run_table(summary, digits)
+    lines += per_task_table(summary, digits) + cost_table(summary)
     incomplete = [r for r in summary["runs"] if not r["finished"]]
     if incomplete:
         lines += [

@@ -25,6 +25,7 @@ from experiments.report import (
     summarise,
     write_report,
 )
+from run_directory import read_run_files
 
 # --- the estimators -------------------------------------------------------------------------------
 
@@ -272,6 +273,41 @@ def test_an_rl_report_averages_each_run_over_its_iterations_beside_the_published
     assert "| method | runs | phase 0 | phase 1 | drop | IQM, phase 1 (" in text
     assert "Published: a planted table." in text
     assert (out / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_a_runs_wall_time_sums_its_segments_and_a_shared_process_counts_a_share(tmp_path):
+    """Seed 1 ran with two other seeds in one process, was killed 90 s in (its last event then)
+    and resumed for 50 s more: 140 s, a third of it in the process-hours. Seed 2 ran alone, 60 s."""
+    sweep = tmp_path / "sweep"
+    shared = planted_rl_run(sweep, "none", 1, [10.0] * 8)
+    alone = planted_rl_run(sweep, "none", 2, [10.0] * 8)
+    together = {"event": "seeds_in_process", "seeds": [1, 3, 4]}
+    timed = [
+        {"step": 0, "event": "start", "time": 100.0}, {"step": 0, **together, "time": 101.0},
+        {"step": 3200, "event": "shift", "task": 1, "time": 160.0},
+        {"step": 4000, "event": "warning", "time": 190.0},
+        {"step": 3200, "event": "resume", "time": 1000.0}, {"step": 3200, **together, "time": 1001.0},
+        {"step": 6400, "event": "finished", "time": 1050.0},
+    ]  # fmt: skip
+    (shared / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in timed))
+    (alone / "events.jsonl").write_text(
+        json.dumps({"step": 0, "event": "start", "time": 5.0}) + "\n"
+        + json.dumps({"step": 3200, "event": "shift", "task": 1, "time": 35.0}) + "\n"
+        + json.dumps({"step": 6400, "event": "finished", "time": 65.0}) + "\n"
+    )  # fmt: skip
+    assert read_run_files(shared).wall_seconds == 140.0
+    assert (read_run_files(shared).seeds_in_process, read_run_files(alone).seeds_in_process) == (
+        3,
+        1,
+    )
+    (sweep / "manifest.json").write_text(json.dumps({"command": ["train.py", "sweep"], "code": {}}))
+    out = write_report([sweep], tmp_path / "report")
+    cost = json.loads((out / "report.json").read_text())["table"]["bp"]["cost"]
+    assert cost["median_wall_s"] == 100.0 and cost["seeds_in_process"] == [1, 3]
+    assert cost["process_hours"] == pytest.approx((140 / 3 + 60) / 3600)
+    text = (out / "report.md").read_text()
+    assert "| bp | 2 | 1.7 min | 1, 3 | 0.03 |" in text
+    assert "| method | runs | phase 0 | phase 1 |" in text and "| bp | 2 | 10.0 | 10.0 |" in text
 
 
 def test_the_recorded_code_version_is_dirty_for_changed_tracked_files_only(tmp_path):
