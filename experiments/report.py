@@ -187,13 +187,13 @@ class RunRecord:
         return float(np.mean(list(self.task_metric.values()))) if self.task_metric else math.nan
 
 
-def find_run_dirs(paths: list[Path]) -> tuple[list[Path], dict | None]:
+def find_run_dirs(paths: list[Path]) -> tuple[list[Path], list[dict]]:
     """The run directories named: a sweep directory's cells, a run directory, or a folder of run
-    directories. Returns them and the sweep's manifest when one path is a sweep."""
-    found, manifest = [], None
+    directories. Returns them and the manifest of each sweep among the paths."""
+    found, manifests = [], []
     for path in paths:
         if (path / "manifest.json").exists():
-            manifest = json.loads((path / "manifest.json").read_text())
+            manifests.append(json.loads((path / "manifest.json").read_text()))
             found += sorted(p.parent for p in (path / "cells").glob("*/*/config.json"))
         elif (path / "config.json").exists():
             found.append(path)
@@ -203,7 +203,24 @@ def find_run_dirs(paths: list[Path]) -> tuple[list[Path], dict | None]:
             raise ConfigError(f"no run directory or sweep directory at {path}")
     if not found:
         raise ConfigError(f"no run directories under {', '.join(map(str, paths))}")
-    return found, manifest
+    return found, manifests
+
+
+def published_numbers(manifests: list[dict]) -> dict | None:
+    """The [published] tables of the sweeps reported together, as one: a method's numbers from
+    whichever sweep gives them (sweeps of one experiment split in two, e.g. seeds 1-3 and 4-6,
+    give the same), refused where two sweeps give one method different numbers."""
+    tables = [m["published"] for m in manifests if m.get("published")]
+    if not tables:
+        return None
+    methods: dict[str, list[float]] = {}
+    for table in tables:
+        for method, numbers in table.get("methods", {}).items():
+            if methods.setdefault(method, numbers) != numbers:
+                raise ConfigError(f"these sweeps publish different numbers for {method} "
+                                  f"({methods[method]} and {numbers}); report them apart")  # fmt: skip
+    sources = list(dict.fromkeys(table.get("source", "") for table in tables))
+    return {"source": " ".join(source for source in sources if source), "methods": methods}
 
 
 def planned_phases(config: dict) -> int:
@@ -984,7 +1001,7 @@ def cost_table(summary: dict) -> list[str]:
     return lines
 
 
-def markdown(summary: dict, figures: list[str], sources: list[str], manifest: dict | None) -> str:
+def markdown(summary: dict, figures: list[str], sources: list[str], manifests: list[dict]) -> str:
     first, last = summary["first_tasks"], summary["last_tasks"]
     unit = "phases" if summary["kind"] == "rl" else "tasks"
     digits = 1 if summary["kind"] == "rl" else 3
@@ -1051,7 +1068,7 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
                      f"{row.get('spearman', math.nan):+.2f} | {per} |")  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     lines += ["", "## Where every number comes from", ""]
-    if manifest is not None:
+    for manifest in manifests:
         code = manifest.get("code", {})
         lines += [f"Sweep: `{' '.join(manifest['command'])}` at commit {code.get('commit')}"
                   f"{' (uncommitted changes)' if code.get('dirty') else ''}.", ""]  # fmt: skip
@@ -1068,15 +1085,16 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifest: di
 
 
 def write_report(paths: list[Path], out: Path | None = None) -> Path:
-    run_dirs, manifest = find_run_dirs(paths)
+    run_dirs, manifests = find_run_dirs(paths)
     runs = [read_run(path) for path in run_dirs]
     kinds = {run.kind for run in runs}
     if len(kinds) > 1:
         raise ConfigError("these runs mix supervised and RL runs; report each kind apart")
     name_methods(runs)
-    summary = summarise(runs, (manifest or {}).get("published"))
+    summary = summarise(runs, published_numbers(manifests))
     if out is None:
-        out = (paths[0] / "report") if manifest is not None else Path("report")
+        sweep = (paths[0] / "manifest.json").exists()
+        out = (paths[0] / "report") if sweep else Path("report")
     out.mkdir(parents=True, exist_ok=True)
     figures = {
         "performance.png": plot_performance(summary, runs),
@@ -1092,7 +1110,7 @@ def write_report(paths: list[Path], out: Path | None = None) -> Path:
             figure.savefig(out / name, dpi=110)
             written.append(name)
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    (out / "report.md").write_text(markdown(summary, written, [str(p) for p in paths], manifest))
+    (out / "report.md").write_text(markdown(summary, written, [str(p) for p in paths], manifests))
     return out
 
 

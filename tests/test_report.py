@@ -310,6 +310,29 @@ def test_a_runs_wall_time_sums_its_segments_and_a_shared_process_counts_a_share(
     assert "| method | runs | phase 0 | phase 1 |" in text and "| bp | 2 | 10.0 | 10.0 |" in text
 
 
+def test_two_sweeps_of_one_experiment_report_together_with_the_published_numbers(tmp_path):
+    """Seeds split over two sweep directories, only the first with the [published] table: one
+    report of both, beside those numbers; two sweeps that publish different numbers for one
+    method are refused in one line."""
+    published = {"source": "a planted table.", "methods": {"bp": [15.0, 1.0]}}
+    for name, seeds, table in (("a", (1, 2), published), ("b", (3,), None)):
+        for seed in seeds:
+            planted_rl_run(tmp_path / name, "none", seed, [10.0 * seed] * 8)
+        manifest = {"command": ["train.py", "sweep", name], "code": {}}
+        (tmp_path / name / "manifest.json").write_text(json.dumps({**manifest, "published": table}
+                                                                  if table else manifest))  # fmt: skip
+    out = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report")
+    text = (out / "report.md").read_text()
+    assert "| bp | 3 | 20.0 ± 5.8 | [10.0, 30.0] | 15.0 ± 1.0 | +5.0 | yes |" in text
+    assert "Sweep: `train.py sweep a`" in text and "Sweep: `train.py sweep b`" in text
+    other = {"command": ["train.py", "sweep", "b"], "code": {},
+             "published": {"source": "another.", "methods": {"bp": [99.0, 1.0]}}}  # fmt: skip
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(other))
+    result = run_cli_in_process("report", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "different numbers for bp" in result.stderr.strip().splitlines()[-1]
+
+
 def test_the_recorded_code_version_is_dirty_for_changed_tracked_files_only(tmp_path):
     """A run records its commit and whether the code differs from it: a log file beside the
     checkout does not make it dirty, an edited tracked file does."""
