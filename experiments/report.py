@@ -416,7 +416,7 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             ]
         )
 
-    table, curves = {}, {}
+    table, curves, costs = {}, {}, {}
     for method, group in by_method.items():
         first, last = edge_means(group, first_tasks), edge_means(group, last_tasks)
         both = [r for r in group if all(t in r.task_metric for t in first_tasks + last_tasks)]
@@ -444,7 +444,7 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             },
         }
         timed = [r for r in group if r.finished and math.isfinite(r.wall_seconds)]
-        row["cost"] = {
+        costs[method] = {
             "runs": len(timed),
             "median_wall_s": float(np.median([r.wall_seconds for r in timed]))
             if timed
@@ -496,6 +496,7 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
         "methods": methods,
         "table": table,
         "per_task": curves,
+        "cost": costs,  # apart from "table": what the runs learnt does not depend on how fast
         "r_squared": correlations,
         "published_source": (published or {}).get("source"),
         "runs": [
@@ -982,7 +983,7 @@ def per_task_table(summary: dict, digits: int) -> list[str]:
 
 def cost_table(summary: dict) -> list[str]:
     """report.md's table of what the finished runs cost, from their events."""
-    costs = {m: summary["table"][m]["cost"] for m in summary["methods"]}
+    costs = summary["cost"]
     if not any(cost["runs"] for cost in costs.values()):
         return []
     lines = ["", "## Cost", "",

@@ -302,7 +302,7 @@ def test_a_runs_wall_time_sums_its_segments_and_a_shared_process_counts_a_share(
     )
     (sweep / "manifest.json").write_text(json.dumps({"command": ["train.py", "sweep"], "code": {}}))
     out = write_report([sweep], tmp_path / "report")
-    cost = json.loads((out / "report.json").read_text())["table"]["bp"]["cost"]
+    cost = json.loads((out / "report.json").read_text())["cost"]["bp"]
     assert cost["median_wall_s"] == 100.0 and cost["seeds_in_process"] == [1, 3]
     assert cost["process_hours"] == pytest.approx((140 / 3 + 60) / 3600)
     text = (out / "report.md").read_text()
