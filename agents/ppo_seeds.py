@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import functools
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,7 @@ from agents.run import (
     Diverged,
     HostToDevice,
     Interrupted,
+    RLSeed,
     Run,
     end_diverged,
     resumed_seed_configs,
@@ -103,25 +103,13 @@ class StackedNets:
 
 
 @dataclass
-class Seed:
+class Seed(RLSeed):
     """One seed's ordinary run inside the batched process, and what its loop carries."""
 
-    args: Args
-    envs: object
-    run: Run
-    guard: ExitStack = field(default_factory=ExitStack)
-    stop: object = None
     agent: PPOAgent | None = None
-    generator: torch.Generator | None = None
-    episodes: EpisodeStats | None = None
-    boundaries: TaskBoundaries | None = None
-    clips: ClipRecorder | None = None
-    to_device: HostToDevice | None = None
     next_obs: Tensor | None = None
     rollout: Rollout | None = None
     previous_batch: dict[str, Tensor] | None = None
-    diverged: str | None = None
-    global_step: int = 0
 
     def build(self) -> None:
         """The agent, from the random state a single run of this seed builds it from; on a

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -84,6 +84,11 @@ from agents.records import (
     write_atomically,
 )
 from validation import ConfigError, require_all
+
+if TYPE_CHECKING:  # annotations only: the learners import this module
+    from agents.progress import EpisodeStats
+    from diagnostics import TaskBoundaries
+    from envs.video import ClipRecorder
 
 
 class StopRequest:
@@ -482,6 +487,25 @@ def seeds_training(seeds: list[Any]) -> Iterator[None]:
             guard.enter_context(seed.guard)
             seed.stop = seed.guard.enter_context(seed.run.training())
         yield
+
+
+@dataclass
+class RLSeed:
+    """One seed's ordinary run inside a `--seeds` process of PPO or SAC, and what every such
+    loop carries; each learner's `Seed` adds its agent and its loop's own state."""
+
+    args: Any
+    envs: Any
+    run: Run
+    guard: ExitStack = field(default_factory=ExitStack)
+    stop: StopRequest | None = None
+    generator: torch.Generator | None = None
+    episodes: EpisodeStats | None = None
+    boundaries: TaskBoundaries | None = None
+    clips: ClipRecorder | None = None
+    to_device: HostToDevice | None = None
+    diverged: str | None = None
+    global_step: int = 0
 
 
 def train_rl_seeds(

@@ -27,7 +27,6 @@ diverges stops alone. Stopped, the K runs resume together (`train.py sac --resum
 from __future__ import annotations
 
 import functools
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from agents.run import (
     Diverged,
     HostToDevice,
     Interrupted,
+    RLSeed,
     Run,
     end_diverged,
     resumed_seed_configs,
@@ -118,26 +118,14 @@ class StackedSAC:
 
 
 @dataclass
-class Seed:
+class Seed(RLSeed):
     """One seed's ordinary run inside the batched process, and what its loop carries."""
 
-    args: Args
-    envs: object
-    run: Run
-    guard: ExitStack = field(default_factory=ExitStack)
-    stop: object = None
     agent: SACAgent | None = None
     buffer: ReplayBuffer | None = None
-    generator: torch.Generator | None = None
-    episodes: EpisodeStats | None = None
-    boundaries: TaskBoundaries | None = None
-    clips: ClipRecorder | None = None
-    to_device: HostToDevice | None = None
     obs: Tensor | None = None
     last: dict[str, Tensor] = field(default_factory=dict)
     regularizer_metrics: dict[str, float] = field(default_factory=dict)
-    diverged: str | None = None
-    global_step: int = 0
     updates: int = 0
     task_start: int = 0
 
