@@ -86,7 +86,6 @@ from agents.records import (
 from validation import ConfigError, require_all
 
 if TYPE_CHECKING:  # annotations only: the learners import this module
-    from agents.progress import EpisodeStats
     from diagnostics import TaskBoundaries
     from envs.video import ClipRecorder
 
@@ -500,7 +499,7 @@ class RLSeed:
     guard: ExitStack = field(default_factory=ExitStack)
     stop: StopRequest | None = None
     generator: torch.Generator | None = None
-    episodes: EpisodeStats | None = None
+    episodes: Any = None  # agents.progress.EpisodeStats (that module imports this one)
     boundaries: TaskBoundaries | None = None
     clips: ClipRecorder | None = None
     to_device: HostToDevice | None = None
