@@ -85,7 +85,7 @@ from agents.records import (
 )
 from validation import ConfigError, require_all
 
-if TYPE_CHECKING:  # annotations only: the learners import this module
+if TYPE_CHECKING:  # annotations only: starting a run needs neither package
     from diagnostics import TaskBoundaries
     from envs.video import ClipRecorder
 
