@@ -45,7 +45,9 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
   median per method, and process-hours, a run sharing a --seeds process counting a K-th;
 - R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
   task's init, pooled and per method, for each epsilon; task 0 (the fresh initialisation,
-  the same for every method) is left out, as in the paper's epsilon-rank analysis.
+  the same for every method) is left out, as in the paper's epsilon-rank analysis. Within
+  task: the same after each task's mean of both is subtracted (the runs compared only with
+  other runs at the same task), so a trend all runs share over time does not count.
 """
 
 from __future__ import annotations
@@ -547,16 +549,31 @@ def stat(values: np.ndarray) -> dict:
 
 
 def metric_points(runs: list[RunRecord], net: str, eps: float, convention: int):
-    """(method, x = eps-rank at the task's init, y = the task's metric) for every (run, task)
-    after the first: task 0 starts from the initialisation, where every method's network is
-    the same fresh one (high rank, no earlier task to have lost plasticity to), so it is left
-    out, as the paper's epsilon-rank analysis leaves it out."""
+    """(method, x = eps-rank at the task's init, y = the task's metric, task) for every
+    (run, task) after the first: task 0 starts from the initialisation, where every method's
+    network is the same fresh one (high rank, no earlier task to have lost plasticity to), so it
+    is left out, as the paper's epsilon-rank analysis leaves it out."""
     points = []
     for run in runs:
         for (n, phase, task, e), ranks in run.eps_ranks.items():
             if n == net and phase == "init" and e == eps and task > 0 and task in run.task_metric:
-                points.append((run.method, ranks[convention], run.task_metric[task]))
+                points.append((run.method, ranks[convention], run.task_metric[task], task))
     return points
+
+
+def within_task_r_squared(x: np.ndarray, y: np.ndarray, tasks: np.ndarray) -> tuple[float, float]:
+    """R^2 (and r) of the metric against the eps-rank after each task's mean of both is taken
+    out: does a run with a higher eps-rank than the other runs at the same task's start learn
+    that task better? The pooled R^2 also counts trends that every run shares over the tasks
+    (in RL both the return and the rank can rise with training time alone), which this does
+    not. Tasks that only one run reached say nothing here and are left out."""
+    keep = np.array([np.sum(tasks == t) > 1 for t in tasks], dtype=bool)
+    x, y, tasks = x[keep], y[keep], tasks[keep]
+    for t in np.unique(tasks):
+        mine = tasks == t
+        x[mine] -= x[mine].mean()
+        y[mine] -= y[mine].mean()
+    return r_squared(x, y)
 
 
 def metric_vs_eps_rank(runs: list[RunRecord], methods: list[str]) -> list[dict]:
@@ -565,11 +582,13 @@ def metric_vs_eps_rank(runs: list[RunRecord], methods: list[str]) -> list[dict]:
     for net, eps in keys:
         for index, convention in enumerate(CONVENTIONS):
             points = metric_points(runs, net, eps, index)
-            x = np.array([p[1] for p in points])
-            y = np.array([p[2] for p in points])
+            x = np.array([p[1] for p in points], dtype=float)
+            y = np.array([p[2] for p in points], dtype=float)
             pooled, r = r_squared(x, y)
+            within, within_r = within_task_r_squared(x, y, np.array([p[3] for p in points]))
             row = {"net": net, "eps": eps, "convention": convention, "points": len(points),
                    "pooled": pooled, "pooled_r": r, "spearman": spearman(x, y),
+                   "within_task": within, "within_task_r": within_r,
                    "per_method": {}}  # fmt: skip
             for method in methods:
                 mine = np.array([p[0] == method for p in points], dtype=bool)
@@ -870,7 +889,7 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
         ax = axes[nets.index(row["net"]), epsilons.index(row["eps"])]
         points = metric_points(runs, row["net"], row["eps"], 0)
         for method in methods:
-            mine = np.array([(x, y) for m, x, y in points if m == method])
+            mine = np.array([(x, y) for m, x, y, _ in points if m == method])
             if len(mine):
                 ax.scatter(
                     mine[:, 0],
@@ -887,7 +906,8 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
             xs = np.linspace(x.min(), x.max(), 400)  # a line, drawn on a log axis too
             ax.plot(xs, slope * xs + intercept, color="k", linewidth=1)
         ax.set_title(f"{row['net']}, eps = {row['eps']:g}: R^2 = {row['pooled']:.2f}, "
-                     f"rho = {row['spearman']:+.2f}", size=10)  # fmt: skip
+                     f"rho = {row['spearman']:+.2f}\nwithin task: R^2 = {row['within_task']:.2f} "
+                     f"(r = {row['within_task_r']:+.2f})", size=10)  # fmt: skip
         positive = x[x > 0]
         if len(positive) and x.max() > 100 * positive.min():
             # eps-ranks spanning decades (a collapsed spectrum sits at 0): log above the smallest
@@ -1057,16 +1077,22 @@ def markdown(summary: dict, figures: list[str], sources: list[str], manifests: l
               "R^2 of the least-squares line over every (method, seed, task) point after task 0 (the "
               "paper: 0.711 on Continual ImageNet); r is its sign. Spearman's rho (the Pearson r of "
               "the ranks) says whether the metric rises with the epsilon-rank at all, where the "
-              "relation is not a line (e.g. a threshold). Per method: R^2.", ""]  # fmt: skip
+              "relation is not a line (e.g. a threshold). Within task: R^2 (r) after each task's "
+              "mean of both is taken out, so a trend every run shares over the tasks (the return "
+              "and the rank both rising with training time) does not count; it asks whether a run "
+              "that starts a task with a higher epsilon-rank than the others learns that task "
+              "better. Per method: pooled R^2.", ""]  # fmt: skip
     methods = summary["methods"]
     lines += ["| net | eps | convention | points | pooled R^2 (r) | Spearman rho | "
-              + " | ".join(methods) + " |",
-              "|---|---|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
+              "within task R^2 (r) | " + " | ".join(methods) + " |",
+              "|---|---|---|---|---|---|---|" + "---|" * len(methods)]  # fmt: skip
     for row in summary["r_squared"]:
         per = " | ".join(f"{row['per_method'][m]:.2f}" for m in methods)
         lines.append(f"| {row['net']} | {row['eps']:g} | {row['convention']} | {row['points']} | "
                      f"{row['pooled']:.2f} ({row['pooled_r']:+.2f}) | "
-                     f"{row.get('spearman', math.nan):+.2f} | {per} |")  # fmt: skip
+                     f"{row.get('spearman', math.nan):+.2f} | "
+                     f"{row.get('within_task', math.nan):.2f} "
+                     f"({row.get('within_task_r', math.nan):+.2f}) | {per} |")  # fmt: skip
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     lines += ["", "## Where every number comes from", ""]
     for manifest in manifests:

@@ -4,6 +4,7 @@ whose every number is planted, and over real runs made by hand and by a sweep.""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from experiments.report import (
     r_squared,
     read_run,
     summarise,
+    within_task_r_squared,
     write_report,
 )
 from run_directory import read_run_files
@@ -71,6 +73,22 @@ def test_r_squared_of_a_small_line_fit():
     # x = 0, 1, 2; y = 0, 1, 3: Sxy = 3, Sxx = 2, Syy = 14/3, R^2 = 9 / (2 * 14/3) = 27/28.
     r2, r = r_squared(np.array([0.0, 1, 2]), np.array([0.0, 1, 3]))
     assert r2 == pytest.approx(27 / 28) and r > 0
+
+
+def test_within_task_r_squared_takes_out_a_trend_every_run_shares():
+    # Two tasks; both the rank and the metric rise by 10 from task 1 to task 2 (pooled r > 0),
+    # but inside each task the run with the higher rank has the lower metric: after each task's
+    # mean is taken out the points are (-0.5, 0.5), (0.5, -0.5) twice, r = -1 exactly.
+    x = np.array([1.0, 2, 11, 12])
+    y = np.array([10.0, 9, 20, 19])
+    tasks = np.array([1, 1, 2, 2])
+    assert r_squared(x, y)[1] > 0.9
+    r2, r = within_task_r_squared(x, y, tasks)
+    assert r2 == pytest.approx(1.0) and r == pytest.approx(-1.0)
+    assert list(x) == [1.0, 2, 11, 12], "the caller's arrays are left as they were"
+    # A task one run reached compares it with nobody: left out, two points remain, no fit.
+    r2, _ = within_task_r_squared(x[:3], y[:3], tasks[:3])
+    assert math.isnan(r2)
 
 
 def test_a_phase_mean_is_its_learning_curve_mean_not_its_episode_mean():
