@@ -103,7 +103,7 @@ class StackedNets:
 
 
 @dataclass
-class Seed(RLSeed):
+class Seed(RLSeed[Args]):
     """One seed's ordinary run inside the batched process, and what its loop carries."""
 
     agent: PPOAgent | None = None

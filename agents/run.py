@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -87,6 +87,7 @@ from validation import ConfigError, require_all
 
 if TYPE_CHECKING:  # annotations only: starting a run needs neither package
     from diagnostics import TaskBoundaries
+    from envs import ShiftingVectorEnv
     from envs.video import ClipRecorder
 
 
@@ -488,13 +489,17 @@ def seeds_training(seeds: list[Any]) -> Iterator[None]:
         yield
 
 
-@dataclass
-class RLSeed:
-    """One seed's ordinary run inside a `--seeds` process of PPO or SAC, and what every such
-    loop carries; each learner's `Seed` adds its agent and its loop's own state."""
+LearnerArgs = TypeVar("LearnerArgs")
 
-    args: Any
-    envs: Any
+
+@dataclass
+class RLSeed(Generic[LearnerArgs]):
+    """One seed's ordinary run inside a `--seeds` process of PPO or SAC, and what every such
+    loop carries; each learner's `Seed` (an `RLSeed[its Args]`) adds its agent and its loop's
+    own state."""
+
+    args: LearnerArgs
+    envs: ShiftingVectorEnv
     run: Run
     guard: ExitStack = field(default_factory=ExitStack)
     stop: StopRequest | None = None

@@ -118,7 +118,7 @@ class StackedSAC:
 
 
 @dataclass
-class Seed(RLSeed):
+class Seed(RLSeed[Args]):
     """One seed's ordinary run inside the batched process, and what its loop carries."""
 
     agent: SACAgent | None = None

@@ -83,7 +83,7 @@ def test_one_batched_update_is_each_seeds_own_update(regularizer):
                 torch.testing.assert_close(ours[name], param, rtol=1e-4, atol=2e-5, msg=name)
         torch.testing.assert_close(twin.log_alpha, one.log_alpha, rtol=1e-5, atol=1e-6)
     start = build_agents(args)[0]
-    moved = sum(float((p - q).abs().sum()) for p, q in
+    moved = sum(float((p - q).detach().abs().sum()) for p, q in
                 zip(single[0].actor.parameters(), start.actor.parameters(), strict=True))  # fmt: skip
     assert moved > 0  # the updates moved the actors: not a comparison of idle networks
 
