@@ -53,6 +53,7 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import math
@@ -270,7 +271,8 @@ def read_run(path: Path) -> RunRecord:
             f"{path / 'config.json'} cannot be read: a run's flags are its config.json; leave "
             "the run out of the report or restore the file"
         )
-    config, metrics, origin = files.config, files.metrics, files.origin
+    metrics, origin = files.metrics, files.origin
+    config = with_later_flags(files.config, origin.get("command", ""))
     kind = "supervised" if files.is_supervised else "rl"
     shifts, ended = files.shift_steps, files.finished
     if kind == "supervised":
@@ -348,6 +350,32 @@ def read_run(path: Path) -> RunRecord:
             if tasks[phase] >= 0:
                 record.features[net, phase, tasks[phase]] = (float(row[key]), float(dead))
     return record
+
+
+def with_later_flags(config: dict, command: str) -> dict:
+    """A run's config with the flags added to its learner since the run was made, at their
+    defaults: a flag is added with the default that keeps what the code did before, so that
+    is what the run did (a resume fills them in the same way: agents/checkpoints.check_mode).
+    Without it a run from before a flag and a run after it would be two methods. The learner
+    is the mode its command names (`train.py ppo ...`); a command naming none is left as it is."""
+    from agents.cli import MODES
+    from agents.records import jsonable
+
+    words = command.split()
+    modes = [b for a, b in itertools.pairwise(words) if a.endswith("train.py") and b in MODES]
+    if not modes:
+        return config
+
+    def fill(saved: dict, default: dict) -> dict:
+        filled = dict(saved)
+        for key, value in default.items():
+            if key not in filled:
+                filled[key] = value
+            elif isinstance(value, dict) and isinstance(filled[key], dict):
+                filled[key] = fill(filled[key], value)
+        return filled
+
+    return fill(config, jsonable(importlib.import_module(MODES[modes[0]]).Args()))
 
 
 def name_methods(runs: list[RunRecord]) -> None:

@@ -236,19 +236,21 @@ def test_a_report_of_nothing_is_one_error_line(tmp_path, argv, message):
 ROLLOUT = 800
 
 
-def planted_rl_run(root: Path, regularizer: str, seed: int, returns: list[float]) -> Path:
+def planted_rl_run(
+    root: Path, regularizer: str, seed: int, returns: list[float], command: str = "", **flags
+) -> Path:
     """A PPO run directory: one return per 800-step rollout (logged at the step after it, as PPO
-    logs), a shift every 4 rollouts (at steps 3,200 and 6,400)."""
+    logs), a shift every 4 rollouts (at steps 3,200 and 6,400); `flags`: more config fields."""
     run = root / "cells" / f"{regularizer}-{seed}" / f"CartPole-v1__ppo__{regularizer}__{seed}"
     run.mkdir(parents=True)
     total = ROLLOUT * len(returns)
     config = {"env_id": "CartPole-v1", "seed": seed, "regularizer": regularizer,
               "total_timesteps": total, "num_steps": ROLLOUT, "num_envs": 1,
-              "shift": ["obs-offset"], "shift_every": 4 * ROLLOUT}  # fmt: skip
+              "shift": ["obs-offset"], "shift_every": 4 * ROLLOUT, **flags}  # fmt: skip
     (run / "config.json").write_text(json.dumps(config))
     metrics = [{"step": (i + 1) * ROLLOUT, "charts/rollout_return": r, "charts/episodic_return": r,
                 "charts/episodes": 1} for i, r in enumerate(returns)]  # fmt: skip
-    events = [{"step": 0, "event": "start"}]
+    events = [{"step": 0, "event": "start", "command": command}]
     events += [
         {"step": s, "event": "shift", "task": s // (4 * ROLLOUT)}
         for s in range(4 * ROLLOUT, total, 4 * ROLLOUT)
@@ -291,6 +293,28 @@ def test_an_rl_report_averages_each_run_over_its_iterations_beside_the_published
     assert "| method | runs | phase 0 | phase 1 | drop | IQM, phase 1 (" in text
     assert "Published: a planted table." in text
     assert (out / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_a_run_from_before_a_flag_existed_is_one_method_with_runs_at_its_default(tmp_path):
+    # Seed 1 was made before --clip-actions existed (its config lacks the field; PPO clipped
+    # then, which the flag's default True keeps); seed 2 after, at the default: one method.
+    # Seed 3 turned it off: another method. A resume fills the missing field the same way.
+    command = "python /x/train.py ppo --seed {}"
+    made = [
+        planted_rl_run(tmp_path, "none", 1, [10.0] * 8, command.format(1)),
+        planted_rl_run(tmp_path, "none", 2, [20.0] * 8, command.format(2), clip_actions=True),
+        planted_rl_run(tmp_path, "none", 3, [30.0] * 8, command.format(3), clip_actions=False),
+    ]
+    runs = [read_run(path) for path in made]
+    name_methods(runs)
+    assert {run.seed: run.method for run in runs} == {
+        1: "bp (clip_actions=true)",
+        2: "bp (clip_actions=true)",
+        3: "bp (clip_actions=false)",
+    }
+    # A command that names no learner says nothing of its defaults: the field stays missing.
+    old = read_run(planted_rl_run(tmp_path, "none", 4, [10.0] * 8, "python other.py"))
+    assert "clip_actions" not in old.config
 
 
 def test_a_runs_wall_time_sums_its_segments_and_a_shared_process_counts_a_share(tmp_path):
