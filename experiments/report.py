@@ -596,7 +596,7 @@ def within_task_r_squared(x: np.ndarray, y: np.ndarray, tasks: np.ndarray) -> tu
     (in RL both the return and the rank can rise with training time alone), which this does
     not. Tasks that only one run reached say nothing here and are left out."""
     keep = np.array([np.sum(tasks == t) > 1 for t in tasks], dtype=bool)
-    x, y, tasks = x[keep], y[keep], tasks[keep]
+    x, y, tasks = x[keep].astype(float), y[keep].astype(float), tasks[keep]  # copies
     for t in np.unique(tasks):
         mine = tasks == t
         x[mine] -= x[mine].mean()
