@@ -28,16 +28,19 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 # name: (seconds on the GPU, seconds in the dry run); ~9.4 minutes in all on the GPU, sized by
-# the first H200 run (docs/gpu.md) so that one 10-minute call holds the whole check
+# the first H200 run (docs/gpu.md) so that one 10-minute call holds the whole check. The dry
+# run's limits only catch a hang: each is about 4x or more what the part took on a 2-core
+# machine busy with three training runs, since a test that fails because its machine is busy
+# proves nothing.
 BUDGETS = {
-    "gpu-tests": (110, 150),
-    "rl-throughput": (120, 90),
-    "batched-seeds": (80, 60),
-    "seeds-runs": (110, 60),
-    "supervised": (35, 60),
-    "hessian": (30, 60),
-    "ppo-1m": (40, 60),
-    "suite": (40, 60),
+    "gpu-tests": (110, 300),
+    "rl-throughput": (120, 240),
+    "batched-seeds": (80, 180),
+    "seeds-runs": (110, 180),
+    "supervised": (35, 120),
+    "hessian": (30, 120),
+    "ppo-1m": (40, 120),
+    "suite": (40, 120),
 }
 
 

@@ -79,7 +79,8 @@ def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_
     checked = subprocess.run(
         ["unshare", "-rn", "env", f"WHEELS={wheels}", f"PYTHON={python}",
          REPO / "benchmarks" / "gpu_check.sh", out, "--dry-run"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+        cwd=REPO, capture_output=True, text=True, env=env,
+        timeout=sum(dry for _, dry in BUDGETS.values()) + 300,  # each part's limit, and the install
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
     summary = (out / "summary.md").read_text()
