@@ -911,7 +911,7 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
         return None
     methods = summary["methods"]
     nets, epsilons = sorted({r["net"] for r in rows}), sorted({r["eps"] for r in rows})
-    fig = Figure(figsize=(3.3 * len(epsilons) + 1, 2.9 * len(nets) + 0.7), layout="constrained")
+    fig = Figure(figsize=(3.3 * len(epsilons) + 1, 3.1 * len(nets) + 0.7), layout="constrained")
     axes = fig.subplots(len(nets), len(epsilons), squeeze=False)
     for row in rows:
         ax = axes[nets.index(row["net"]), epsilons.index(row["eps"])]
@@ -933,9 +933,12 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
             slope, intercept = np.polyfit(x, y, 1)
             xs = np.linspace(x.min(), x.max(), 400)  # a line, drawn on a log axis too
             ax.plot(xs, slope * xs + intercept, color="k", linewidth=1)
-        ax.set_title(f"{row['net']}, eps = {row['eps']:g}: R^2 = {row['pooled']:.2f}, "
-                     f"rho = {row['spearman']:+.2f}\nwithin task: R^2 = {row['within_task']:.2f} "
-                     f"(r = {row['within_task_r']:+.2f})", size=10)  # fmt: skip
+        # three short lines: one long line ran past the panel's edge (constrained layout does
+        # not shrink titles)
+        ax.set_title(f"{row['net']}, eps = {row['eps']:g}\n"
+                     f"R^2 = {row['pooled']:.2f}, rho = {row['spearman']:+.2f}\n"
+                     f"within task: R^2 = {row['within_task']:.2f} (r = {row['within_task_r']:+.2f})",
+                     size=9)  # fmt: skip
         positive = x[x > 0]
         if len(positive) and x.max() > 100 * positive.min():
             # eps-ranks spanning decades (a collapsed spectrum sits at 0): log above the smallest
