@@ -78,15 +78,27 @@ class RunFiles:
         """The seconds its processes ran for what the record holds: each segment (a "start" or
         "resume" event to the segment's last event) summed. Time a crash lost after the last
         checkpoint is not in it (the resume dropped those records); NaN without timed events."""
-        total, begin, last = 0.0, math.nan, math.nan
+        return self._segments_summed("time")
+
+    @property
+    def cpu_seconds(self) -> float:
+        """The CPU seconds its processes used over the same segments (each event's "cpu", the
+        process's time.process_time()): unlike wall time, not inflated by a process waiting for
+        a core it shares or stopped by a signal. NaN for records from before "cpu" was written."""
+        return self._segments_summed("cpu")
+
+    def _segments_summed(self, clock: str) -> float:
+        # NaN when any segment lacks the clock: a record resumed by newer code would otherwise
+        # count only its newer segments.
+        segments: list[list[float]] = []
         for event in self.events:
-            if "time" not in event:
-                continue
             if event.get("event") in ("start", "resume"):
-                total += last - begin if math.isfinite(begin) else 0.0
-                begin = event["time"]
-            last = event["time"]
-        return total + last - begin if math.isfinite(begin) else math.nan
+                segments.append([event.get(clock, math.nan)] * 2)
+            elif segments and clock in event:
+                segments[-1][1] = event[clock]
+        if not segments:
+            return math.nan
+        return sum(last - begin for begin, last in segments)
 
     @property
     def seeds_in_process(self) -> int:

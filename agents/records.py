@@ -198,9 +198,10 @@ class RunLogger:
 
     def event(self, step: int, kind: str, **data: Any) -> None:
         """A shift, a warning, a resume: recorded with its step and parameters."""
-        self._write(
-            "events.jsonl", {"step": step, "event": kind, "time": time.time(), **jsonable(data)}
-        )
+        # "cpu": this process's CPU seconds, the run's cost however many processes shared the
+        # cores (run_directory.RunFiles.cpu_seconds).
+        clocks = {"time": time.time(), "cpu": time.process_time()}
+        self._write("events.jsonl", {"step": step, "event": kind, **clocks, **jsonable(data)})
         numbers = {
             f"{kind}/{k}": v
             for k, v in data.get("params", data).items()

@@ -42,7 +42,9 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
   the numbers a named sweep's [published] table gives (difference within twice the standard
   error of the difference, or not);
 - cost: a finished run's wall time from its events (run_directory.RunFiles.wall_seconds), the
-  median per method, and process-hours, a run sharing a --seeds process counting a K-th;
+  median per method, and process-hours, a run sharing a --seeds process counting a K-th; the
+  same share of its processes' CPU time (RunFiles.cpu_seconds) as CPU-hours, which waiting
+  for a shared core or a SIGSTOP does not inflate (NaN when a run's record has no CPU times);
 - R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
   task's init, pooled and per method, for each epsilon; task 0 (the fresh initialisation,
   the same for every method) is left out, as in the paper's epsilon-rank analysis. Within
@@ -172,6 +174,7 @@ class RunRecord:
     features: dict[tuple, tuple[float, float]] = field(default_factory=dict)
     method: str = ""
     wall_seconds: float = math.nan  # run_directory.RunFiles.wall_seconds
+    cpu_seconds: float = math.nan  # run_directory.RunFiles.cpu_seconds
     seeds_in_process: int = 1
 
     @property
@@ -312,6 +315,7 @@ def read_run(path: Path) -> RunRecord:
         returns=returns,
         shifts=shifts,
         wall_seconds=files.wall_seconds,
+        cpu_seconds=files.cpu_seconds,
         seeds_in_process=files.seeds_in_process,
     )
     if kind == "rl":
@@ -481,6 +485,7 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             else math.nan,
             "seeds_in_process": sorted({r.seeds_in_process for r in timed}),
             "process_hours": sum(r.wall_seconds / r.seeds_in_process for r in timed) / 3600,
+            "cpu_hours": sum(r.cpu_seconds / r.seeds_in_process for r in timed) / 3600,
         }
         table[method] = row
         curve = []
@@ -1041,15 +1046,18 @@ def cost_table(summary: dict) -> list[str]:
              "A run's wall time, from its events: each start or resume to that process's last "
              "event (time a crash lost after a checkpoint is not in it). Runs that shared a "
              "process (--seeds) each show that process's time and count a share of it in the "
-             "process-hours (a process of one torch thread keeps about one core busy).", "",
+             "process-hours. CPU-hours count the same share of the processes' CPU time, which "
+             "waiting for a shared core or a stopped process does not inflate (a process of one "
+             "torch thread uses at most about one core; -: a record without CPU times).", "",
              "| method | finished runs | wall time of a run (median) | seeds per process | "
-             "process-hours |", "|---|---|---|---|---|"]  # fmt: skip
+             "process-hours | CPU-hours |", "|---|---|---|---|---|---|"]  # fmt: skip
     for method, cost in costs.items():
         if not cost["runs"]:
             continue
         seeds = ", ".join(map(str, cost["seeds_in_process"]))
+        cpu = f"{cost['cpu_hours']:.2f}" if math.isfinite(cost["cpu_hours"]) else "-"
         lines.append(f"| {method} | {cost['runs']} | {cost['median_wall_s'] / 60:.1f} min | "
-                     f"{seeds} | {cost['process_hours']:.2f} |")  # fmt: skip
+                     f"{seeds} | {cost['process_hours']:.2f} | {cpu} |")  # fmt: skip
     return lines
 
 

@@ -37,6 +37,7 @@ import train
 from agents import ppo, supervised
 from agents.checkpoints import load_checkpoint
 from agents.records import create_run_dir
+from run_directory import read_run_files
 
 # Small runs of each learner, long enough to be killed in the middle. PPO: 256-step rollouts
 # (an update line every 256 steps); SAC: one update per step after 200; supervised: three
@@ -180,6 +181,23 @@ def test_a_run_killed_at_a_random_moment_resumes_with_every_record_once(tmp_path
         first, second = (wandb_history_steps(segment) for segment in segments)
         assert second and (not first or max(first) < min(second)), (first, second, resumed.stderr)
         assert len(set(first + second)) == len(first + second)
+
+
+def test_a_stopped_run_counts_its_pause_in_wall_time_and_not_in_cpu_time(tmp_path):
+    """SIGSTOP a real run for 3 s (as a machine's owner pauses a sweep): its record's wall time
+    holds the pause, its CPU time does not, so the report's CPU-hours are the run's own cost."""
+    argv = ["supervised", "--dataset", "digits", "--num-tasks", "3", "--hidden-sizes", "256", "256",
+            "--checkpoint-every", "1", "--diagnostics", "none", "--torch-threads", "1"]  # fmt: skip
+    process = start(argv, tmp_path)
+    run_dir = wait_for_checkpoint(process, tmp_path)
+    assert process.poll() is None, "the run ended before the pause: make it longer"
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    files = read_run_files(run_dir)
+    assert 0 < files.cpu_seconds < files.wall_seconds - 2.5, (files.cpu_seconds, files.wall_seconds)
 
 
 # --- Checkpoints that do not load --------------------------------------------------------------
