@@ -22,7 +22,7 @@ from run_helpers import (
 from agents import ppo, ppo_seeds
 from agents.checkpoints import load_checkpoint
 from agents.flags import preset_defaults
-from regularizers import METHODS
+from regularizers import METHODS, CBPConfig, ReDoConfig, SpectralConfig
 
 SEEDS = (3, 5, 8)
 
@@ -67,14 +67,16 @@ def test_one_batched_update_is_each_seeds_own_update(env_id, regularizer):
         env_id=env_id, regularizer=regularizer, hidden_sizes=(16, 16), num_steps=64,
         num_minibatches=4, update_epochs=2, max_grad_norm=0.5, learning_rate=3e-3,
         diagnostics=("none",), shift=(), norm_obs=False, norm_reward=False,
+        # strengths far above the defaults, so that each method acts within one update (CBP
+        # replaces and ReDo recycles units in it)
+        cbp=CBPConfig(replacement_rate=0.2, maturity=1), redo=ReDoConfig(tau=0.5, every=1),
+        spectral=SpectralConfig(strength=1.0, target=0.5), erank=ppo.ERankConfig(lr=1e-2),
     )  # fmt: skip
     single, batched = build_agents(args), build_agents(args)
     nets = ppo_seeds.StackedNets(batched)
     batches = [rollout_batch(agent, 64, seed) for agent, seed in zip(single, SEEDS, strict=True)]
-    for index, (one, stacked) in enumerate(zip(single, batched, strict=True)):
-        for agent in (one, stacked):  # reset and shrink-perturb draw from the global stream
-            torch.manual_seed(1000 + index)
-            agent.regularizer.on_shift()
+    for agent in single + batched:  # reset and shrink-perturb redraw from each seed's own stream
+        agent.regularizer.on_shift()
     single_stats = []
     for index, (agent, batch) in enumerate(zip(single, batches, strict=True)):
         torch.manual_seed(100 + index)  # the minibatch orders the batched seed draws

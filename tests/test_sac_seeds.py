@@ -19,7 +19,15 @@ from run_helpers import (
 
 from agents import sac, sac_seeds
 from agents.checkpoints import load_checkpoint
-from regularizers import L2Config, L2InitConfig, ParsevalConfig
+from regularizers import (
+    METHODS,
+    CBPConfig,
+    L2Config,
+    L2InitConfig,
+    ParsevalConfig,
+    ReDoConfig,
+    SpectralConfig,
+)
 from validation import ConfigError
 
 SEEDS = (3, 5)
@@ -43,23 +51,31 @@ def replay_batch(agent: sac.SACAgent, n: int, seed: int) -> dict[str, torch.Tens
     return buffer.unpack(buffer.recent(n))
 
 
-@pytest.mark.parametrize("regularizer", ["none", "l2", "l2-init", "l2-er", "parseval",
-                                         "layernorm-l2", "shrink-perturb"])  # fmt: skip
+@pytest.mark.parametrize("regularizer", sorted(METHODS))
 def test_one_batched_update_is_each_seeds_own_update(regularizer):
-    """From the same parameters and the same replay batch and noise, two batched SAC updates
-    (critic, actor, alpha, Polyak) leave each seed's actor, critic, target and alpha where its
-    own single-run updates do, to float32 rounding."""
-    # Strengths far above the defaults, so that each method's part of the step shows.
+    """From the same parameters, the same shift moment and the same replay batch and noise, three
+    batched SAC updates (critic, actor, alpha, Polyak) leave each seed's actor, critic, target
+    and alpha where its own single-run updates do, to float32 rounding, for every regularizer."""
+    # Strengths far above the defaults, so that each method's part of the step shows (CBP
+    # replaces and ReDo recycles units within these three updates).
     args = sac.Args(env_id="Pendulum-v1", regularizer=regularizer, hidden_sizes=(16, 16),
                     diagnostics=("none",), erank=sac.ERankConfig(every=1, lr=1e-2),
                     l2_init=L2InitConfig(strength=10.0), parseval=ParsevalConfig(strength=1.0),
-                    l2=L2Config(weight_decay=1e-1))  # fmt: skip
+                    l2=L2Config(weight_decay=1e-1),
+                    spectral=SpectralConfig(strength=1.0, target=0.5),
+                    cbp=CBPConfig(replacement_rate=0.2, maturity=1),
+                    redo=ReDoConfig(tau=0.5, every=1))  # fmt: skip
     single, batched = build_agents(args), build_agents(args)
     batches = [replay_batch(agent, 32, seed) for agent, seed in zip(single, SEEDS, strict=True)]
     nets = sac_seeds.StackedSAC(batched)
     seeds = [SimpleNamespace(agent=agent, generator=torch.Generator().manual_seed(100 + k),
                              last={}, regularizer_metrics={}, diverged=None)
              for k, agent in enumerate(batched)]  # fmt: skip
+    # A shift first: reset and shrink-perturb redraw each seed's weights (from the seed's own
+    # stream) in place, which the stacks' views must see.
+    for agent in single + batched:
+        for regularizer in agent.regularizers.values():
+            regularizer.on_shift()
     stacked = {key: torch.stack([b[key] for b in batches]) for key in batches[0]}
     # Each single seed draws its noise from the global stream, in the order its batched twin
     # draws from its own generator (the critic's, then the actor's): one stream state a seed.

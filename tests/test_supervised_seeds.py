@@ -19,6 +19,16 @@ from agents.checkpoints import load_checkpoint
 from agents.networks import MLP, stack_parameters
 from agents.run import seed_everything
 from agents.supervised import autograd_step, build_model, build_stream, fused_sgd_step
+from regularizers import (
+    METHOD_FLAGS,
+    METHODS,
+    CBPConfig,
+    ERankConfig,
+    L2Config,
+    L2InitConfig,
+    ReDoConfig,
+    SpectralConfig,
+)
 from validation import ConfigError
 
 
@@ -176,6 +186,36 @@ def test_a_batched_autograd_run_is_its_seeds_single_runs(tmp_path):
                 assert value == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (prefix, key)
         (stream,) = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "stream"]
         assert stream["update"] == "autograd" and "plain SGD only" in stream["why_not_fused"]
+
+
+@pytest.mark.parametrize("regularizer", sorted(METHODS))
+def test_every_regularizer_batched_is_its_single_runs(tmp_path, regularizer):
+    """For each regularizer, each seed of a batched run records what its single run records:
+    the online accuracy, the loss and the regularizer's own metrics (units CBP replaced, ReDo
+    recycled, the ER step's effective rank...), at strengths that make every method act within
+    two tasks of 200 examples."""
+    strong = dict(
+        cbp=CBPConfig(replacement_rate=0.05, maturity=5), redo=ReDoConfig(tau=0.5, every=20),
+        erank=ERankConfig(lr=1e-2, every=20), spectral=SpectralConfig(strength=1.0, target=0.5),
+        l2=L2Config(weight_decay=0.1), l2_init=L2InitConfig(strength=1.0),
+    )  # fmt: skip
+    flags = dict(regularizer=regularizer, diagnostics=("none",), log_every=20) | {
+        name: config for name, config in strong.items() if name in METHOD_FLAGS[regularizer]
+    }
+    batched = seeds.train(small(tmp_path / "batched", seeds=(3, 5), **flags))
+    for run_dir, seed in zip(batched, (3, 5), strict=True):
+        alone = supervised.train(small(tmp_path / f"alone{seed}", seed=seed, **flags))
+        for prefix in ("charts/online_accuracy", "charts/train_loss", "regularizer/"):
+            mine, theirs = values(run_dir, prefix), values(alone, prefix)
+            assert mine.keys() == theirs.keys(), prefix
+            for key, value in mine.items():
+                assert value == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), (prefix, key)
+    # Each method acted (not a comparison of BP with itself): its losses are not BP's.
+    bp_flags = dict(regularizer="none", diagnostics=("none",), log_every=20)
+    bp = supervised.train(small(tmp_path / "bp", seed=5, **bp_flags))
+    losses, bp_losses = values(alone, "charts/train_loss"), values(bp, "charts/train_loss")
+    moved = max(abs(value - bp_losses[key]) for key, value in losses.items())
+    assert (moved > 1e-3) == (regularizer != "none"), f"{regularizer}: {moved}"
 
 
 @pytest.mark.slow
