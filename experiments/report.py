@@ -43,8 +43,9 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
   error of the difference, or not);
 - cost: a finished run's wall time from its events (run_directory.RunFiles.wall_seconds), the
   median per method, and process-hours, a run sharing a --seeds process counting a K-th; the
-  same share of its processes' CPU time (RunFiles.cpu_seconds) as CPU-hours, which waiting
-  for a shared core or a SIGSTOP does not inflate (NaN when a run's record has no CPU times);
+  same share of its processes' CPU time (RunFiles.cpu_seconds), per run (median) and as
+  CPU-hours, which waiting for a shared core or a SIGSTOP does not inflate (NaN when a run's
+  record has no CPU times);
 - R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
   task's init, pooled and per method, for each epsilon; task 0 (the fresh initialisation,
   the same for every method) is left out, as in the paper's epsilon-rank analysis. Within
@@ -486,6 +487,10 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             "seeds_in_process": sorted({r.seeds_in_process for r in timed}),
             "process_hours": sum(r.wall_seconds / r.seeds_in_process for r in timed) / 3600,
             "cpu_hours": sum(r.cpu_seconds / r.seeds_in_process for r in timed) / 3600,
+            # a run's share of its process's CPU time, the cost of one more run of it
+            "median_cpu_s": float(np.median([r.cpu_seconds / r.seeds_in_process for r in timed]))
+            if timed
+            else math.nan,
         }
         table[method] = row
         curve = []
@@ -1046,18 +1051,23 @@ def cost_table(summary: dict) -> list[str]:
              "A run's wall time, from its events: each start or resume to that process's last "
              "event (time a crash lost after a checkpoint is not in it). Runs that shared a "
              "process (--seeds) each show that process's time and count a share of it in the "
-             "process-hours. CPU-hours count the same share of the processes' CPU time, which "
-             "waiting for a shared core or a stopped process does not inflate (a process of one "
-             "torch thread uses at most about one core; -: a record without CPU times).", "",
-             "| method | finished runs | wall time of a run (median) | seeds per process | "
-             "process-hours | CPU-hours |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "process-hours. A run's CPU time (its share of its process's) and the CPU-hours "
+             "are not inflated by waiting for a shared core or by a stopped process (a process "
+             "of one torch thread uses at most about one core; -: a record without CPU times).",
+             "",
+             "| method | finished runs | wall time of a run (median) | CPU time of a run (median) | "
+             "seeds per process | process-hours | CPU-hours |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, cost in costs.items():
         if not cost["runs"]:
             continue
         seeds = ", ".join(map(str, cost["seeds_in_process"]))
         cpu = f"{cost['cpu_hours']:.2f}" if math.isfinite(cost["cpu_hours"]) else "-"
+        cpu_run = (
+            f"{cost['median_cpu_s'] / 60:.1f} min" if math.isfinite(cost["cpu_hours"]) else "-"
+        )
         lines.append(f"| {method} | {cost['runs']} | {cost['median_wall_s'] / 60:.1f} min | "
-                     f"{seeds} | {cost['process_hours']:.2f} | {cpu} |")  # fmt: skip
+                     f"{cpu_run} | {seeds} | {cost['process_hours']:.2f} | {cpu} |")  # fmt: skip
     return lines
 
 

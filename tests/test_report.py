@@ -352,8 +352,9 @@ def test_a_runs_wall_and_cpu_time_sum_its_segments_and_a_shared_process_counts_a
     assert cost["median_wall_s"] == 100.0 and cost["seeds_in_process"] == [1, 3]
     assert cost["process_hours"] == pytest.approx((140 / 3 + 60) / 3600)
     assert cost["cpu_hours"] == pytest.approx((50 / 3 + 45) / 3600)
+    assert cost["median_cpu_s"] == pytest.approx((50 / 3 + 45) / 2)
     text = (out / "report.md").read_text()
-    assert "| bp | 2 | 1.7 min | 1, 3 | 0.03 | 0.02 |" in text
+    assert "| bp | 2 | 1.7 min | 0.5 min | 1, 3 | 0.03 | 0.02 |" in text
     assert "| method | runs | phase 0 | phase 1 |" in text and "| bp | 2 | 10.0 | 10.0 |" in text
 
     # A record written before events carried "cpu", then resumed by newer code: its CPU time is
@@ -364,7 +365,7 @@ def test_a_runs_wall_and_cpu_time_sum_its_segments_and_a_shared_process_counts_a
     assert read_run_files(shared).wall_seconds == 140.0
     assert math.isnan(read_run_files(shared).cpu_seconds)
     out = write_report([sweep], tmp_path / "report-old")
-    assert "| bp | 2 | 1.7 min | 1, 3 | 0.03 | - |" in (out / "report.md").read_text()
+    assert "| bp | 2 | 1.7 min | - | 1, 3 | 0.03 | - |" in (out / "report.md").read_text()
 
 
 def test_two_sweeps_of_one_experiment_report_together_with_the_published_numbers(tmp_path):
