@@ -479,6 +479,7 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             },
         }
         timed = [r for r in group if r.finished and math.isfinite(r.wall_seconds)]
+        cpu_shares = [r.cpu_seconds / r.seeds_in_process for r in timed]
         costs[method] = {
             "runs": len(timed),
             "median_wall_s": float(np.median([r.wall_seconds for r in timed]))
@@ -486,11 +487,9 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             else math.nan,
             "seeds_in_process": sorted({r.seeds_in_process for r in timed}),
             "process_hours": sum(r.wall_seconds / r.seeds_in_process for r in timed) / 3600,
-            "cpu_hours": sum(r.cpu_seconds / r.seeds_in_process for r in timed) / 3600,
+            "cpu_hours": sum(cpu_shares) / 3600,
             # a run's share of its process's CPU time, the cost of one more run of it
-            "median_cpu_s": float(np.median([r.cpu_seconds / r.seeds_in_process for r in timed]))
-            if timed
-            else math.nan,
+            "median_cpu_s": float(np.median(cpu_shares)) if timed else math.nan,
         }
         table[method] = row
         curve = []
@@ -1064,7 +1063,7 @@ def cost_table(summary: dict) -> list[str]:
         seeds = ", ".join(map(str, cost["seeds_in_process"]))
         cpu = f"{cost['cpu_hours']:.2f}" if math.isfinite(cost["cpu_hours"]) else "-"
         cpu_run = (
-            f"{cost['median_cpu_s'] / 60:.1f} min" if math.isfinite(cost["cpu_hours"]) else "-"
+            f"{cost['median_cpu_s'] / 60:.1f} min" if math.isfinite(cost["median_cpu_s"]) else "-"
         )
         lines.append(f"| {method} | {cost['runs']} | {cost['median_wall_s'] / 60:.1f} min | "
                      f"{cpu_run} | {seeds} | {cost['process_hours']:.2f} | {cpu} |")  # fmt: skip
