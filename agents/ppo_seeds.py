@@ -13,7 +13,8 @@ into the stacked tensors (agents.networks.stack_parameters). So everything that 
 forward and backward pass is the single run's own code, called once per seed on that seed's
 modules: the rewards, GAE, the task boundaries and their Hessian spectra, the regularizer's
 moments (penalty on the seed's own features, before_step on its own gradients, after_update,
-on_shift), gradient clipping (a norm per seed, never across seeds), its Adam step and its
+on_shift; ER's after_update is one step for all seeds, with a batched SVD: each seed moves as
+its own step moves it, regularizers/base.py `after_update_seeds`), gradient clipping (a norm per seed, never across seeds), its Adam step and its
 checkpoints, which are single-run checkpoints (a stopped seed resumes alone with
 `train.py ppo --resume RUN_DIR`).
 
@@ -74,6 +75,7 @@ from agents.run import (
 )
 from diagnostics import TaskBoundaries
 from envs.video import ClipRecorder
+from regularizers.base import SeedStacks, after_update_seeds
 from validation import ConfigError
 
 
@@ -88,18 +90,33 @@ class StackedNets:
         self.critic = stack_parameters([agent.critic for agent in agents], requires_grad=True)
         self.stacks = [*self.actor.values(), *self.critic.values()]
 
-    def policy(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """`policy_outputs` for every seed: obs (K, batch, obs_dim)."""
-        actor = self.template.actor
+    def policy(
+        self, obs: Tensor, params: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """`policy_outputs` for every seed: obs (K, batch, obs_dim); `params` in place of the
+        actor's stacks (for a method's own leaves)."""
+        actor, params = self.template.actor, self.actor if params is None else params
         if isinstance(actor, CategoricalActor):
-            return stacked_mlp(actor.logits, self.actor, "logits.", obs)
-        mean, features = stacked_mlp(actor.mean, self.actor, "mean.", obs)
-        log_std = self.actor["log_std"].unsqueeze(1).expand_as(mean)
+            return stacked_mlp(actor.logits, params, "logits.", obs)
+        mean, features = stacked_mlp(actor.mean, params, "mean.", obs)
+        log_std = params["log_std"].unsqueeze(1).expand_as(mean)
         return torch.cat([mean, log_std], -1), features
 
-    def values(self, obs: Tensor) -> tuple[Tensor, list[Tensor]]:
-        values, features = stacked_mlp(self.template.critic.value, self.critic, "value.", obs)
+    def values(
+        self, obs: Tensor, params: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        params = self.critic if params is None else params
+        values, features = stacked_mlp(self.template.critic.value, params, "value.", obs)
         return values.squeeze(-1), features
+
+    def on(self, obs: Tensor) -> SeedStacks:
+        """The stacks as a method batched across seeds sees them, with the features of
+        `hidden_features` on obs (K, batch, obs_dim)."""
+        return SeedStacks(
+            {"actor": self.actor, "critic": self.critic},
+            lambda params: {"actor": self.policy(obs, params["actor"])[1],
+                            "critic": self.values(obs, params["critic"])[1]},
+        )  # fmt: skip
 
 
 @dataclass
@@ -348,6 +365,8 @@ def stacked_update(
         functools.partial(hidden_features, seed.agent.actor, seed.agent.critic, b["obs"])
         for seed, b in zip(active, batches, strict=True)
     ]
+    on_rollout = nets.on(batch["obs"])
+    regularizers = [seed.agent.regularizer for seed in active]
     parameters = [seed.agent.optimizer.param_groups[0]["params"] for seed in active]
     skipped = torch.zeros(k, device=batch["obs"].device)
     clipfracs, regularizer_metrics = [], [{} for _ in active]
@@ -389,9 +408,12 @@ def stacked_update(
                 seed.agent.regularizer.before_step()
                 seed.agent.optimizer.found_inf = not_finite[index]
                 seed.agent.optimizer.step()
-                regularizer_metrics[index].update(
-                    seed.agent.regularizer.after_update(features_on_rollout[index], pass_end)
-                )
+            for metrics, seed_metrics in zip(
+                regularizer_metrics,
+                after_update_seeds(regularizers, features_on_rollout, on_rollout, pass_end),
+                strict=True,
+            ):
+                metrics.update(seed_metrics)
     with torch.no_grad():
         var_returns = batch["returns"].var(-1)
         unexplained = (batch["returns"] - batch["values"]).var(-1) / var_returns

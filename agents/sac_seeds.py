@@ -14,7 +14,8 @@ modules whose parameters are views into the stacked tensors (agents.networks.sta
 so everything that is not the forward and backward pass is the single run's own code, called
 once per seed on that seed's modules (agents/sac.py): storing transitions, the task boundaries
 and their spectra, the regularizers' moments (penalty on the seed's own features, before_step,
-after_update, on_shift), its Adam steps, alpha's step, and its checkpoints, which are
+after_update, on_shift; ER's after_update is one step for all seeds, with a batched SVD), its
+Adam steps, alpha's step, and its checkpoints, which are
 single-run checkpoints (a stopped seed resumes alone with `train.py sac --resume RUN_DIR`).
 
 What is not exact: a seed draws from its own generator, not from the global stream a single
@@ -76,6 +77,7 @@ from agents.sac import (
 from diagnostics import TaskBoundaries
 from envs import learner_envs
 from envs.video import ClipRecorder
+from regularizers.base import SeedStacks, after_update_seeds
 
 
 class StackedSAC:
@@ -115,6 +117,21 @@ class StackedSAC:
             return {f"trunk.{name}": stack for name, stack in self.actor.items()}
         return {f"{q}.{name}": stack for q, stack in zip(("q1", "q2"), self.q, strict=True)
                 for name, stack in stack.items()}  # fmt: skip
+
+    def seed_stacks(self, net: str, x: Tensor) -> SeedStacks:
+        """The stacks of "actor" or "critic" as a method batched across seeds sees them, with
+        their hidden features on x (K, batch, in): what sac.actor_features and
+        sac.critic_features give one seed."""
+        actor, critic = self.template.actor, self.template.critic
+
+        def features(params: dict[str, dict[str, Tensor]]) -> dict[str, list[Tensor]]:
+            if net == "actor":
+                return {"actor": stacked_mlp(actor.trunk, params["actor"], "trunk.", x)[1]}
+            q1, q2 = (stacked_mlp(getattr(critic, q), params["critic"], f"{q}.", x)[1]
+                      for q in ("q1", "q2"))  # fmt: skip
+            return {"critic": [*q1, *q2]}
+
+        return SeedStacks({net: self.stacks_of(net)}, features)
 
 
 @dataclass
@@ -342,11 +359,14 @@ def stacked_critic_update(active: list[Seed], nets: StackedSAC, batch: dict[str,
     penalties = [seed.agent.regularizers["critic"].penalty({"critic": [h[k] for h in features]})
                  for k, seed in enumerate(active)]  # fmt: skip
     step_each(active, "critic", nets.stacks_of("critic"), qf_losses.sum() + sum(penalties))
-    for k, seed in enumerate(active):
-        recent = functools.partial(critic_features, seed.agent.critic, batch["obs_actions"][k])
-        seed.regularizer_metrics.update(
-            seed.agent.regularizers["critic"].after_update(recent, pass_end=True)
-        )
+    recent = [functools.partial(critic_features, seed.agent.critic, batch["obs_actions"][k])
+              for k, seed in enumerate(active)]  # fmt: skip
+    stacks = nets.seed_stacks("critic", batch["obs_actions"])
+    regularizers = [seed.agent.regularizers["critic"] for seed in active]
+    for k, (seed, metrics) in enumerate(
+        zip(active, after_update_seeds(regularizers, recent, stacks, pass_end=True), strict=True)
+    ):
+        seed.regularizer_metrics.update(metrics)
         seed.last.update({"qf_losses": qf_losses[:, k].detach(),
                           "q_values": q_values[:, k].detach().mean(-1),
                           "critic_penalty": penalties[k].detach()})  # fmt: skip
@@ -365,12 +385,15 @@ def stacked_actor_update(active: list[Seed], nets: StackedSAC, batch: dict[str, 
     penalties = [seed.agent.regularizers["actor"].penalty({"actor": [h[k] for h in features]})
                  for k, seed in enumerate(active)]  # fmt: skip
     step_each(active, "actor", nets.stacks_of("actor"), actor_losses.sum() + sum(penalties))
-    for k, seed in enumerate(active):
+    recent = [functools.partial(actor_features, seed.agent.actor, batch["obs"][k])
+              for k, seed in enumerate(active)]  # fmt: skip
+    stacks = nets.seed_stacks("actor", batch["obs"])
+    regularizers = [seed.agent.regularizers["actor"] for seed in active]
+    for k, (seed, metrics) in enumerate(
+        zip(active, after_update_seeds(regularizers, recent, stacks, pass_end=True), strict=True)
+    ):
         agent = seed.agent
-        recent = functools.partial(actor_features, agent.actor, batch["obs"][k])
-        seed.regularizer_metrics.update(
-            agent.regularizers["actor"].after_update(recent, pass_end=True)
-        )
+        seed.regularizer_metrics.update(metrics)
         seed.last.update({"actor_loss": actor_losses[k].detach(),
                           "entropy": -log_pi[k].detach().mean(),
                           "actor_penalty": penalties[k].detach()})  # fmt: skip

@@ -17,7 +17,9 @@ Two steps, as a single run has (--update): the fused SGD step on the stacked wei
 SGD, relu / leaky-relu / tanh, no penalty term), and otherwise the autograd step: one forward
 and backward through the stacks (agents.networks.stacked_mlp), then per seed, on its own slice
 of the gradient, the single run's own calls: its regularizer's penalty on its own features,
-before_step, its optimizer's step (Adam, momentum, LayerNorm, every regularizer).
+before_step, its optimizer's step (Adam, momentum, LayerNorm, every regularizer). After either
+step each seed's regularizer acts as in a single run; ER's ascent step is one for all seeds
+(one batched SVD per layer) while no seed has diverged.
 
 A seed that diverges stops alone: its run records `diverged` and ends, the others go on, and
 the command ends with one error line naming it. Stopped, the K runs resume together
@@ -71,6 +73,7 @@ from agents.supervised import (
 )
 from diagnostics import Diagnostics, TaskBoundaries
 from regularizers import build_regularizer
+from regularizers.base import SeedStacks, after_update_seeds
 from validation import ConfigError
 
 # The activations the fused step knows, as the MLP applies them (agents.networks.ACTIVATIONS).
@@ -253,13 +256,13 @@ def train(args: Args, resumed: list[Resumed] | None = None) -> list[Path]:
                 seed.run.event(seed.examples_seen, "seeds_in_process", seeds=list(args.seeds))
         for seed in seeds:
             seed.run.setting_up = False
-        train_together(args, seeds, step, device)
+        train_together(args, seeds, stacks, step, device)
     check_no_seed_diverged({seed.args.seed: seed.diverged for seed in seeds if seed.diverged},
                            len(seeds))  # fmt: skip
     return [seed.run.dir for seed in seeds]
 
 
-def train_together(args: Args, seeds: list[Seed], step, device) -> None:
+def train_together(args: Args, seeds: list[Seed], stacks: dict[str, Tensor], step, device) -> None:
     """The single run's loop (agents/supervised.py), each step one stacked step for all seeds
     (`step(x, y, active_classes)`: `stacked_sgd_step` or `stacked_autograd_step`).
     A seed that diverges ends its run there; its network keeps its place in the stack (its
@@ -325,13 +328,23 @@ def train_together(args: Args, seeds: list[Seed], step, device) -> None:
                 predictions[:, start:end] = live_outputs(outputs, tasks[0].active_classes).argmax(
                     -1
                 )
-            for k, seed in enumerate(seeds):
+            for seed in seeds:
                 seed.records.steps = index + 1
-                if seed.diverged:
-                    continue
-                recent = functools.partial(window_features, seed.model, x_all[k],
-                                           max(0, end - window), end)  # fmt: skip
-                seed.records.regularizer_metrics |= seed.regularizer.after_update(recent, end >= n)
+            live = [k for k, seed in enumerate(seeds) if not seed.diverged]
+            recent = [functools.partial(window_features, seeds[k].model, x_all[k],
+                                        max(0, end - window), end) for k in live]  # fmt: skip
+            # Batched across seeds only while every seed is live: a diverged seed's NaNs stay
+            # in its slice of the stacks, and an SVD of them would fail.
+            on_window = None
+            if len(live) == len(seeds):
+                x_window = x_all[:, max(0, end - window) : end]
+                on_window = SeedStacks({"model": stacks}, lambda params, x=x_window: {
+                    "model": stacked_mlp(first.model, params["model"], "", x)[1]
+                })  # fmt: skip
+            for k, metrics in zip(live, after_update_seeds(
+                [seeds[k].regularizer for k in live], recent, on_window, end >= n
+            ), strict=True):  # fmt: skip
+                seeds[k].records.regularizer_metrics |= metrics
             examples_seen += end - start
             if end - records[0].logged >= args.log_every and end < n:
                 for k, seed in enumerate(seeds):

@@ -30,9 +30,18 @@ weights (`stacked_mlp`: one batched GEMM per layer for the K actors, the K Q_1s 
 each exact per seed (checked against the loop from the same parameters, batch and noise). The
 table gives seed-updates per second (one per env step in SAC) and the speed-up over the loop.
 
+With `--workload erank`, the ER regularizer's ascent step (`--regularizer erank` / `l2-er`,
+once per PPO epoch on the whole rollout) on continual-Acrobot's networks (6 obs, 3 actions, 3 x
+256 LeakyReLU actor and critic, an 800-step rollout): K seeds as each seed's own `after_update`
+one after another (K forwards, K x 6 SVDs, K backwards), and as one batched step
+(`after_update_seeds` on the stacks: one forward, one batched SVD per layer, one backward per
+net), checked first to leave every seed where its own step does. The table gives seed-steps per
+second and the speed-up over the loop.
+
     python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
     python benchmarks/batched_seeds.py --workload supervised --seeds 1 3 6   # ~1 minute
     python benchmarks/batched_seeds.py --workload sac --seeds 1 2 4          # ~1 minute
+    python benchmarks/batched_seeds.py --workload erank --seeds 1 3 6        # ~1 minute
     python benchmarks/batched_seeds.py --device cuda --seeds 1 4 16 64 256   # the GPU check's part
 """
 
@@ -43,6 +52,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
@@ -62,6 +72,8 @@ from agents.networks import (  # noqa: E402
     stack_parameters,
     stacked_mlp,
 )
+from agents.ppo import hidden_features  # noqa: E402
+from agents.ppo_seeds import StackedNets  # noqa: E402
 from agents.sac import (  # noqa: E402
     actor_objective,
     alpha_objective,
@@ -70,17 +82,21 @@ from agents.sac import (  # noqa: E402
     squashed_gaussian,
 )
 from agents.supervised import fused_sgd_step  # noqa: E402
+from regularizers.base import after_update_seeds  # noqa: E402
+from regularizers.erank import ERank, ERankConfig  # noqa: E402
 
 OBS, ACTIONS, HIDDEN = 4, 2, (256, 256, 256)
+ACROBOT_OBS, ACROBOT_ACTIONS = 6, 3
 ROLLOUT, MINIBATCH, EPOCHS = 800, 32, 5
 CLIP, ENT, VF = 0.2, 0.01, 0.5
 
 
 @dataclass
 class Args:
-    workload: tuple[Literal["ppo", "supervised", "sac"], ...] = ("ppo",)
+    workload: tuple[Literal["ppo", "supervised", "sac", "erank"], ...] = ("ppo",)
     """continual-CartPole's PPO update and acting, the supervised stream's SGD step, one SAC
-    step at CleanRL's sizes on Hopper; several: one table each, in this order"""
+    step at CleanRL's sizes on Hopper, ER's ascent step on continual Acrobot's rollout; several:
+    one table each, in this order"""
     seeds: tuple[int, ...] = (1, 2, 6)
     """the K values measured (seeds trained at once)"""
     updates: int = 3
@@ -525,9 +541,81 @@ def sac_table(args: Args, steps: int = 20) -> None:
             print(f"| {k} | {way} | {rate:,.0f} | {rate / loop_rate:.2f}x |", flush=True)
 
 
+def erank_seeds(k: int, device: str) -> tuple[list[ERank], list, StackedNets]:
+    """K seeds' actor-critic pairs at continual Acrobot's sizes, each with its own ER attached,
+    and their stacks (the seeds' parameters become views into them, as in `--seeds`)."""
+    agents = []
+    for _ in range(k):
+        actor = CategoricalActor(ACROBOT_OBS, ACROBOT_ACTIONS, HIDDEN, "leaky-relu").to(device)
+        critic = Critic(ACROBOT_OBS, HIDDEN, "leaky-relu").to(device)
+        agents.append(SimpleNamespace(actor=actor, critic=critic))
+    methods = []
+    for agent in agents:
+        method = ERank(ERankConfig(lr=1e-2))
+        nets = {"actor": agent.actor, "critic": agent.critic}
+        method.attach(nets, torch.optim.SGD([*agent.actor.parameters()], lr=0.0), seed=0)
+        methods.append(method)
+    return methods, agents, StackedNets(agents)
+
+
+def erank_loop(methods, agents, obs: Tensor) -> None:
+    for k, (method, agent) in enumerate(zip(methods, agents, strict=True)):
+        method.after_update(
+            functools.partial(hidden_features, agent.actor, agent.critic, obs[k]), True
+        )
+
+
+def erank_batched(methods, nets: StackedNets, obs: Tensor) -> None:
+    after_update_seeds(methods, [None] * len(methods), nets.on(obs), True)
+
+
+def check_same_erank_steps(k: int = 3) -> None:
+    """Two batched ER steps leave every seed's networks where its own two steps leave them."""
+    obs = torch.randn(k, ROLLOUT, ACROBOT_OBS)
+    torch.manual_seed(1)
+    loop_methods, loop_agents, _ = erank_seeds(k, "cpu")
+    torch.manual_seed(1)
+    methods, agents, nets = erank_seeds(k, "cpu")
+    for _ in range(2):
+        erank_loop(loop_methods, loop_agents, obs)
+        erank_batched(methods, nets, obs)
+    for ours, theirs in zip(agents, loop_agents, strict=True):
+        for net in ("actor", "critic"):
+            for p, q in zip(getattr(ours, net).parameters(), getattr(theirs, net).parameters(),
+                            strict=True):  # fmt: skip
+                torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def erank_table(args: Args, steps: int = 4) -> None:
+    check_same_erank_steps()
+    print(f"ER's ascent step on continual Acrobot's networks (6 obs, 3 x 256 LeakyReLU actor and "
+          f"critic, {ROLLOUT}-step rollout), {args.device}, torch {torch.__version__}, "
+          "1 torch thread\n")  # fmt: skip
+    print("| K seeds | way | seed-steps per second | speed-up over the loop |")
+    print("|---|---|---|---|")
+    loop_rate = None  # the loop's, at the largest K it ran: the reference for larger K
+
+    def run(step, *inputs) -> None:
+        for _ in range(steps):
+            step(*inputs)
+
+    for k in args.seeds:
+        obs, rows = torch.randn(k, ROLLOUT, ACROBOT_OBS, device=args.device), []
+        methods, agents, nets = erank_seeds(k, args.device)
+        if k <= args.loop_up_to:
+            loop_rate = steps * k / timed(run, erank_loop, methods, agents, obs,
+                                          repeats=args.updates)  # fmt: skip
+            rows.append(("loop", loop_rate))
+        rate = steps * k / timed(run, erank_batched, methods, nets, obs, repeats=args.updates)
+        rows.append(("batched", rate))
+        for way, rate in rows:
+            print(f"| {k} | {way} | {rate:,.1f} | {rate / loop_rate:.2f}x |", flush=True)
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(1)
-    tables = {"ppo": ppo_table, "supervised": supervised_table, "sac": sac_table}
+    tables = {"ppo": ppo_table, "supervised": supervised_table, "sac": sac_table,
+              "erank": erank_table}  # fmt: skip
     for index, workload in enumerate(args.workload):
         if index:
             print()

@@ -27,15 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-# name: (seconds on the GPU, seconds in the dry run); ~9.4 minutes in all on the GPU, sized by
+# name: (seconds on the GPU, seconds in the dry run); ~9.6 minutes in all on the GPU, sized by
 # the first H200 run (docs/gpu.md) so that one 10-minute call holds the whole check. The dry
 # run's limits only catch a hang: each is about 4x or more what the part took on a 2-core
 # machine busy with three training runs, since a test that fails because its machine is busy
 # proves nothing.
 BUDGETS = {
     "gpu-tests": (110, 300),
-    "rl-throughput": (120, 240),
-    "batched-seeds": (80, 180),
+    "rl-throughput": (110, 240),
+    "batched-seeds": (100, 180),
     "seeds-runs": (110, 180),
     "supervised": (35, 120),
     "hessian": (30, 120),
@@ -207,21 +207,32 @@ def batched_seeds(out: Path, dry: bool, budget: float) -> str:
     GPU: continual-CartPole's PPO update (seconds per update, seed-iterations per second; the
     CPU buys ~1.1x per seed there), the supervised stream's batch-1 SGD step (seed-examples
     per second; the CPU buys ~2.2x at K = 3) and SAC's step at Hopper's sizes (seed-updates
-    per second; the CPU buys 1.07x at K = 4), docs/benchmarks.md."""
+    per second; the CPU buys 1.07x at K = 4), docs/benchmarks.md; then, in the last 20 s, ER's
+    ascent step batched across seeds against each seed's own (K = 1, 4, 16; the CPU buys
+    nothing there)."""
     device, seeds = ("cpu", ["1"]) if dry else ("cuda", ["1", "4", "16", "64", "256"])
-    command = [sys.executable, "benchmarks/batched_seeds.py", "--device", device, "--seeds",
-               *seeds, "--updates", "1" if dry else "2", "--loop-up-to", "4",
-               "--workload", "ppo", "supervised", "sac"]  # fmt: skip
-    try:
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                timeout=budget - 5)  # fmt: skip
-        text = result.stdout + (
-            "" if result.returncode == 0 else f"failed:\n{result.stderr[-2000:]}"
-        )
-    except subprocess.TimeoutExpired as stopped:  # the rows it printed before the budget
-        printed = stopped.stdout or ""
-        printed = printed.decode() if isinstance(printed, bytes) else printed
-        text = printed + "\n(stopped by the budget)\n"
+    common = [sys.executable, "benchmarks/batched_seeds.py", "--device", device,
+              "--updates", "1" if dry else "2", "--loop-up-to", "4"]  # fmt: skip
+    workloads = [
+        (common + ["--seeds", *seeds, "--workload", "ppo", "supervised", "sac"], budget - 25),
+        (
+            common + ["--seeds", *(["1"] if dry else ["1", "4", "16"]), "--workload", "erank"],
+            60 if dry else 20,
+        ),
+    ]
+    text = ""
+    for command, seconds in workloads:
+        try:
+            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                    timeout=seconds)  # fmt: skip
+            text += result.stdout + (
+                "" if result.returncode == 0 else f"failed:\n{result.stderr[-2000:]}"
+            )
+        except subprocess.TimeoutExpired as stopped:  # the rows it printed before the budget
+            printed = stopped.stdout or ""
+            printed = printed.decode() if isinstance(printed, bytes) else printed
+            text += printed + "\n(stopped by the budget)\n"
+        text += "\n"
     (out / "batched-seeds.md").write_text(text)
     return text
 

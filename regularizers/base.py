@@ -47,6 +47,12 @@ Two more things a method may ask of the learner and its networks:
   zeroes their outgoing weights and their optimizer state (`reset_optimizer_state`).
 
 Every moment defaults to doing nothing, so a method fills in only what it uses.
+
+A `--seeds` learner holds one instance per seed and calls each seed's moments on that seed's
+own modules, except `after_update`, which it calls for all seeds at once through
+`after_update_seeds(methods, features_fns, stacks, pass_end)`: by default each seed's own
+`after_update`; a method whose work batches across seeds (ER: one batched SVD for all seeds)
+overrides the classmethod `Regularizer.after_update_seeds` and works on `stacks` (`SeedStacks`).
 """
 
 from __future__ import annotations
@@ -63,6 +69,30 @@ from torch import Tensor, nn
 
 Features = dict[str, list[Tensor]]
 FeaturesFn = Callable[[], Features]
+
+
+@dataclass
+class SeedStacks:
+    """K seeds' networks as a method batched across seeds sees them (`--seeds`: the seeds'
+    parameters are views into tensors stacked along a leading seed axis,
+    agents.networks.stack_parameters)."""
+
+    params: dict[str, dict[str, Tensor]]
+    """net name -> {parameter name: its stack (K, *shape)}"""
+    features: Callable[[dict[str, dict[str, Tensor]]], Features]
+    """stacks like `params` (or leaves standing in for them) -> each net's hidden features, each
+    (K, batch, width), on every seed's current data (what each seed's `features_fn` covers)"""
+
+
+def after_update_seeds(
+    methods: list[Regularizer],
+    features_fns: list[FeaturesFn],
+    stacks: SeedStacks | None,
+    pass_end: bool,
+) -> list[dict[str, float]]:
+    """`after_update` of K seeds' methods in a `--seeds` process, batched where the method
+    batches (see `Regularizer.after_update_seeds`); each seed's metrics."""
+    return type(methods[0]).after_update_seeds(methods, features_fns, stacks, pass_end)
 
 
 class Regularizer:
@@ -129,6 +159,23 @@ class Regularizer:
         """Act when the task changes (e.g. reset, shrink-perturb at the task boundary)."""
         return {}
 
+    @classmethod
+    def after_update_seeds(
+        cls,
+        methods: list[Regularizer],
+        features_fns: list[FeaturesFn],
+        stacks: SeedStacks | None,
+        pass_end: bool,
+    ) -> list[dict[str, float]]:
+        """`after_update` of K seeds' instances of this method (one configuration: the same
+        flags, the same number of updates so far) after each seed's optimizer step; each
+        seed's metrics. This default calls each seed's own; a method whose work batches
+        across seeds (ER's SVDs) overrides it and uses `stacks` when it is given."""
+        return [
+            method.after_update(features_fn, pass_end)
+            for method, features_fn in zip(methods, features_fns, strict=True)
+        ]
+
     def state_dict(self) -> dict:
         """What a checkpoint must hold to resume the method exactly (theta_0, counters, RNG)."""
         return {}
@@ -175,6 +222,19 @@ class Combined(Regularizer):
         metrics: dict[str, float] = {}
         for part in self.parts:
             metrics.update(part.after_update(features_fn, pass_end))
+        return metrics
+
+    @classmethod
+    def after_update_seeds(cls, methods, features_fns, stacks, pass_end):
+        metrics: list[dict[str, float]] = [{} for _ in methods]
+        for index, part in enumerate(methods[0].parts):
+            parts = [method.parts[index] for method in methods]
+            for seed_metrics, part_metrics in zip(
+                metrics,
+                type(part).after_update_seeds(parts, features_fns, stacks, pass_end),
+                strict=True,
+            ):
+                seed_metrics.update(part_metrics)
         return metrics
 
     def on_shift(self):

@@ -61,11 +61,14 @@ class ERank(Regularizer):
         super().attach(nets, optimizer, seed)
         self.updates = 0
 
-    def after_update(self, features_fn: FeaturesFn, pass_end: bool) -> dict[str, float]:
+    def count_update(self, pass_end: bool) -> bool:
+        """Count an optimizer update; True when the ascent step is due after it."""
         self.updates += 1
         every = self.config.every
-        due = pass_end if every == 0 else self.updates % every == 0
-        if not due:
+        return pass_end if every == 0 else self.updates % every == 0
+
+    def after_update(self, features_fn: FeaturesFn, pass_end: bool) -> dict[str, float]:
+        if not self.count_update(pass_end):
             return {}
 
         with torch.enable_grad():
@@ -93,6 +96,51 @@ class ERank(Regularizer):
                 for param, grad in pairs:
                     param.add_(grad, alpha=self.config.lr)
         return {f"erank/{name}": objective.item() for name, objective in objectives.items()}
+
+    @classmethod
+    def after_update_seeds(cls, methods, features_fns, stacks, pass_end):
+        """K seeds' ascent steps as one: one forward through the stacked networks, one batched
+        SVD per layer for all seeds, one backward per net. The sum of the seeds' objectives has,
+        in each seed's slice of a stack, that seed's own gradient (their graphs are disjoint),
+        so every seed takes the step its own `after_update` would."""
+        config, updates = methods[0].config, methods[0].updates
+        if stacks is None or any(m.config != config or m.updates != updates for m in methods):
+            return super().after_update_seeds(methods, features_fns, stacks, pass_end)
+        due = [method.count_update(pass_end) for method in methods][0]
+        if not due:
+            return [{} for _ in methods]
+
+        with torch.enable_grad():
+            # Leaves standing in for the stacks: their gradients stay out of the stacks' `.grad`,
+            # and stacks that do not require gradients (the fused supervised step's) work too.
+            leaves = {
+                net: {name: stack.detach().requires_grad_() for name, stack in params.items()}
+                for net, params in stacks.params.items()
+            }
+            feats = stacks.features(leaves)
+            objectives = {  # (K,): each seed's mean effective rank over the net's layers
+                name: torch.stack([effective_rank(h) for h in layers]).mean(0)
+                for name, layers in feats.items()
+                if layers
+            }
+            steps = []
+            for index, (name, objective) in enumerate(objectives.items()):
+                names = list(leaves[name])
+                grads = torch.autograd.grad(
+                    objective.sum(),
+                    [leaves[name][n] for n in names],
+                    retain_graph=index < len(objectives) - 1,
+                    allow_unused=True,
+                )
+                steps += [(stacks.params[name][n], g) for n, g in zip(names, grads, strict=True)
+                          if g is not None]  # fmt: skip
+
+        with torch.no_grad():
+            for stack, grad in steps:
+                stack.add_(grad, alpha=config.lr)
+        values = torch.stack(list(objectives.values()), 1).tolist()  # one read for all seeds
+        return [{f"erank/{name}": value for name, value in zip(objectives, row, strict=True)}
+                for row in values]  # fmt: skip
 
     def state_dict(self) -> dict:
         return {"updates": self.updates}

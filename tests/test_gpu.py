@@ -124,15 +124,16 @@ def test_regularizers_with_device_code_run_on_the_gpu(tmp_path, method):
 
 def test_ppo_seeds_on_the_gpu_across_a_shift_with_diagnostics(tmp_path):
     """`ppo --seeds` on the device: two seeds of continual CartPole (a categorical policy, its
-    stacked networks, each seed's own generator on the device) across a shift, the Hessian
-    measured per seed at each boundary, each seed its own finished run."""
+    stacked networks, each seed's own generator on the device) across a shift, with L2-ER (ER's
+    step batched across the seeds), the Hessian measured per seed at each boundary, each seed
+    its own finished run."""
     from agents import ppo, ppo_seeds
     from agents.flags import preset_defaults
 
     args = dataclasses.replace(
         preset_defaults(ppo.Args, ppo.LEARNER, "continual-cartpole"), seeds=(1, 2),
         hidden_sizes=(32, 32), total_timesteps=1600, shift_every=800, checkpoint_every=0,
-        runs_dir=str(tmp_path), cuda=not ON_CPU,
+        runs_dir=str(tmp_path), cuda=not ON_CPU, regularizer="l2-er",
         diag=dataclasses.replace(ppo.Args().diag, batch_size=256, lanczos_order=20, top_k=3,
                                  min_init_samples=64),
     )  # fmt: skip
@@ -141,6 +142,9 @@ def test_ppo_seeds_on_the_gpu_across_a_shift_with_diagnostics(tmp_path):
         no_skipped_diagnostics(run_dir)
         assert len(list((run_dir / "diagnostics").glob("step_*.npz"))) == 3
         assert read_jsonl(run_dir / "events.jsonl")[-1]["event"] == "finished"
+        ranks = [m["regularizer/erank/actor"] for m in read_jsonl(run_dir / "metrics.jsonl")
+                 if "regularizer/erank/actor" in m]  # fmt: skip
+        assert ranks and all(1.0 <= rank <= 32.0 for rank in ranks)
 
 
 def test_sac_on_the_gpu_across_a_shift_with_diagnostics_and_the_probe(tmp_path):

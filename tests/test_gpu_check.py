@@ -99,6 +99,7 @@ def test_the_gpu_check_installs_offline_from_its_folder_and_runs_every_part(tmp_
     # The packages came from the folder, not from the stand-in's own site-packages.
     assert (out / "site" / "gymnasium").is_dir() and (out / "site" / "wandb").is_dir()
     assert "passed" in (out / "gpu-tests.md").read_text()
+    assert "| 1 | batched |" in (out / "batched-seeds.md").read_text()  # ER's step, batched
 
 
 def test_an_unknown_part_is_one_error_line(tmp_path):
