@@ -106,8 +106,8 @@ class ERank(Regularizer):
         config, updates = methods[0].config, methods[0].updates
         if stacks is None or any(m.config != config or m.updates != updates for m in methods):
             return super().after_update_seeds(methods, features_fns, stacks, pass_end)
-        due = [method.count_update(pass_end) for method in methods][0]
-        if not due:
+        due = [method.count_update(pass_end) for method in methods]  # the same for every seed
+        if not due[0]:
             return [{} for _ in methods]
 
         with torch.enable_grad():
