@@ -44,8 +44,8 @@ The statistics (each tested against hand-computed answers in tests/test_report.p
 - cost: a finished run's wall time from its events (run_directory.RunFiles.wall_seconds), the
   median per method, and process-hours, a run sharing a --seeds process counting a K-th; the
   same share of its processes' CPU time (RunFiles.cpu_seconds), per run (median) and as
-  CPU-hours, which waiting for a shared core or a SIGSTOP does not inflate (NaN when a run's
-  record has no CPU times);
+  CPU-hours, which waiting for a shared core or a SIGSTOP does not inflate (over the runs
+  whose records have CPU times, saying how many);
 - R^2: the squared Pearson correlation of the per-task metric with the epsilon-rank at that
   task's init, pooled and per method, for each epsilon; task 0 (the fresh initialisation,
   the same for every method) is left out, as in the paper's epsilon-rank analysis. Within
@@ -479,7 +479,10 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             },
         }
         timed = [r for r in group if r.finished and math.isfinite(r.wall_seconds)]
-        cpu_shares = [r.cpu_seconds / r.seeds_in_process for r in timed]
+        # Runs whose record lacks CPU times (written before events carried them) are left out
+        # of the CPU columns, which say how many runs they cover.
+        cpu_shares = [r.cpu_seconds / r.seeds_in_process for r in timed
+                      if math.isfinite(r.cpu_seconds)]  # fmt: skip
         costs[method] = {
             "runs": len(timed),
             "median_wall_s": float(np.median([r.wall_seconds for r in timed]))
@@ -487,9 +490,10 @@ def summarise(runs: list[RunRecord], published: dict | None = None) -> dict:
             else math.nan,
             "seeds_in_process": sorted({r.seeds_in_process for r in timed}),
             "process_hours": sum(r.wall_seconds / r.seeds_in_process for r in timed) / 3600,
-            "cpu_hours": sum(cpu_shares) / 3600,
+            "cpu_runs": len(cpu_shares),
+            "cpu_hours": sum(cpu_shares) / 3600 if cpu_shares else math.nan,
             # a run's share of its process's CPU time, the cost of one more run of it
-            "median_cpu_s": float(np.median(cpu_shares)) if timed else math.nan,
+            "median_cpu_s": float(np.median(cpu_shares)) if cpu_shares else math.nan,
         }
         table[method] = row
         curve = []
@@ -1052,7 +1056,8 @@ def cost_table(summary: dict) -> list[str]:
              "process (--seeds) each show that process's time and count a share of it in the "
              "process-hours. A run's CPU time (its share of its process's) and the CPU-hours "
              "are not inflated by waiting for a shared core or by a stopped process (a process "
-             "of one torch thread uses at most about one core; -: a record without CPU times).",
+             "of one torch thread uses at most about one core). They cover the runs whose "
+             "records have CPU times (\"k of n\" when some do not; -: none).",
              "",
              "| method | finished runs | wall time of a run (median) | CPU time of a run (median) | "
              "seeds per process | process-hours | CPU-hours |",
@@ -1061,10 +1066,12 @@ def cost_table(summary: dict) -> list[str]:
         if not cost["runs"]:
             continue
         seeds = ", ".join(map(str, cost["seeds_in_process"]))
-        cpu = f"{cost['cpu_hours']:.2f}" if math.isfinite(cost["cpu_hours"]) else "-"
-        cpu_run = (
-            f"{cost['median_cpu_s'] / 60:.1f} min" if math.isfinite(cost["median_cpu_s"]) else "-"
-        )
+        covered, runs = cost["cpu_runs"], cost["runs"]
+        part = f" ({covered} of {runs})" if covered < runs else ""
+        cpu, cpu_run = "-", "-"
+        if covered:  # the hours of only some runs are a lower bound of all of theirs
+            cpu = (">= " if covered < runs else "") + f"{cost['cpu_hours']:.2f}{part}"
+            cpu_run = f"{cost['median_cpu_s'] / 60:.1f} min{part}"
         lines.append(f"| {method} | {cost['runs']} | {cost['median_wall_s'] / 60:.1f} min | "
                      f"{cpu_run} | {seeds} | {cost['process_hours']:.2f} | {cpu} |")  # fmt: skip
     return lines

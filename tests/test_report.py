@@ -358,13 +358,24 @@ def test_a_runs_wall_and_cpu_time_sum_its_segments_and_a_shared_process_counts_a
     assert "| method | runs | phase 0 | phase 1 |" in text and "| bp | 2 | 10.0 | 10.0 |" in text
 
     # A record written before events carried "cpu", then resumed by newer code: its CPU time is
-    # unknown (not the newer segment's alone), and the table says so.
+    # unknown (not the newer segment's alone). The CPU columns cover the other run and say so;
+    # with neither, they are empty.
     for event in timed[:4]:
         del event["cpu"]
     (shared / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in timed))
     assert read_run_files(shared).wall_seconds == 140.0
     assert math.isnan(read_run_files(shared).cpu_seconds)
     out = write_report([sweep], tmp_path / "report-old")
+    cost = json.loads((out / "report.json").read_text())["cost"]["bp"]
+    assert cost["cpu_runs"] == 1 and cost["cpu_hours"] == pytest.approx(45 / 3600)
+    assert cost["median_cpu_s"] == 45.0
+    text = (out / "report.md").read_text()
+    assert "| bp | 2 | 1.7 min | 0.8 min (1 of 2) | 1, 3 | 0.03 | >= 0.01 (1 of 2) |" in text
+    (alone / "events.jsonl").write_text(
+        json.dumps({"step": 0, "event": "start", "time": 5.0}) + "\n"
+        + json.dumps({"step": 6400, "event": "finished", "time": 65.0}) + "\n"
+    )  # fmt: skip
+    out = write_report([sweep], tmp_path / "report-older")
     assert "| bp | 2 | 1.7 min | - | 1, 3 | 0.03 | - |" in (out / "report.md").read_text()
 
 
