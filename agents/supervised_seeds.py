@@ -337,10 +337,7 @@ def train_together(args: Args, seeds: list[Seed], stacks: dict[str, Tensor], ste
             # in its slice of the stacks, and an SVD of them would fail.
             on_window = None
             if len(live) == len(seeds):
-                x_window = x_all[:, max(0, end - window) : end]
-                on_window = SeedStacks({"model": stacks}, lambda params, x=x_window: {
-                    "model": stacked_mlp(first.model, params["model"], "", x)[1]
-                })  # fmt: skip
+                on_window = window_stacks(first.model, stacks, x_all, max(0, end - window), end)
             for k, metrics in zip(live, after_update_seeds(
                 [seeds[k].regularizer for k in live], recent, on_window, end >= n
             ), strict=True):  # fmt: skip
@@ -393,6 +390,17 @@ def train_together(args: Args, seeds: list[Seed], stacks: dict[str, Tensor], ste
             seed.boundaries.finish(examples_seen, args.num_tasks - 1, end)
         seed.run.finish(examples_seen, seed.state(examples_seen, args.num_tasks))
         seed.diagnostics.finish(examples_seen)
+
+
+def window_stacks(
+    model: MLP, stacks: dict[str, Tensor], x: Tensor, start: int, end: int
+) -> SeedStacks:
+    """The stacks as a method batched across seeds sees them: every seed's hidden features on
+    its examples x[:, start:end] (`window_features` for all seeds at once)."""
+    return SeedStacks(
+        {"model": stacks},
+        lambda params: {"model": stacked_mlp(model, params["model"], "", x[:, start:end])[1]},
+    )
 
 
 def seed_loss(seed: Seed, examples_seen: int, task: int) -> float:
