@@ -14,9 +14,9 @@ forward and backward pass is the single run's own code, called once per seed on 
 modules: the rewards, GAE, the task boundaries and their Hessian spectra, the regularizer's
 moments (penalty on the seed's own features, before_step on its own gradients, after_update,
 on_shift; ER's after_update is one step for all seeds, with a batched SVD: each seed moves as
-its own step moves it, regularizers/base.py `after_update_seeds`), gradient clipping (a norm per seed, never across seeds), its Adam step and its
-checkpoints, which are single-run checkpoints (a stopped seed resumes alone with
-`train.py ppo --resume RUN_DIR`).
+its own step moves it, regularizers/base.py `after_update_seeds`), gradient clipping (a norm
+per seed, never across seeds), its Adam step and its checkpoints, which are single-run
+checkpoints (a stopped seed resumes alone with `train.py ppo --resume RUN_DIR`).
 
 What is not exact: each seed samples its actions and minibatch orders from its own
 torch.Generator (seeded by its seed), not from the global stream a single run uses, so a seed's

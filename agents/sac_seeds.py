@@ -15,8 +15,8 @@ so everything that is not the forward and backward pass is the single run's own 
 once per seed on that seed's modules (agents/sac.py): storing transitions, the task boundaries
 and their spectra, the regularizers' moments (penalty on the seed's own features, before_step,
 after_update, on_shift; ER's after_update is one step for all seeds, with a batched SVD), its
-Adam steps, alpha's step, and its checkpoints, which are
-single-run checkpoints (a stopped seed resumes alone with `train.py sac --resume RUN_DIR`).
+Adam steps, alpha's step, and its checkpoints, which are single-run checkpoints (a stopped
+seed resumes alone with `train.py sac --resume RUN_DIR`).
 
 What is not exact: a seed draws from its own generator, not from the global stream a single
 run uses, so a seed's run here is another draw of the same experiment, not its single run's
