@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from diagnostics.representation import effective_rank
-from regularizers.base import Combined, FeaturesFn, FlagGroup, Method, Regularizer
+from regularizers.base import Combined, Features, FeaturesFn, FlagGroup, Method, Regularizer
 from regularizers.l2 import L2
 
 
@@ -73,28 +73,9 @@ class ERank(Regularizer):
 
         with torch.enable_grad():
             feats = features_fn()
-            objectives = {
-                name: torch.stack([effective_rank(h) for h in layers]).mean()
-                for name, layers in feats.items()
-                if layers
-            }
-            # All gradients first, then all updates: an in-place update of one net must not
-            # precede the backward pass of another that may share its graph.
-            steps = {}
-            for index, (name, objective) in enumerate(objectives.items()):
-                params = [p for p in self.nets[name].parameters() if p.requires_grad]
-                grads = torch.autograd.grad(
-                    objective,
-                    params,
-                    retain_graph=index < len(objectives) - 1,
-                    allow_unused=True,  # e.g. the output layer and the log-std feed no feature
-                )
-                steps[name] = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
-
-        with torch.no_grad():
-            for pairs in steps.values():
-                for param, grad in pairs:
-                    param.add_(grad, alpha=self.config.lr)
+        params = {name: [p for p in net.parameters() if p.requires_grad]
+                  for name, net in self.nets.items()}  # fmt: skip
+        objectives = ascend_effective_rank(feats, params, params, self.config.lr)
         return {f"erank/{name}": objective.item() for name, objective in objectives.items()}
 
     @classmethod
@@ -110,34 +91,20 @@ class ERank(Regularizer):
         if not due[0]:
             return [{} for _ in methods]
 
+        # Leaves standing in for the stacks: their gradients stay out of the stacks' `.grad`,
+        # and stacks that do not require gradients (the fused supervised step's) work too.
+        leaves = {
+            net: {name: stack.detach().requires_grad_() for name, stack in params.items()}
+            for net, params in stacks.params.items()
+        }
         with torch.enable_grad():
-            # Leaves standing in for the stacks: their gradients stay out of the stacks' `.grad`,
-            # and stacks that do not require gradients (the fused supervised step's) work too.
-            leaves = {
-                net: {name: stack.detach().requires_grad_() for name, stack in params.items()}
-                for net, params in stacks.params.items()
-            }
             feats = stacks.features(leaves)
-            objectives = {  # (K,): each seed's mean effective rank over the net's layers
-                name: torch.stack([effective_rank(h) for h in layers]).mean(0)
-                for name, layers in feats.items()
-                if layers
-            }
-            steps = []
-            for index, (name, objective) in enumerate(objectives.items()):
-                names = list(leaves[name])
-                grads = torch.autograd.grad(
-                    objective.sum(),
-                    [leaves[name][n] for n in names],
-                    retain_graph=index < len(objectives) - 1,
-                    allow_unused=True,
-                )
-                steps += [(stacks.params[name][n], g) for n, g in zip(names, grads, strict=True)
-                          if g is not None]  # fmt: skip
-
-        with torch.no_grad():
-            for stack, grad in steps:
-                stack.add_(grad, alpha=config.lr)
+        objectives = ascend_effective_rank(  # (K,) each: a seed's mean effective rank
+            feats,
+            {net: list(named.values()) for net, named in leaves.items()},
+            {net: list(named.values()) for net, named in stacks.params.items()},
+            config.lr,
+        )
         values = torch.stack(list(objectives.values()), 1).tolist()  # one read for all seeds
         return [{f"erank/{name}": value for name, value in zip(objectives, row, strict=True)}
                 for row in values]  # fmt: skip
@@ -147,6 +114,37 @@ class ERank(Regularizer):
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = state["updates"]
+
+
+def ascend_effective_rank(
+    feats: Features, params: dict[str, list[Tensor]], targets: dict[str, list[Tensor]], lr: float
+) -> dict[str, Tensor]:
+    """The ascent step theta <- theta + lr * grad mean_l erank(H_l), for each net of `feats`
+    separately: the gradient with respect to `params[net]` is added to `targets[net]` (the same
+    tensors, or the stacks that leaves in `params` stand in for). Features with a leading seed
+    axis give each seed its own objective; the gradient of their sum is, in each seed's slice,
+    that seed's own. Returns each net's objective: one value, or one per seed."""
+    with torch.enable_grad():
+        objectives = {
+            name: torch.stack([effective_rank(h) for h in layers]).mean(0)
+            for name, layers in feats.items()
+            if layers
+        }
+        # All gradients first, then all updates: an in-place update of one net must not
+        # precede the backward pass of another that may share its graph.
+        steps = []
+        for index, (name, objective) in enumerate(objectives.items()):
+            grads = torch.autograd.grad(
+                objective.sum(),
+                params[name],
+                retain_graph=index < len(objectives) - 1,
+                allow_unused=True,  # e.g. the output layer and the log-std feed no feature
+            )
+            steps += [(t, g) for t, g in zip(targets[name], grads, strict=True) if g is not None]
+    with torch.no_grad():
+        for target, grad in steps:
+            target.add_(grad, alpha=lr)
+    return objectives
 
 
 FLAGS = FlagGroup("erank", ERankConfig,
