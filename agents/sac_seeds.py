@@ -340,6 +340,19 @@ def step_each(active: list[Seed], net: str, stacks: dict[str, Tensor], total: Te
         optimizer.step()
 
 
+def after_update_each(active: list[Seed], nets: StackedSAC, net: str, x: Tensor) -> None:
+    """After `step_each`: every seed's `net` regularizer's after_update, on that seed's rows of
+    x (K, batch, in) as `sac.actor_features` / `sac.critic_features` give them (batched across
+    seeds where the method batches); each seed's metrics into its own."""
+    own_features = actor_features if net == "actor" else critic_features
+    recent = [functools.partial(own_features, getattr(seed.agent, net), x[k])
+              for k, seed in enumerate(active)]  # fmt: skip
+    regularizers = [seed.agent.regularizers[net] for seed in active]
+    metrics = after_update_seeds(regularizers, recent, nets.seed_stacks(net, x), pass_end=True)
+    for seed, seed_metrics in zip(active, metrics, strict=True):
+        seed.regularizer_metrics.update(seed_metrics)
+
+
 def stacked_critic_update(active: list[Seed], nets: StackedSAC, batch: dict[str, Tensor]) -> None:
     """`sac.critic_update` for every seed: the soft TD targets from the stacked actor and target
     critics, one batched forward and backward of the twin critics, then each seed's own steps;
@@ -359,14 +372,8 @@ def stacked_critic_update(active: list[Seed], nets: StackedSAC, batch: dict[str,
     penalties = [seed.agent.regularizers["critic"].penalty({"critic": [h[k] for h in features]})
                  for k, seed in enumerate(active)]  # fmt: skip
     step_each(active, "critic", nets.stacks_of("critic"), qf_losses.sum() + sum(penalties))
-    recent = [functools.partial(critic_features, seed.agent.critic, batch["obs_actions"][k])
-              for k, seed in enumerate(active)]  # fmt: skip
-    stacks = nets.seed_stacks("critic", batch["obs_actions"])
-    regularizers = [seed.agent.regularizers["critic"] for seed in active]
-    for k, (seed, metrics) in enumerate(
-        zip(active, after_update_seeds(regularizers, recent, stacks, pass_end=True), strict=True)
-    ):
-        seed.regularizer_metrics.update(metrics)
+    after_update_each(active, nets, "critic", batch["obs_actions"])
+    for k, seed in enumerate(active):
         seed.last.update({"qf_losses": qf_losses[:, k].detach(),
                           "q_values": q_values[:, k].detach().mean(-1),
                           "critic_penalty": penalties[k].detach()})  # fmt: skip
@@ -385,15 +392,9 @@ def stacked_actor_update(active: list[Seed], nets: StackedSAC, batch: dict[str, 
     penalties = [seed.agent.regularizers["actor"].penalty({"actor": [h[k] for h in features]})
                  for k, seed in enumerate(active)]  # fmt: skip
     step_each(active, "actor", nets.stacks_of("actor"), actor_losses.sum() + sum(penalties))
-    recent = [functools.partial(actor_features, seed.agent.actor, batch["obs"][k])
-              for k, seed in enumerate(active)]  # fmt: skip
-    stacks = nets.seed_stacks("actor", batch["obs"])
-    regularizers = [seed.agent.regularizers["actor"] for seed in active]
-    for k, (seed, metrics) in enumerate(
-        zip(active, after_update_seeds(regularizers, recent, stacks, pass_end=True), strict=True)
-    ):
+    after_update_each(active, nets, "actor", batch["obs"])
+    for k, seed in enumerate(active):
         agent = seed.agent
-        seed.regularizer_metrics.update(metrics)
         seed.last.update({"actor_loss": actor_losses[k].detach(),
                           "entropy": -log_pi[k].detach().mean(),
                           "actor_penalty": penalties[k].detach()})  # fmt: skip
