@@ -179,7 +179,7 @@ def jobs(sweep: Sweep, todo: list[tuple[Cell, str]]) -> list[Job]:
     """The processes that run `todo` ((cell, state) pairs, in order): with grouping on, the
     new cells that differ only in seed become one job where the mode's batched learner takes
     their flags, and the interrupted ones one job that resumes them together where it can
-    (else one job a cell)."""
+    (else one job a cell); a group is cut in parts where workers would otherwise idle."""
     grouping = sweep.group_seeds
     if grouping is None:
         grouping = sweep.engine.launcher == "local"
@@ -191,7 +191,7 @@ def jobs(sweep: Sweep, todo: list[tuple[Cell, str]]) -> list[Job]:
             groups.setdefault((state, rest), []).append(cell)
         else:
             singles[cell.id] = Job([cell], state, cell_command(sweep, cell, state))
-    for (state, _), cells in groups.items():
+    for state, cells in spread(groups, len(singles), sweep):
         together = seeds_command if state == "pending" else resume_command
         command = together(sweep, cells) if len(cells) > 1 else None
         if command is None:
@@ -200,6 +200,27 @@ def jobs(sweep: Sweep, todo: list[tuple[Cell, str]]) -> list[Job]:
             singles[cells[0].id] = Job(cells, state, command)
     order = {cell.id: index for index, (cell, _) in enumerate(todo)}
     return sorted(singles.values(), key=lambda job: order[job.cells[0].id])
+
+
+def spread(
+    groups: dict[tuple, list[Cell]], others: int, sweep: Sweep
+) -> list[tuple[str, list[Cell]]]:
+    """The seed groups ({(state, flags): cells}) as the processes they run in, (state, cells)
+    each: a process a group, unless the local launcher would leave workers idle (fewer groups
+    and `others` jobs than --workers). Then groups are cut into near-equal parts, the largest
+    parts first, until every worker has one: 6 seeds on 2 workers are two processes of 3 seeds,
+    each on its own core, not one process on one core with the other idle."""
+    parts = dict.fromkeys(groups, 1)
+    while sweep.engine.launcher == "local" and others + sum(parts.values()) < sweep.workers:
+        splittable = [key for key in groups if len(groups[key]) > parts[key]]
+        if not splittable:
+            break
+        parts[max(splittable, key=lambda key: len(groups[key]) / parts[key])] += 1
+    return [
+        (key[0], cells[len(cells) * i // parts[key] : len(cells) * (i + 1) // parts[key]])
+        for key, cells in groups.items()
+        for i in range(parts[key])
+    ]
 
 
 def seed_flags(sweep: Sweep, cell: Cell) -> list[str] | None:

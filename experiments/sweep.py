@@ -79,7 +79,9 @@ A sweep's own flags (every other flag is a base flag of each cell; `train.py MOD
                             cells that differ only in their seed run as one process
                             (train.py MODE ... --seeds S1 S2 ...: each seed still its own run
                             in its own cell's directory); on by default for --launcher local,
-                            off for slurm and ray. Batching is not possible for ppo with
+                            off for slurm and ray. Where there are fewer such processes than
+                            --workers, groups are cut into parts so that no worker idles (6 seeds,
+                            2 workers: two processes of 3). Batching is not possible for ppo with
                             --compile or --target-kl: those run one process a cell.
                             Interrupted cells of one group resume together
                             (train.py MODE --resume DIR1 DIR2 ...)

@@ -97,7 +97,7 @@ def test_a_stopped_seed_group_resumes_together(tmp_path):
     argv = ["sweep", "ppo", "--preset", "continual-cartpole", "--hidden-sizes", "16",
             "--num-steps", "256", "--num-minibatches", "4", "--total-timesteps", "8192",
             "--shift-every", "2048", "--checkpoint-every", "512", "--diagnostics", "none",
-            "--grid", "seed=1,2", "--sweep-dir", str(sweep_dir)]  # fmt: skip
+            "--grid", "seed=1,2", "--workers", "1", "--sweep-dir", str(sweep_dir)]  # fmt: skip
     process = subprocess.Popen(train_command(*argv), cwd=REPO, env=cli_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 120
@@ -174,7 +174,7 @@ def test_cells_the_batched_learner_refuses_run_one_process_each(tmp_path):
     """PPO's --seeds refuses --target-kl (an early stop per seed): --dry-run shows those cells
     as one process each, and the same grid without it as one --seeds process."""
     argv = ["sweep", "ppo", "--preset", "continual-cartpole", "--grid", "seed=1,2",
-            "--sweep-dir", str(tmp_path / "sweep"), "--dry-run"]  # fmt: skip
+            "--workers", "1", "--sweep-dir", str(tmp_path / "sweep"), "--dry-run"]  # fmt: skip
     grouped = run_cli_in_process(*argv)
     assert grouped.returncode == 0, grouped.stderr
     (line,) = grouped.stdout.splitlines()[:-1]
@@ -184,6 +184,35 @@ def test_cells_the_batched_learner_refuses_run_one_process_each(tmp_path):
     lines = alone.stdout.splitlines()[:-1]
     assert [line.split(": ")[0] for line in lines] == ["seed=1", "seed=2"]
     assert not any("--seeds" in line for line in lines)
+
+
+def test_a_seed_group_is_cut_so_that_no_worker_idles(tmp_path):
+    """One configuration's 6 seeds: one --seeds process on 1 worker, two of 3 seeds on 2 (each
+    a one-thread process on its own core), and on 4 workers four parts, a part of one seed an
+    ordinary cell; with 2 configurations on 2 workers, a process each. Slurm and Ray keep a
+    group whole (--dry-run's commands)."""
+
+    def processes(*flags: str) -> list[tuple[str, str]]:
+        dry = run_cli_in_process("sweep", "ppo", "--preset", "continual-cartpole", *flags,
+                                 "--dry-run", "--sweep-dir", str(tmp_path / "sweep"))  # fmt: skip
+        assert dry.returncode == 0, dry.stderr
+        lines = [line.split(": ", 1) for line in dry.stdout.splitlines()[:-1]]
+        return [(cells, command.split("--seeds ")[1].split(" --")[0] if "--seeds" in command
+                 else "alone") for cells, command in lines]  # fmt: skip
+
+    six = ("--grid", "seed=1,2,3,4,5,6")
+    assert processes(*six, "--workers", "1") == [(", ".join(f"seed={s}" for s in range(1, 7)),
+                                                  "1 2 3 4 5 6")]  # fmt: skip
+    assert processes(*six, "--workers", "2") == [
+        ("seed=1, seed=2, seed=3", "1 2 3"), ("seed=4, seed=5, seed=6", "4 5 6"),
+    ]  # fmt: skip
+    assert [seeds for _, seeds in processes(*six, "--workers", "4")] == [
+        "alone", "2 3", "alone", "5 6"
+    ]
+    two = processes("--grid", "regularizer=none,l2", "seed=1,2,3", "--workers", "2")
+    assert [seeds for _, seeds in two] == ["1 2 3", "1 2 3"]
+    whole = processes(*six, "--launcher", "slurm", "--group-seeds", "--slurm-cluster", "local")
+    assert [seeds for _, seeds in whole] == ["1 2 3 4 5 6"]
 
 
 @pytest.mark.slow
