@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.adam import adam as functional_adam
 
 from regularizers.base import UnitLayer
 
@@ -348,6 +349,79 @@ def take_seed_gradient(module: nn.Module, stacks: dict[str, Tensor], seed: int) 
         gradient = stacks[name].grad
         if gradient is not None:
             param.grad = gradient[seed] if param.grad is None else gradient[seed] + param.grad
+
+
+@torch.no_grad()
+def step_seeds_on_stacks(
+    stacks: list[Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    decays: list[float],
+    max_grad_norm: float = 0.0,
+    found_inf: Tensor | None = None,
+) -> bool:
+    """After a backward through `stacks` (seed axis first), every seed's single-run step on its
+    own slice of the gradient, with the per-seed Python of K steps cut out: the gradients
+    clipped on the stacks (a norm per seed, as `clip_grad_norm_` on the seed's parameters), its
+    method's coupled decay added there (`decays`: each seed's `coupled_decay()`, taken only
+    where the methods add nothing else), then each seed's fused Adam on its slices. `found_inf`
+    (K,): the seeds whose loss was not finite, whose step is skipped as the single run skips it.
+
+    Returns False, having done nothing, where this does not apply: an optimizer that is not a
+    one-group fused Adam over exactly the stacks' slices (in their order), or a stack without a
+    gradient. The caller then takes each seed's step as the single run does."""
+    grads = [stack.grad for stack in stacks]
+    if any(grad is None for grad in grads) or len(set(decays)) > 1:
+        return False
+    for k, optimizer in enumerate(optimizers):
+        group = optimizer.param_groups
+        if len(group) != 1 or not group[0]["fused"] or not isinstance(optimizer, torch.optim.Adam):
+            return False
+        params = group[0]["params"]
+        if len(params) != len(stacks) or any(
+            p.data_ptr() != stack[k].data_ptr() for p, stack in zip(params, stacks, strict=False)
+        ):
+            return False
+    k = len(optimizers)
+    if max_grad_norm > 0:
+        norms = torch.stack([torch.linalg.vector_norm(g.reshape(k, -1), dim=1) for g in grads])
+        scale = (max_grad_norm / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
+        for grad in grads:
+            grad.mul_(scale.view(k, *[1] * (grad.dim() - 1)))
+    if decays and decays[0]:
+        torch._foreach_add_(grads, stacks, alpha=decays[0])
+    for k, optimizer in enumerate(optimizers):
+        fused_adam_step(optimizer, [grad[k] for grad in grads],
+                        None if found_inf is None else found_inf[k])  # fmt: skip
+    return True
+
+
+def fused_adam_step(
+    optimizer: torch.optim.Adam, grads: list[Tensor], found_inf: Tensor | None
+) -> None:
+    """`optimizer.step()` with `grads` as its parameters' gradients (in order), through the
+    functional Adam: Optimizer.step's own bookkeeping costs as much as the arithmetic of a small
+    network's step. Where the optimizer has no state yet (its first step, or a method dropped
+    it), Optimizer.step itself initialises it."""
+    group = optimizer.param_groups[0]
+    params = group["params"]
+    states = [optimizer.state.get(p) for p in params]
+    if not all(states):
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        optimizer.found_inf = found_inf
+        optimizer.step()
+        for param in params:
+            param.grad = None
+        return
+    beta1, beta2 = group["betas"]
+    functional_adam(
+        params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+        [s["step"] for s in states], fused=True, found_inf=found_inf, amsgrad=group["amsgrad"],
+        beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+        eps=group["eps"], maximize=group["maximize"],
+        decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+    )  # fmt: skip
 
 
 def stacked_mlp(

@@ -42,7 +42,13 @@ import torch
 from torch import Tensor
 
 from agents.checkpoints import Resumed, seed_generator
-from agents.networks import CategoricalActor, stack_parameters, stacked_mlp, take_seed_gradient
+from agents.networks import (
+    CategoricalActor,
+    stack_parameters,
+    stacked_mlp,
+    step_seeds_on_stacks,
+    take_seed_gradient,
+)
 from agents.ppo import (
     LEARNER,
     LOG_2PI,
@@ -368,6 +374,12 @@ def stacked_update(
     on_rollout = nets.on(batch["obs"])
     regularizers = [seed.agent.regularizer for seed in active]
     parameters = [seed.agent.optimizer.param_groups[0]["params"] for seed in active]
+    optimizers = [seed.agent.optimizer for seed in active]
+    # Methods whose only gradient work is coupled decay (BP, L2, ER, CBP, ReDo, reset, S&P)
+    # take their steps on the stacks; the others (a penalty that reads the weights, a
+    # before_step of its own) each seed's as the single run takes it.
+    on_stacks = all(method.only_coupled_decay() for method in regularizers)
+    decays = [method.coupled_decay() for method in regularizers]
     skipped = torch.zeros(k, device=batch["obs"].device)
     clipfracs, regularizer_metrics = [], [{} for _ in active]
     for _epoch in range(args.update_epochs):
@@ -394,20 +406,25 @@ def stacked_update(
             skipped = skipped + not_finite
             for stack in nets.stacks:
                 stack.grad = None
-            for params in parameters:
-                for param in params:
-                    param.grad = None
+            if not on_stacks:  # a penalty on the weights themselves writes each seed's .grad
+                for params in parameters:
+                    for param in params:
+                        param.grad = None
             loss.sum().backward()  # the seeds' graphs are disjoint: each gets its own gradient
             pass_end = start + minibatch_size >= batch_size
-            for index, seed in enumerate(active):
-                params = parameters[index]
-                take_seed_gradient(seed.agent.actor, nets.actor, index)
-                take_seed_gradient(seed.agent.critic, nets.critic, index)
-                if args.max_grad_norm > 0:  # a norm per seed
-                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                seed.agent.regularizer.before_step()
-                seed.agent.optimizer.found_inf = not_finite[index]
-                seed.agent.optimizer.step()
+            if not (on_stacks and step_seeds_on_stacks(
+                nets.stacks, optimizers, decays, args.max_grad_norm, not_finite
+            )):  # fmt: skip
+                on_stacks = False
+                for index, seed in enumerate(active):
+                    params = parameters[index]
+                    take_seed_gradient(seed.agent.actor, nets.actor, index)
+                    take_seed_gradient(seed.agent.critic, nets.critic, index)
+                    if args.max_grad_norm > 0:  # a norm per seed
+                        torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                    seed.agent.regularizer.before_step()
+                    seed.agent.optimizer.found_inf = not_finite[index]
+                    seed.agent.optimizer.step()
             for metrics, seed_metrics in zip(
                 regularizer_metrics,
                 after_update_seeds(regularizers, features_on_rollout, on_rollout, pass_end),

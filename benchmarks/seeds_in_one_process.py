@@ -1,6 +1,9 @@
-"""Whole runs: K seeds in one process (`train.py supervised|ppo --seeds`) against the same K
-cells through the local launcher (`train.py sweep ... --workers 2`), in one run of this script,
-alternating, as a user would start them.
+"""Whole runs: K seeds of one configuration three ways, in one run of this script, alternating,
+as a user would start them: the local launcher one process a cell (`train.py sweep ...
+--no-group-seeds --workers 2`: what grouping replaces), the local launcher as it runs them by
+default (seeds grouped into `--seeds` processes, a group cut in parts where a worker would idle:
+6 seeds on 2 workers are two processes of 3), and all K seeds in one process
+(`train.py supervised|ppo --seeds`) with --threads torch threads.
 
     python benchmarks/seeds_in_one_process.py                  # supervised: 3 seeds, 5 tasks
     python benchmarks/seeds_in_one_process.py --seeds 1 2 3 4 5 6 --num-tasks 10
@@ -10,9 +13,8 @@ supervised: `make reproduce`'s setting (the paper code's small permuted MNIST: 7
 online SGD, 4,000 examples a task; its diagnostics every 10 tasks, here at the start and the
 end), cut to --num-tasks tasks. ppo: the continual-cartpole preset (C-CHAIN's setting, 3 x 256
 networks, minibatches of 32) cut to --num-tasks tasks of 10 iterations, diagnostics off (they
-are per seed in both ways), or with --hidden-sizes another width. The launcher runs two cells
-at a time on the machine's two cores; the batched process runs with --threads torch threads,
-so the table gives both wall time and cells per core-hour.
+are per seed in every way), or with --hidden-sizes another width. The table gives both wall
+time (cells per hour) and cells per core-hour.
 """
 
 from __future__ import annotations
@@ -78,23 +80,24 @@ def main(args: Args) -> None:
         title = (f"permuted MNIST 784-256x3-10, {args.num_tasks} tasks x 4,000 examples, "
                  f"--update {args.update}")  # fmt: skip
     seeds = [str(seed) for seed in args.seeds]
-    times: dict[str, list[float]] = {"launcher": [], "one process": []}
+    k = len(seeds)
+    launcher, grouped, one = "launcher, a process a cell", "launcher, seeds grouped", "one process"
+    times: dict[str, list[float]] = {launcher: [], grouped: [], one: []}
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as scratch:
             sweep = [sys.executable, "train.py", "sweep", args.learner, *base, "--torch-threads",
-                     "1", "--grid",
-                     f"seed={','.join(seeds)}", "--workers", str(args.workers),
-                     "--no-group-seeds",  # one process a cell: what the batched run replaces
-                     "--sweep-dir", f"{scratch}/sweep"]  # fmt: skip
-            times["launcher"].append(timed(sweep))
+                     "1", "--grid", f"seed={','.join(seeds)}", "--workers", str(args.workers)]  # fmt: skip
+            times[launcher].append(
+                timed([*sweep, "--no-group-seeds", "--sweep-dir", f"{scratch}/cells"])
+            )
+            times[grouped].append(timed([*sweep, "--sweep-dir", f"{scratch}/grouped"]))
             batched = [sys.executable, "train.py", args.learner, *base, "--torch-threads",
                        str(args.threads), "--seeds", *seeds, "--runs-dir", f"{scratch}/runs"]  # fmt: skip
-            times["one process"].append(timed(batched))
-    k = len(seeds)
+            times[one].append(timed(batched))
     print(f"{title}, --regularizer {args.regularizer}, {k} seeds, median of {args.rounds} rounds\n")
     print("| way | cores | wall s | cells per hour | ratio | cells per core-hour | ratio |")
     print("|---|---|---|---|---|---|---|")
-    cores = {"launcher": min(args.workers, k), "one process": args.threads}
+    cores = {launcher: min(args.workers, k), grouped: min(args.workers, k), one: args.threads}
     reference = None
     for way, walls in times.items():
         wall = sorted(walls)[len(walls) // 2]

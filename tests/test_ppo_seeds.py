@@ -72,9 +72,33 @@ def test_one_batched_update_is_each_seeds_own_update(env_id, regularizer):
         cbp=CBPConfig(replacement_rate=0.2, maturity=1), redo=ReDoConfig(tau=0.5, every=1),
         spectral=SpectralConfig(strength=1.0, target=0.5), erank=ppo.ERankConfig(lr=1e-2),
     )  # fmt: skip
+    assert_one_batched_update_is_each_seeds_own(args)
+
+
+@pytest.mark.parametrize("regularizer", ["none", "l2", "l2-init"])
+def test_a_seed_whose_loss_is_not_finite_skips_only_its_own_steps(regularizer):
+    """One seed's rollout holds a NaN advantage: in the batched update that seed skips the
+    minibatch steps its single run skips (its loss not finite there), and every seed, it and
+    the others, ends where its own single-run update leaves it (the steps taken on the stacks,
+    and L2 Init's, taken seed by seed)."""
+    args = ppo.Args(
+        env_id="CartPole-v1", regularizer=regularizer, hidden_sizes=(16, 16), num_steps=64,
+        num_minibatches=4, update_epochs=2, max_grad_norm=0.5, learning_rate=3e-3,
+        diagnostics=("none",), shift=(), norm_obs=False, norm_reward=False,
+    )  # fmt: skip
+    skipped = assert_one_batched_update_is_each_seeds_own(args, not_finite_seed=1)
+    assert skipped == [0, 2, 0]  # the NaN row is in one minibatch of each of the 2 epochs
+
+
+def assert_one_batched_update_is_each_seeds_own(
+    args: ppo.Args, not_finite_seed: int | None = None
+) -> list[float]:
+    """Runs both updates and compares them; returns each seed's skipped minibatch steps."""
     single, batched = build_agents(args), build_agents(args)
     nets = ppo_seeds.StackedNets(batched)
     batches = [rollout_batch(agent, 64, seed) for agent, seed in zip(single, SEEDS, strict=True)]
+    if not_finite_seed is not None:
+        batches[not_finite_seed]["advantages"][5] = float("nan")
     for agent in single + batched:  # reset and shrink-perturb redraw from each seed's own stream
         agent.regularizer.on_shift()
     single_stats = []
@@ -95,8 +119,8 @@ def test_one_batched_update_is_each_seeds_own_update(env_id, regularizer):
             for name, param in getattr(one, net).named_parameters():
                 torch.testing.assert_close(ours[name], param, rtol=1e-4, atol=2e-5, msg=name)
         for key in ("losses/value_loss", "losses/policy_loss", "losses/entropy",
-                    "losses/approx_kl", "losses/clipfrac", "regularizer/penalty"):  # fmt: skip
-            assert stats[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
+                    "losses/approx_kl", "losses/clipfrac", "regularizer/penalty", "skipped"):  # fmt: skip
+            assert stats[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5, nan_ok=True), key
         start = build_agents(args, (SEEDS[single.index(one)],))[0]
         moved += sum(
             float((p - q).detach().abs().sum())
@@ -110,6 +134,7 @@ def test_one_batched_update_is_each_seeds_own_update(env_id, regularizer):
         for index, agent in enumerate(single):
             expected, _ = ppo.policy_outputs(agent.actor, obs[index])
             torch.testing.assert_close(outputs[index], expected, rtol=1e-4, atol=2e-5)
+    return [stats["skipped"] for stats in batched_stats]
 
 
 def continual_cartpole(tmp_path: Path, **changes) -> ppo.Args:
