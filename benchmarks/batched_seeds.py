@@ -38,10 +38,16 @@ one after another (K forwards, K x 6 SVDs, K backwards), and as one batched step
 net), checked first to leave every seed where its own step does. The table gives seed-steps per
 second and the speed-up over the loop.
 
+With `--workload ppo-step`, the minibatch step `train.py ppo --seeds` takes on continual
+CartPole, in its parts (the batched forward and backward; the seeds' steps each as the single
+run takes it, or on the stacks), beside the floor of the forward and backward: their matrix
+products at the rate this core multiplies two 1024 x 1024 matrices.
+
     python benchmarks/batched_seeds.py                  # K = 1, 2, 6; ~2 minutes
     python benchmarks/batched_seeds.py --workload supervised --seeds 1 3 6   # ~1 minute
     python benchmarks/batched_seeds.py --workload sac --seeds 1 2 4          # ~1 minute
     python benchmarks/batched_seeds.py --workload erank --seeds 1 3 6        # ~1 minute
+    python benchmarks/batched_seeds.py --workload ppo-step --seeds 1 3 6     # ~1 minute
     python benchmarks/batched_seeds.py --device cuda --seeds 1 4 16 64 256   # the GPU check's part
 """
 
@@ -93,10 +99,10 @@ CLIP, ENT, VF = 0.2, 0.01, 0.5
 
 @dataclass
 class Args:
-    workload: tuple[Literal["ppo", "supervised", "sac", "erank"], ...] = ("ppo",)
+    workload: tuple[Literal["ppo", "supervised", "sac", "erank", "ppo-step"], ...] = ("ppo",)
     """continual-CartPole's PPO update and acting, the supervised stream's SGD step, one SAC
-    step at CleanRL's sizes on Hopper, ER's ascent step on continual Acrobot's rollout; several:
-    one table each, in this order"""
+    step at CleanRL's sizes on Hopper, ER's ascent step on continual Acrobot's rollout, the
+    parts of `ppo --seeds`' minibatch step; several: one table each, in this order"""
     seeds: tuple[int, ...] = (1, 2, 6)
     """the K values measured (seeds trained at once)"""
     updates: int = 3
@@ -612,10 +618,99 @@ def erank_table(args: Args, steps: int = 4) -> None:
             print(f"| {k} | {way} | {rate:,.1f} | {rate / loop_rate:.2f}x |", flush=True)
 
 
+def ppo_step_table(args: Args) -> None:
+    """The `train.py ppo --seeds` minibatch step of continual CartPole, in its parts: the batched
+    forward and backward (agents/ppo_seeds.py `StackedNets`, the loss a sum of per-seed PPO
+    losses), then the seeds' steps each as the single run takes it (its slice of the gradient,
+    clip_grad_norm_, before_step, Optimizer.step) or on the stacks (`step_seeds_on_stacks`).
+    Beside them, the floor of the forward and backward: their matrix products' arithmetic at
+    the rate this core multiplies two 1024 x 1024 matrices."""
+    big = torch.randn(1024, 1024, device=args.device)
+    rate = 2 * 1024**3 / timed(torch.mm, big, big, repeats=20)  # FLOP/s
+    hidden = list(zip([OBS, *HIDDEN], HIDDEN, strict=False))
+    layers = [*hidden, (HIDDEN[-1], ACTIONS), *hidden, (HIDDEN[-1], 1)]  # the actor's, the critic's
+    # per seed: each layer's forward and weight gradient, and its input's gradient but at the
+    # first layer (the observations need none)
+    flops = sum((2 if a == OBS else 3) * 2 * MINIBATCH * a * b for a, b in layers)
+    print(f"continual-CartPole PPO's minibatch step in `ppo --seeds` (minibatches of {MINIBATCH},"
+          f" 3 x 256 LeakyReLU actor and critic), {args.device}, torch {torch.__version__}, "
+          f"1 torch thread; 1024^3 GEMM: {rate / 1e9:.0f} GFLOP/s\n")  # fmt: skip
+    print("| K seeds | forward + backward, ms | per seed | its products at the GEMM rate, per "
+          "seed | each seed's step, ms | the step on the stacks, ms | step speed-up |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for k in args.seeds:
+        ppo_step_row(k, args, rate, flops)
+
+
+def ppo_step_row(k: int, args: Args, rate: float, flops: int, steps: int = 50) -> None:
+    """One row of `ppo_step_table`: K seeds, timed over `steps` minibatches."""
+    from agents.networks import step_seeds_on_stacks, take_seed_gradient
+    from regularizers.base import Regularizer
+
+    pairs = networks(k, args.device)
+    agents = [SimpleNamespace(actor=a, critic=c) for a, c in pairs]
+    nets = StackedNets(agents)
+    adams = [torch.optim.Adam([*a.parameters(), *c.parameters()], lr=1e-3, fused=True)
+             for a, c in pairs]  # fmt: skip
+    methods = [Regularizer() for _ in pairs]
+    for method, (a, c), adam in zip(methods, pairs, adams, strict=True):
+        method.attach({"actor": a, "critic": c}, adam, 0)
+    batches = list(minibatches(k, rollout_data(k, args.device)))[:steps]
+    found_inf = torch.zeros(k, device=args.device)
+
+    def forward_backward() -> None:
+        for mb in batches:
+            logits, _ = nets.policy(mb["obs"])
+            values, _ = nets.values(mb["obs"])
+            for stack in nets.stacks:
+                stack.grad = None
+            ppo_loss(logits, values, mb).backward()
+
+    forward_backward()
+    gradients = [stack.grad.clone() for stack in nets.stacks]
+
+    def restore() -> None:
+        for _ in batches:
+            for stack, grad in zip(nets.stacks, gradients, strict=True):
+                stack.grad = grad.clone()
+
+    def each_seed() -> None:
+        for _ in batches:
+            for stack, grad in zip(nets.stacks, gradients, strict=True):
+                stack.grad = grad.clone()
+            for index, ((actor, critic), adam, method) in enumerate(
+                zip(pairs, adams, methods, strict=True)
+            ):
+                params = adam.param_groups[0]["params"]
+                for param in params:
+                    param.grad = None
+                take_seed_gradient(actor, nets.actor, index)
+                take_seed_gradient(critic, nets.critic, index)
+                torch.nn.utils.clip_grad_norm_(params, 0.5)
+                method.before_step()
+                adam.found_inf = found_inf[index]
+                adam.step()
+
+    def on_stacks() -> None:
+        for _ in batches:
+            for stack, grad in zip(nets.stacks, gradients, strict=True):
+                stack.grad = grad.clone()
+            assert step_seeds_on_stacks(nets.stacks, adams, [0.0] * k, 0.5, found_inf)
+
+    n = len(batches)
+    fb = timed(forward_backward, repeats=args.updates) / n
+    copy = timed(restore, repeats=args.updates) / n  # the gradients put back, in both steps
+    each = timed(each_seed, repeats=args.updates) / n - copy
+    stacked_step = timed(on_stacks, repeats=args.updates) / n - copy
+    print(f"| {k} | {fb * 1e3:.2f} | {fb / k * 1e3:.2f} | {flops / rate * 1e3:.2f} | "
+          f"{each * 1e3:.2f} | {stacked_step * 1e3:.2f} | {each / stacked_step:.2f}x |",
+          flush=True)  # fmt: skip
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(1)
     tables = {"ppo": ppo_table, "supervised": supervised_table, "sac": sac_table,
-              "erank": erank_table}  # fmt: skip
+              "erank": erank_table, "ppo-step": ppo_step_table}  # fmt: skip
     for index, workload in enumerate(args.workload):
         if index:
             print()

@@ -945,7 +945,8 @@ def plot_metric_vs_eps_rank(summary: dict, runs: list[RunRecord]) -> Figure | No
         if len(points) >= 3 and np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, y, 1)
             xs = np.linspace(x.min(), x.max(), 400)  # a line, drawn on a log axis too
-            ax.plot(xs, slope * xs + intercept, color="k", linewidth=1)
+            ax.plot(xs, slope * xs + intercept, color="k", linewidth=1,
+                    label="least-squares line (the R^2's; it bends on a log axis)")  # fmt: skip
         # three short lines: one long line ran past the panel's edge (constrained layout does
         # not shrink titles)
         ax.set_title(f"{row['net']}, eps = {row['eps']:g}\n"
