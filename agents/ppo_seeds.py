@@ -1,9 +1,9 @@
 """K seeds of one PPO configuration in one process: `train.py ppo --seeds 1 2 3 4 5 6`.
 
-On a small network (continual CartPole's 3 x 256, minibatches of 32) a PPO step is
-per-operation overhead, not arithmetic, so K actors and critics stacked along a seed axis act
-in one batched forward and learn in one batched backward per minibatch for little more than one
-seed's cost (docs/benchmarks.md).
+K actors and critics stacked along a seed axis act in one batched forward and learn in one
+batched backward per minibatch. On a GPU that costs little more than one seed; on a CPU the
+matrix products of continual CartPole's 3 x 256 networks do not shrink, and K seeds in one
+process save the per-operation cost around them (docs/benchmarks.md).
 
 Each seed is still an ordinary run. It has its own envs (its own shifts and task parameters),
 random stream, optimizer, regularizer, diagnostics and Run, and writes the run directory that
@@ -16,7 +16,10 @@ moments (penalty on the seed's own features, before_step on its own gradients, a
 on_shift; ER's after_update is one step for all seeds, with a batched SVD: each seed moves as
 its own step moves it, regularizers/base.py `after_update_seeds`), gradient clipping (a norm
 per seed, never across seeds), its Adam step and its checkpoints, which are single-run
-checkpoints (a stopped seed resumes alone with `train.py ppo --resume RUN_DIR`).
+checkpoints (a stopped seed resumes alone with `train.py ppo --resume RUN_DIR`). Where every
+seed's method adds nothing to the gradient but coupled decay, the clipping, the decay and the
+seeds' Adam steps are taken on the stacks' gradients (agents.networks.step_seeds_on_stacks):
+the same steps, without K rounds of per-parameter Python.
 
 What is not exact: each seed samples its actions and minibatch orders from its own
 torch.Generator (seeded by its seed), not from the global stream a single run uses, so a seed's
