@@ -206,9 +206,8 @@ def test_a_seed_group_is_cut_so_that_no_worker_idles(tmp_path):
     assert processes(*six, "--workers", "2") == [
         ("seed=1, seed=2, seed=3", "1 2 3"), ("seed=4, seed=5, seed=6", "4 5 6"),
     ]  # fmt: skip
-    assert [seeds for _, seeds in processes(*six, "--workers", "4")] == [
-        "alone", "2 3", "alone", "5 6"
-    ]
+    four = processes(*six, "--workers", "4")
+    assert [seeds for _, seeds in four] == ["alone", "2 3", "alone", "5 6"]
     two = processes("--grid", "regularizer=none,l2", "seed=1,2,3", "--workers", "2")
     assert [seeds for _, seeds in two] == ["1 2 3", "1 2 3"]
     whole = processes(*six, "--launcher", "slurm", "--group-seeds", "--slurm-cluster", "local")
