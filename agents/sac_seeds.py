@@ -36,7 +36,13 @@ import torch
 from torch import Tensor
 
 from agents.checkpoints import Resumed, seed_generator
-from agents.networks import bounded_log_std, stack_parameters, stacked_mlp, take_seed_gradient
+from agents.networks import (
+    bounded_log_std,
+    stack_parameters,
+    stacked_mlp,
+    step_seeds_on_stacks,
+    take_seed_gradient,
+)
 from agents.progress import EpisodeStats, progress_bar
 from agents.replay import ReplayBuffer
 from agents.run import (
@@ -326,14 +332,21 @@ def stacked_batch(active: list[Seed], rows: list[Tensor]) -> dict[str, Tensor]:
 def step_each(active: list[Seed], net: str, stacks: dict[str, Tensor], total: Tensor) -> None:
     """Backward of the seeds' summed losses through the stacks, then per seed, on its own slice
     of the gradient (take_seed_gradient), the single run's moments: before_step and its
-    optimizer's step."""
+    optimizer's step. Where the seeds' methods add nothing but coupled decay, the decay and the
+    seeds' Adam steps are taken on the stacks (agents.networks.step_seeds_on_stacks)."""
     for stack in stacks.values():
         stack.grad = None
     optimizers = [getattr(seed.agent, "actor_optimizer" if net == "actor" else "q_optimizer")
                   for seed in active]  # fmt: skip
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
+    methods = [seed.agent.regularizers[net] for seed in active]
+    on_stacks = all(method.only_coupled_decay() for method in methods)
+    if not on_stacks:  # a penalty on the weights themselves writes each seed's .grad
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
     total.backward()
+    decays = [method.coupled_decay() for method in methods]
+    if on_stacks and step_seeds_on_stacks(list(stacks.values()), optimizers, decays):
+        return
     for k, (seed, optimizer) in enumerate(zip(active, optimizers, strict=True)):
         take_seed_gradient(getattr(seed.agent, net), stacks, k)
         seed.agent.regularizers[net].before_step()
