@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.adam import adam as functional_adam
 
-from regularizers.base import UnitLayer
+from regularizers.base import Regularizer, UnitLayer
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # SAC's bounds of the policy's log-std (CleanRL)
 
@@ -355,22 +355,26 @@ def take_seed_gradient(module: nn.Module, stacks: dict[str, Tensor], seed: int) 
 def step_seeds_on_stacks(
     stacks: list[Tensor],
     optimizers: list[torch.optim.Optimizer],
-    decays: list[float],
+    methods: list[Regularizer],
     max_grad_norm: float = 0.0,
     found_inf: Tensor | None = None,
 ) -> bool:
     """After a backward through `stacks` (seed axis first), every seed's single-run step on its
     own slice of the gradient, with the per-seed Python of K steps cut out: the gradients
     clipped on the stacks (a norm per seed, as `clip_grad_norm_` on the seed's parameters), its
-    method's coupled decay added there (`decays`: each seed's `coupled_decay()`, taken only
-    where the methods add nothing else), then each seed's fused Adam on its slices. `found_inf`
+    method's coupled decay added there, then each seed's fused Adam on its slices. `found_inf`
     (K,): the seeds whose loss was not finite, whose step is skipped as the single run skips it.
 
-    Returns False, having done nothing, where this does not apply: an optimizer that is not a
-    one-group fused Adam over exactly the stacks' slices (in their order), or a stack without a
-    gradient. The caller then takes each seed's step as the single run does."""
+    Returns False, having done nothing, where this does not apply: a method that adds more to
+    the gradient than coupled decay (a penalty on the weights, a before_step of its own), an
+    optimizer that is not a one-group fused Adam over exactly the stacks' slices (in their
+    order), or a stack without a gradient. The caller then takes each seed's step as the
+    single run does."""
     grads = [stack.grad for stack in stacks]
-    if any(grad is None for grad in grads) or len(set(decays)) > 1:
+    if any(grad is None for grad in grads) or not all(m.only_coupled_decay() for m in methods):
+        return False
+    decays = {method.coupled_decay() for method in methods}
+    if len(decays) > 1:
         return False
     for k, optimizer in enumerate(optimizers):
         group = optimizer.param_groups
@@ -387,8 +391,9 @@ def step_seeds_on_stacks(
         scale = (max_grad_norm / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
         for grad in grads:
             grad.mul_(scale.view(k, *[1] * (grad.dim() - 1)))
-    if decays and decays[0]:
-        torch._foreach_add_(grads, stacks, alpha=decays[0])
+    (decay,) = decays
+    if decay:
+        torch._foreach_add_(grads, stacks, alpha=decay)
     for k, optimizer in enumerate(optimizers):
         fused_adam_step(optimizer, [grad[k] for grad in grads],
                         None if found_inf is None else found_inf[k])  # fmt: skip

@@ -378,11 +378,6 @@ def stacked_update(
     regularizers = [seed.agent.regularizer for seed in active]
     parameters = [seed.agent.optimizer.param_groups[0]["params"] for seed in active]
     optimizers = [seed.agent.optimizer for seed in active]
-    # Methods whose only gradient work is coupled decay (BP, L2, ER, CBP, ReDo, reset, S&P)
-    # take their steps on the stacks; the others (a penalty that reads the weights, a
-    # before_step of its own) each seed's as the single run takes it.
-    on_stacks = all(method.only_coupled_decay() for method in regularizers)
-    decays = [method.coupled_decay() for method in regularizers]
     skipped = torch.zeros(k, device=batch["obs"].device)
     clipfracs, regularizer_metrics = [], [{} for _ in active]
     for _epoch in range(args.update_epochs):
@@ -409,16 +404,16 @@ def stacked_update(
             skipped = skipped + not_finite
             for stack in nets.stacks:
                 stack.grad = None
-            if not on_stacks:  # a penalty on the weights themselves writes each seed's .grad
-                for params in parameters:
-                    for param in params:
-                        param.grad = None
+            for params in parameters:
+                for param in params:
+                    param.grad = None
             loss.sum().backward()  # the seeds' graphs are disjoint: each gets its own gradient
             pass_end = start + minibatch_size >= batch_size
-            if not (on_stacks and step_seeds_on_stacks(
-                nets.stacks, optimizers, decays, args.max_grad_norm, not_finite
-            )):  # fmt: skip
-                on_stacks = False
+            # Methods whose only gradient work is coupled decay (BP, L2, ER, CBP, ReDo, reset,
+            # S&P) step on the stacks; the others each seed as its single run does.
+            if not step_seeds_on_stacks(
+                nets.stacks, optimizers, regularizers, args.max_grad_norm, not_finite
+            ):
                 for index, seed in enumerate(active):
                     params = parameters[index]
                     take_seed_gradient(seed.agent.actor, nets.actor, index)

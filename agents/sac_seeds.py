@@ -338,18 +338,15 @@ def step_each(active: list[Seed], net: str, stacks: dict[str, Tensor], total: Te
         stack.grad = None
     optimizers = [getattr(seed.agent, "actor_optimizer" if net == "actor" else "q_optimizer")
                   for seed in active]  # fmt: skip
-    methods = [seed.agent.regularizers[net] for seed in active]
-    on_stacks = all(method.only_coupled_decay() for method in methods)
-    if not on_stacks:  # a penalty on the weights themselves writes each seed's .grad
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     total.backward()
-    decays = [method.coupled_decay() for method in methods]
-    if on_stacks and step_seeds_on_stacks(list(stacks.values()), optimizers, decays):
+    methods = [seed.agent.regularizers[net] for seed in active]
+    if step_seeds_on_stacks(list(stacks.values()), optimizers, methods):
         return
-    for k, (seed, optimizer) in enumerate(zip(active, optimizers, strict=True)):
+    for k, (seed, optimizer, method) in enumerate(zip(active, optimizers, methods, strict=True)):
         take_seed_gradient(getattr(seed.agent, net), stacks, k)
-        seed.agent.regularizers[net].before_step()
+        method.before_step()
         optimizer.step()
 
 

@@ -695,7 +695,7 @@ def ppo_step_row(k: int, args: Args, rate: float, flops: int, steps: int = 50) -
         for _ in batches:
             for stack, grad in zip(nets.stacks, gradients, strict=True):
                 stack.grad = grad.clone()
-            assert step_seeds_on_stacks(nets.stacks, adams, [0.0] * k, 0.5, found_inf)
+            assert step_seeds_on_stacks(nets.stacks, adams, methods, 0.5, found_inf)
 
     n = len(batches)
     fb = timed(forward_backward, repeats=args.updates) / n
